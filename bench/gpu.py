@@ -1,0 +1,257 @@
+"""The GPU sweep: every quantization x frame setting through the real pipeline.
+
+Used by bench/test_gpu.py (pytest -m gpu bench/) and bench/run_gpu.sh. The model
+is the real InternVL3.5-4B architecture from roadbuddy/configs with random
+weights (built on the GPU, saved once as a safetensors checkpoint so that 8-bit
+and 4-bit load through the same from_pretrained path as a real checkpoint),
+unless a real checkpoint is given. Results say which.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from roadbuddy import frames, memory
+from roadbuddy.config import RunConfig
+
+BENCH_CONFIG = "internvl3_5-4b"
+TOKENS_PER_TILE = 256
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    frames: int | None  # None: the adaptive default
+    max_num: int = 1
+    share_prefix: bool = True
+
+    def apply(self, cfg: RunConfig) -> RunConfig:
+        if self.frames is None:
+            return cfg.replace(share_prefix=self.share_prefix)
+        per_frame = frames.tiles_per_frame(2560, 1440, self.max_num, True) * TOKENS_PER_TILE
+        return cfg.replace(min_frames=self.frames, max_frames=self.frames, max_num=self.max_num,
+                           max_visual_tokens=self.frames * per_frame, share_prefix=self.share_prefix)
+
+
+SETTINGS = [
+    Setting("8f", 8), Setting("16f", 16), Setting("32f", 32), Setting("64f", 64),
+    Setting("16f-6t", 16, max_num=6), Setting("adaptive", None),
+]
+PLAIN_SETTING = Setting("32f-plain", 32, share_prefix=False)  # issue 7: the per-question path beside it
+QUANTS = [None, "8bit", "4bit"]
+
+# Real RoadBuddy-style questions (train split wording) so text token counts are realistic.
+QUESTIONS = [
+    ("Video đang có đèn giao thông màu gì?", ["A. Đỏ", "B. Xanh", "C. Vàng", "D. Không có đèn"]),
+    ("Biển báo nào xuất hiện trong video?", ["A. Biển cấm quay đầu, biển cấm rẽ trái",
+                                             "B. Biển giới hạn tốc độ 80 km/h, biển cấm quay đầu",
+                                             "C. Biển chỉ dẫn hướng đi", "D. Không có biển báo"]),
+    ("Nếu xe ô tô đang chạy ở làn ngoài cùng bên phải trong video này thì xe đó chỉ được phép rẽ phải?",
+     ["A. Đúng", "B. Sai"]),
+    ("Phần đường trong video cho phép các phương tiện đi theo hướng nào khi đến nút giao?",
+     ["A. Đi thẳng", "B. Đi thẳng và rẽ phải", "C. Đi thẳng, rẽ trái và rẽ phải", "D. Rẽ trái và rẽ phải"]),
+]
+
+
+def write_bench_dataset(directory: Path, seconds=(6, 8, 10, 12), fps: int = 30) -> Path:
+    """RoadBuddy-shaped clips (2560x1440, 30 fps, 6-12 s, H.264) with 2-4 questions each; returns the JSON."""
+    from roadbuddy.synth import write_road_clip
+
+    directory.mkdir(parents=True, exist_ok=True)
+    items = []
+    for c, secs in enumerate(seconds):
+        rel = f"videos/bench_{c}.mp4"
+        if not (directory / rel).is_file():
+            write_road_clip(directory / rel, seconds=secs, fps=fps, width=2560, height=1440,
+                            light=["red", "green", "yellow"][c % 3], seed=c)
+        for k in range(2 + c % 3):
+            text, choices = QUESTIONS[(c + k) % len(QUESTIONS)]
+            items.append({"id": f"bench_{c}_{k}", "question": text, "choices": choices, "video_path": rel})
+    path = directory / "bench.json"
+    path.write_text(json.dumps({"__count__": len(items), "data": items}, ensure_ascii=False, indent=1), "utf-8")
+    return path
+
+
+def build_random_checkpoint(directory: Path) -> Path:
+    """The 4B architecture with random bf16 weights, built on the GPU and saved as safetensors + tokenizer."""
+    from transformers import InternVLForConditionalGeneration
+
+    from roadbuddy.testing import build_tokenizer
+
+    if (directory / "config.json").is_file():
+        return directory
+    tokenizer = build_tokenizer()
+    config = memory.load_config(BENCH_CONFIG)
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = InternVLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return directory
+
+
+def _percentile(values, q):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def measure(lm, cfg: RunConfig, sampler, counts, label: str) -> dict:
+    """One pipeline run with a preloaded model; returns the figures of one results row."""
+    from roadbuddy.pipeline import run
+
+    cuda = torch.cuda.is_available()
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    sampler.reset()
+    t = time.perf_counter()
+    summary = run(cfg, model_loader=lambda _cfg: lm, say=lambda _msg: None)
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    sampler.sample()
+    records = [json.loads(line) for line in (Path(cfg.output).parent / "predictions.jsonl").read_text().splitlines()]
+    times = [r["time_ms"] / 1000 for r in records]
+    prompt_tokens = max(r.get("prompt_tokens", 0) for r in records)
+    est = memory.estimate_vram(lm.config, quantization=cfg.quantization, prompt_tokens=prompt_tokens,
+                               vision_batch=cfg.vision_batch, counts=counts)
+    peak = sampler.peak
+    return {
+        "label": label,
+        "quantization": cfg.quantization or "bf16",
+        "frames": f"{cfg.min_frames}-{cfg.max_frames}" if cfg.min_frames != cfg.max_frames else cfg.min_frames,
+        "max_num": cfg.max_num,
+        "share_prefix": cfg.share_prefix,
+        "questions": summary.answered,
+        "errors": len(summary.errors),
+        "nan_answers": sum(any(v != v for v in r.get("probs", {}).values()) for r in records),
+        "visual_tokens_mean": statistics.mean(r.get("visual_tokens", 0) for r in records),
+        "visual_tokens_max": max(r.get("visual_tokens", 0) for r in records),
+        "prompt_tokens_max": prompt_tokens,
+        "nvml_peak_gib": peak / memory.GiB,
+        "nvml_process_peak_gib": sampler.process_peak / memory.GiB,
+        "nvml_device_peak_gib": sampler.device_peak / memory.GiB,
+        "torch_peak_allocated_gib": torch.cuda.max_memory_allocated() / memory.GiB if cuda else 0.0,
+        "torch_peak_reserved_gib": torch.cuda.max_memory_reserved() / memory.GiB if cuda else 0.0,
+        "estimate_gib": est.total / memory.GiB,
+        "estimate_error": (est.total - peak) / peak if peak else None,
+        "latency_p50_s": _percentile(times, 0.5),
+        "latency_p95_s": _percentile(times, 0.95),
+        "questions_per_s": summary.answered / wall,
+        "wall_s": wall,
+    }
+
+
+def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=QUANTS, settings=SETTINGS,
+          log=print, plain: Setting | None = PLAIN_SETTING) -> dict:
+    """Run every (quantization, setting); returns the results document (environment + rows)."""
+    import transformers
+
+    from roadbuddy.model import load_model
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it warns once per 8-bit matmul call
+    weights = "trained" if model_path else "random"
+    if model_path is None:
+        t = time.perf_counter()
+        model_path = build_random_checkpoint(work / "random-4b")
+        log(f"random 4B checkpoint built and saved in {time.perf_counter() - t:.1f} s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the harness's own test, tiny model
+    base = RunConfig(model=str(model_path), test_json=data_json, device=device, progress=False, prefetch=2,
+                     support_frames=False)
+    rows = []
+    for quant in quants:
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        t = time.perf_counter()
+        lm = load_model(base.replace(quantization=quant))
+        load_s = time.perf_counter() - t
+        counts = memory.count_parameters(lm.config)
+        tag = quant or "bf16"
+        # warm-up: kernels, cuBLAS handles and the decoder, outside the measurements
+        run_settings = list(settings) + ([plain] if quant is None and plain else [])
+        warm = run_settings[0].apply(base).replace(quantization=quant, limit=2, output=work / f"{tag}-warmup" / "s.csv")
+        measure(lm, warm, sampler, counts, "warmup")
+        for setting in run_settings:
+            cfg = setting.apply(base).replace(quantization=quant, output=work / f"{tag}-{setting.name}" / "s.csv")
+            try:
+                row = measure(lm, cfg, sampler, counts, f"{tag} {setting.name}")
+            except torch.cuda.OutOfMemoryError as exc:
+                row = {"label": f"{tag} {setting.name}", "quantization": tag, "error": f"CUDA OOM: {exc}"}
+            row.update(setting=setting.name, load_s=load_s, weights=weights)
+            rows.append(row)
+            log(format_row(row))
+        del lm
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "gpu": sampler.name,
+        "driver": sampler.driver,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "weights": weights,
+        "model": str(model_path) if weights == "trained" else f"{BENCH_CONFIG} architecture, random weights",
+        "clips": "2560x1440 30 fps H.264, 6/8/10/12 s, 2-4 questions each (bench.json)",
+        "rows": rows,
+    }
+
+
+def format_row(row: dict) -> str:
+    if "error" in row and "nvml_peak_gib" not in row:
+        return f"{row['label']:<18} {row['error']}"
+    return (f"{row['label']:<18} peak {row['nvml_peak_gib']:.2f} GiB (est {row['estimate_gib']:.2f}, "
+            f"{100 * (row['estimate_error'] or 0):+.1f}%) torch {row['torch_peak_allocated_gib']:.2f}/"
+            f"{row['torch_peak_reserved_gib']:.2f} tokens {row['visual_tokens_max']} "
+            f"p50 {row['latency_p50_s']:.3f}s p95 {row['latency_p95_s']:.3f}s {row['questions_per_s']:.2f} q/s "
+            f"nan {row['nan_answers']}")
+
+
+def markdown_table(doc: dict) -> str:
+    lines = [
+        f"Measured {doc['date']} on {doc['gpu']} (driver {doc['driver']}), torch {doc['torch']}, "
+        f"transformers {doc['transformers']}, weights: {doc['weights']}; clips: {doc['clips']}.",
+        "",
+        "| quantization | setting | visual tokens (max) | NVML peak GiB | estimate GiB (error) | torch alloc / reserved GiB "
+        "| p50 s | p95 s | questions/s | load s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in doc["rows"]:
+        if "nvml_peak_gib" not in r:
+            lines.append(f"| {r['quantization']} | {r.get('setting')} | - | {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['quantization']} | {r['setting']} | {r['visual_tokens_max']} | {r['nvml_peak_gib']:.2f} | "
+            f"{r['estimate_gib']:.2f} ({100 * r['estimate_error']:+.1f}%) | {r['torch_peak_allocated_gib']:.2f} / "
+            f"{r['torch_peak_reserved_gib']:.2f} | {r['latency_p50_s']:.3f} | {r['latency_p95_s']:.3f} | "
+            f"{r['questions_per_s']:.2f} | {r['load_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_stem(doc: dict) -> str:
+    gpu = "".join(ch if ch.isalnum() else "-" for ch in doc["gpu"]).strip("-").lower()
+    return f"{doc['date']}-{gpu}"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole GPU sweep as one prepared command, for a machine with no registry:
+#   bench/run_gpu.sh [smoke|sweep] [extra pytest args]
+# Carried packages: .gpu/site (an unpacked, slimmed bitsandbytes) and .gpu/*.whl
+# (decord), prepared by bench/prepare_gpu_carry.sh on a machine with pip.
+# Results: bench/results/<date>-<gpu>.{json,md}, and $OUT when set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-sweep}; shift || true
+out=${OUT:-bench/results}
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .gpu/site ]; then export PYTHONPATH="$PWD/.gpu/site:$PYTHONPATH"; fi
+if ls .gpu/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+python3 - <<'PY'
+import importlib, torch, transformers
+print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+print("transformers", transformers.__version__)
+for name in ("bitsandbytes", "decord", "av", "pynvml", "flash_attn"):
+    try:
+        m = importlib.import_module(name); print(name, getattr(m, "__version__", "ok"))
+    except Exception as exc:
+        print(name, "MISSING", type(exc).__name__, str(exc)[:120])
+PY
+if [ "$mode" = smoke ]; then
+  python3 bench/gpu_smoke.py "$out" "$@" 2>&1 | tee "$out/smoke.log"
+  exit "${PIPESTATUS[0]}"
+fi
+python3 -m pytest -m gpu bench/test_gpu.py -p no:cacheprovider -q -s -rA \
+  --bench-out "$out" --bench-data .gpu/bench-data "$@" 2>&1 | tee "$out/bench.log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,57 @@
+"""The GPU sweep's own code, run on the CPU with the tiny checkpoint and a stand-in sampler.
+
+This proves the harness (settings, measurement rows, estimate error, tables)
+works end to end; the numbers it produces here mean nothing and are not kept.
+"""
+from __future__ import annotations
+
+import json
+
+from bench import gpu
+
+
+class CountingSampler:
+    """NVML stand-in: reports a fixed 'peak' so the row arithmetic can be checked."""
+
+    name, driver = "CPU stand-in", "none"
+
+    def __init__(self):
+        self.process_peak = self.device_peak = 0
+        self.resets = 0
+
+    def reset(self):
+        self.resets += 1
+        self.process_peak = 2 * 1024 ** 3
+
+    def sample(self):
+        pass
+
+    @property
+    def peak(self):
+        return self.process_peak
+
+
+def test_sweep_rows_and_table(tiny_checkpoint, tmp_path):
+    from roadbuddy.testing import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", clips=2, with_answers=False)
+    sampler = CountingSampler()
+    settings = [gpu.Setting("4f", 4), gpu.Setting("4f-6t", 4, max_num=6), gpu.Setting("adaptive", None)]
+    doc = gpu.sweep(tiny_checkpoint, data, tmp_path / "work", sampler, quants=[None], settings=settings,
+                    plain=gpu.Setting("4f-plain", 4, share_prefix=False), log=lambda _m: None)
+    assert doc["weights"] == "trained"
+    labels = [r["label"] for r in doc["rows"]]
+    assert labels == ["bf16 4f", "bf16 4f-6t", "bf16 adaptive", "bf16 4f-plain"]
+    assert sampler.resets == len(labels) + 1  # plus the warm-up
+    by = {r["setting"]: r for r in doc["rows"]}
+    n = len(json.loads(data.read_text(encoding="utf-8"))["data"])
+    for row in doc["rows"]:
+        assert row["questions"] == n and row["errors"] == 0 and row["nan_answers"] == 0
+        assert row["latency_p95_s"] >= row["latency_p50_s"] > 0
+        assert row["estimate_error"] == (row["estimate_gib"] - 2.0) / 2.0
+    # 4 frames of one tile each at 4 tokens per tile; up to 6 tiles means (2,1) + thumbnail on 16:9
+    assert by["4f"]["visual_tokens_max"] == 4 * 4
+    assert by["4f-6t"]["visual_tokens_max"] == 4 * 3 * 4
+    table = gpu.markdown_table(doc)
+    assert table.count("\n| bf16 |") == len(labels)
+    assert gpu.results_stem(doc).endswith("cpu-stand-in")

@@ -1,0 +1,5 @@
+import sys
+
+from roadbuddy.cli import main
+
+sys.exit(main())

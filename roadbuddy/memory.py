@@ -1,0 +1,193 @@
+"""The VRAM estimate printed before loading, and the GPU's free memory (NVML).
+
+peak = weights + max(vision activations, KV cache + prefill activations) + overhead
+
+- weights: parameters counted exactly on the meta device, bytes by quantization
+  (bf16: 2 B each; 8-bit: 1 B for the language model's linear layers; 4-bit NF4
+  with double quantization: about 0.52 B for them). The vision tower, projector,
+  embeddings and lm_head stay bf16, as model.quantization_config leaves them.
+- KV cache: 2 (K, V) x layers x kv_heads x head_dim x 2 B per token of prompt.
+- activations: the larger of the vision tower over one batch of tiles and the
+  language model's prefill over the whole prompt (residual, attention
+  projections and the MLP's three intermediates per token).
+- overhead: the CUDA context and allocator slack that NVML sees beyond torch.
+
+The constants in OVERHEAD_BYTES and the activation factors are checked against
+measured NVML peaks in bench/results (see bench/ and tests/test_memory.py).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GiB = 1024 ** 3
+CONFIG_DIR = Path(__file__).parent / "configs"
+OVERHEAD_BYTES = int(0.6 * GiB)
+BYTES_PER_PARAM = {None: 2.0, "8bit": 1.0, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
+
+
+def load_config(name_or_path: str):
+    """The InternVLConfig for a shipped name (configs/*.json), a local checkpoint, or a cached hub id."""
+    from transformers import AutoConfig, InternVLConfig
+
+    shipped = CONFIG_DIR / f"{name_or_path}.json"
+    if shipped.is_file():
+        return InternVLConfig(**json.loads(shipped.read_text()))
+    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+
+
+def count_parameters(config) -> dict[str, int]:
+    """Parameters by how quantization treats them: kept 16-bit vs the language model's quantizable linears."""
+    import torch
+    from transformers import InternVLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = InternVLForConditionalGeneration(config)
+    counts = {"vision": 0, "projector": 0, "lm_linear": 0, "lm_other": 0}
+    for name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if ".vision_tower." in f".{name}." or name.startswith("model.vision_tower"):
+                counts["vision"] += p.numel()
+            elif "multi_modal_projector" in name:
+                counts["projector"] += p.numel()
+            elif isinstance(module, torch.nn.Linear) and name != "lm_head" and pname == "weight":
+                counts["lm_linear"] += p.numel()
+            else:
+                counts["lm_other"] += p.numel()
+    return counts
+
+
+def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
+    text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * dtype_bytes
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    kv_cache: int
+    vision_activations: int
+    prefill_activations: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + max(self.vision_activations, self.kv_cache + self.prefill_activations) + self.overhead
+
+    def describe(self) -> str:
+        def g(x):
+            return f"{x / GiB:.2f} GiB"
+
+        return (f"VRAM estimate {g(self.total)}: weights {g(self.weights)}, KV cache {g(self.kv_cache)}, "
+                f"prefill {g(self.prefill_activations)}, vision {g(self.vision_activations)}, overhead {g(self.overhead)}")
+
+
+def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, vision_batch: int,
+                  counts: dict[str, int] | None = None) -> MemoryEstimate:
+    """Peak GPU memory for one question with `prompt_tokens` tokens (visual + text) in bf16 compute."""
+    counts = counts or count_parameters(config)
+    kept = counts["vision"] + counts["projector"] + counts["lm_other"]
+    weights = int(kept * 2 + counts["lm_linear"] * BYTES_PER_PARAM[quantization])
+
+    text, vision = config.text_config, config.vision_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    qkv = (text.num_attention_heads + 2 * text.num_key_value_heads) * head_dim
+    prefill = prompt_tokens * (6 * text.hidden_size + qkv + 3 * text.intermediate_size) * 2
+
+    size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
+    patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
+    seq = (size // patch) ** 2 + 1
+    vision_act = vision_batch * seq * (7 * vision.hidden_size + vision.intermediate_size) * 2
+
+    return MemoryEstimate(
+        weights=weights,
+        kv_cache=prompt_tokens * kv_bytes_per_token(config),
+        vision_activations=vision_act,
+        prefill_activations=prefill,
+        overhead=OVERHEAD_BYTES,
+    )
+
+
+def gpu_memory(index: int = 0) -> tuple[int, int] | None:
+    """(free, total) bytes on GPU `index` from NVML, or None when NVML is unavailable."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+            return int(info.free), int(info.total)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no GPU, no library: the estimate just goes unchecked
+        return None
+
+
+class NvmlPeakSampler:
+    """Polls NVML every `interval` seconds on a thread and keeps the peak GPU memory.
+
+    `process_peak` is this process's own usage when the driver reports it (it
+    does not inside some containers and VMs); `device_peak` is the device's used
+    memory minus what was used when the sampler was created, so create it
+    before this process touches CUDA.
+    """
+
+    def __init__(self, index: int = 0, interval: float = 0.005):
+        import os
+        import threading
+
+        import pynvml
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._pid = os.getpid()
+        self._interval = interval
+        self.baseline = int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+        self.name = pynvml.nvmlDeviceGetName(self._handle)
+        self.name = self.name.decode() if isinstance(self.name, bytes) else self.name
+        self.driver = pynvml.nvmlSystemGetDriverVersion()
+        self.driver = self.driver.decode() if isinstance(self.driver, bytes) else self.driver
+        self.process_peak = 0
+        self.device_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="nvml-sampler", daemon=True)
+        self._thread.start()
+
+    def _process_used(self) -> int | None:
+        try:
+            for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
+                if p.pid == self._pid and p.usedGpuMemory:
+                    return int(p.usedGpuMemory)
+        except self._nvml.NVMLError:
+            pass
+        return None
+
+    def sample(self) -> None:
+        used = int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used) - self.baseline
+        self.device_peak = max(self.device_peak, used)
+        mine = self._process_used()
+        if mine is not None:
+            self.process_peak = max(self.process_peak, mine)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self._interval)
+
+    def reset(self) -> None:
+        self.process_peak = 0
+        self.device_peak = 0
+        self.sample()
+
+    @property
+    def peak(self) -> int:
+        """This process's peak when the driver reports it, else the device's peak above the baseline."""
+        return self.process_peak or self.device_peak
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._nvml.nvmlShutdown()

@@ -1,0 +1,263 @@
+"""InternVL through transformers' native classes: load, encode frames, answer.
+
+The hot path per clip:
+    features = encode_tiles(lm, pixel_values)            # vision tower once per clip
+    prefix   = prefill(lm, prefix_ids, features)         # frames once per clip (KV cache)
+    for each question: logits = extend(lm, prefix, suffix_ids)   # only the question's tokens
+No remote code is ever enabled and checkpoints load from safetensors only.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from roadbuddy.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+IMG_CONTEXT = "<IMG_CONTEXT>"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded as asked (missing package, no CUDA, wrong format); one sentence."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    attn_impl: str
+    image_size: int
+    tokens_per_tile: int
+    image_token_id: int
+    letter_ids: dict[str, int]
+    stop_ids: set[int]
+    source: str  # "trained" or "random" weights, and where from
+    notes: list[str] = field(default_factory=list)
+    cache_kwarg: str = "past_key_values"
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+# --- model ids ------------------------------------------------------------
+
+_ORIGINAL_IDS = [
+    (re.compile(r"^(OpenGVLab/InternVL3_5-[0-9.]+B(?:-\w+)?)$"), "-HF"),
+    (re.compile(r"^(OpenGVLab/InternVL3-[0-9.]+B(?:-\w+)?)$"), "-hf"),
+]
+
+
+def resolve_model_id(name: str) -> tuple[str, str | None]:
+    """Map an original-format hub id to its native `-HF`/`-hf` twin; returns (id, note)."""
+    if Path(name).exists():
+        return name, None
+    for pattern, suffix in _ORIGINAL_IDS:
+        m = pattern.match(name)
+        if m and not name.lower().endswith("-hf"):
+            twin = name + suffix
+            return twin, f"{name} is the original (remote-code) format; loading its native twin {twin}"
+    return name, None
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {requested} was asked for but CUDA is not available on this machine")
+    return device
+
+
+def pick_attention(device: torch.device, want_flash: bool) -> str:
+    if want_flash and device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def quantization_config(kind: str | None, device: torch.device):
+    if kind is None:
+        return None
+    flag = "--load-in-8bit" if kind == "8bit" else "--load-in-4bit"
+    if device.type != "cuda":
+        raise ModelLoadError(f"{flag} needs a CUDA GPU (bitsandbytes quantized kernels); this run is on {device.type}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(f"{flag} needs bitsandbytes: pip install 'roadbuddy[quant]'")
+    from transformers import BitsAndBytesConfig
+
+    # The vision tower and projector stay in bf16: quantizing them hurts
+    # accuracy for little memory, and 8-bit InternVL has NaN reports.
+    skip = ["vision_tower", "multi_modal_projector", "lm_head"]
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+        llm_int8_skip_modules=skip,
+    )
+
+
+def _check_native_format(path: Path) -> None:
+    config_file = path / "config.json"
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type == "internvl_chat":
+            raise ModelLoadError(
+                f"{path} is an original-format InternVL checkpoint (model_type internvl_chat, needs remote code); "
+                "use its native -HF twin instead"
+            )
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise ModelLoadError(
+            f"{path} holds only pickle (.bin) weights, which execute code when loaded; convert them to safetensors"
+        )
+
+
+def load_model(cfg: RunConfig) -> LoadedModel:
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    device = pick_device(cfg.device)
+    name, note = resolve_model_id(cfg.model)
+    notes = [note] if note else []
+    if Path(name).exists():
+        _check_native_format(Path(name))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    attn = pick_attention(device, cfg.flash_attn)
+    quant = quantization_config(cfg.quantization, device)
+    kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=False, use_safetensors=True)
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
+    if quant is None:
+        model.to(device)
+    model.eval()
+    return wrap_model(model, tokenizer, device=device, attn_impl=attn, source=f"trained weights from {name}", notes=notes)
+
+
+def wrap_model(model, tokenizer, *, device: torch.device, attn_impl: str, source: str, notes=()) -> LoadedModel:
+    """Collect what the pipeline needs from a loaded model and its tokenizer (sizes come from the config)."""
+    config = model.config
+    vision = config.vision_config
+    image_size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
+    patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
+    tokens_per_tile = int((image_size // patch) ** 2 * config.downsample_ratio ** 2)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    if image_token_id is None or image_token_id == getattr(tokenizer, "unk_token_id", -1):
+        raise ModelLoadError(f"the tokenizer has no {IMG_CONTEXT} token; is this an InternVL checkpoint?")
+    if image_token_id != config.image_token_id:
+        raise ModelLoadError(
+            f"tokenizer's {IMG_CONTEXT} id {image_token_id} differs from config.image_token_id {config.image_token_id}"
+        )
+    letter_ids = {}
+    for letter in LETTERS:
+        ids = tokenizer.encode(letter, add_special_tokens=False)
+        if len(ids) == 1:
+            letter_ids[letter] = ids[0]
+    stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if i is not None}
+    params = inspect.signature(model.forward).parameters
+    cache_kwarg = "cache" if "cache" in params else "past_key_values"
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, device=device, dtype=next(model.parameters()).dtype,
+        attn_impl=attn_impl, image_size=image_size, tokens_per_tile=tokens_per_tile,
+        image_token_id=image_token_id, letter_ids=letter_ids, stop_ids=stop_ids, source=source,
+        notes=list(notes), cache_kwarg=cache_kwarg,
+    )
+
+
+# --- the hot path -----------------------------------------------------------
+
+def tokenize(lm: LoadedModel, text: str) -> torch.Tensor:
+    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    return ids.to(lm.device)
+
+
+@torch.inference_mode()
+def encode_tiles(lm: LoadedModel, pixel_values: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """Vision tower + projector over tiles, `batch` tiles at a time: [tiles, tokens_per_tile, hidden]."""
+    outs = []
+    for start in range(0, pixel_values.shape[0], batch):
+        chunk = pixel_values[start:start + batch].to(lm.device, lm.dtype, non_blocking=True)
+        out = lm.model.get_image_features(pixel_values=chunk)
+        outs.append(out.pooler_output if hasattr(out, "pooler_output") else out)
+    return torch.cat(outs)
+
+
+def _embed(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+    embeds = lm.model.get_input_embeddings()(ids)
+    mask = ids == lm.image_token_id
+    n = int(mask.sum())
+    have = 0 if features is None else features.shape[0] * features.shape[1]
+    if n != have:
+        raise ValueError(f"prompt has {n} image tokens but the frames produced {have} features")
+    if n:
+        embeds[mask] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
+    return embeds
+
+
+def new_cache(lm: LoadedModel):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=lm.config)
+
+
+@torch.inference_mode()
+def forward(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None, cache) -> torch.Tensor:
+    """Run `ids` (1 x T) through the language model after `cache`; returns next-token logits (vocab,)."""
+    out = lm.model(inputs_embeds=_embed(lm, ids, features), use_cache=True, logits_to_keep=1,
+                   **{lm.cache_kwarg: cache})
+    return out.logits[0, -1].float()
+
+
+@torch.inference_mode()
+def forward_official(lm: LoadedModel, ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The plain path: the model's own forward with pixel values, no cache, nothing shared."""
+    out = lm.model(input_ids=ids, pixel_values=pixel_values.to(lm.device, lm.dtype), use_cache=False, logits_to_keep=1)
+    return out.logits[0, -1].float()
+
+
+def letter_probs(lm: LoadedModel, logits: torch.Tensor, letters: tuple[str, ...]) -> dict[str, float]:
+    """Softmax over the next-token logits of this question's valid letters only."""
+    ids = [lm.letter_ids[letter] for letter in letters]
+    probs = torch.softmax(logits[ids], dim=-1)
+    return {letter: float(p) for letter, p in zip(letters, probs)}
+
+
+@torch.inference_mode()
+def greedy(lm: LoadedModel, first_logits: torch.Tensor, cache, max_new_tokens: int) -> str:
+    """Greedy continuation from `first_logits`, extending `cache`; returns the decoded text."""
+    tokens = []
+    logits = first_logits
+    for _ in range(max_new_tokens):
+        token = int(torch.argmax(logits))
+        if token in lm.stop_ids:
+            break
+        tokens.append(token)
+        logits = forward(lm, torch.tensor([[token]], device=lm.device), None, cache)
+    return lm.tokenizer.decode(tokens, skip_special_tokens=False)
+
+
+def rewind(cache, length: int) -> None:
+    """Cut `cache` back to its first `length` tokens (the shared prefix).
+
+    A negative argument means "remove that many" in every transformers 5.x
+    (positive values changed meaning in 5.18), so only that form is used.
+    """
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)

@@ -1,0 +1,179 @@
+"""Durable answers: predictions.jsonl (append + fsync per answer) and the CSVs.
+
+predictions.jsonl is the record of truth: every answered question is one line,
+flushed and fsynced before the next question starts, so a crash or a kill costs
+at most the answer in flight. submission.csv and time_submission.csv are
+derived from it and replaced atomically (write a temp file, fsync, rename), so
+a failed run never leaves a half-written CSV over a good one.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from roadbuddy.data import Question, prior_letter
+
+
+class OutputError(RuntimeError):
+    """The output folder cannot be used (not writable, locked, other run's predictions); one sentence."""
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    submission: Path
+    time_submission: Path
+    predictions: Path
+    run_info: Path
+    lock: Path
+
+    @classmethod
+    def for_submission(cls, submission: Path) -> "OutputPaths":
+        folder = submission.parent
+        return cls(
+            submission=submission,
+            time_submission=folder / "time_submission.csv",
+            predictions=folder / "predictions.jsonl",
+            run_info=folder / "run.json",
+            lock=folder / ".roadbuddy.lock",
+        )
+
+
+def prepare_output(paths: OutputPaths) -> None:
+    """Create the folder and prove it is writable, before any model is loaded."""
+    folder = paths.submission.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".roadbuddy-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
+
+
+class RunLock:
+    """An exclusive lock on the output folder so two runs never interleave their answers."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        self._fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise OutputError(
+                f"another roadbuddy run is writing to {self.path.parent} (lock {self.path.name} is held); "
+                "wait for it or choose another --output"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
+def check_run_info(paths: OutputPaths, settings: dict) -> None:
+    """Refuse to resume predictions written with different answer settings; record them for a new run."""
+    if paths.run_info.is_file() and paths.predictions.is_file() and paths.predictions.stat().st_size:
+        old = json.loads(paths.run_info.read_text(encoding="utf-8")).get("settings", {})
+        diff = sorted(k for k in set(old) | set(settings) if str(old.get(k)) != str(settings.get(k)))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
+            raise OutputError(
+                f"{paths.predictions} holds answers from a run with other settings ({shown}); "
+                "resume with the same settings or choose another --output"
+            )
+    atomic_write_text(paths.run_info, json.dumps({"settings": settings}, indent=2, default=str) + "\n")
+
+
+def load_predictions(path: Path) -> dict[str, dict]:
+    """Complete records by id. A torn last line (a crash mid-write) is cut off the file and ignored."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    records: dict[str, dict] = {}
+    good_end = 0
+    pos = 0
+    for line in data.splitlines(keepends=True):
+        pos += len(line)
+        if not line.endswith(b"\n"):
+            break  # torn: the process died before the newline
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if pos == len(data):
+                break
+            line_no = data[:pos].count(b"\n")
+            raise OutputError(f"{path} line {line_no} is not valid JSON; move the file away to start over")
+        records[record["id"]] = record
+        good_end = pos
+    if good_end != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    return records
+
+
+class PredictionLog:
+    """Append-only predictions.jsonl; each record is durable once `append` returns."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "PredictionLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _csv_text(rows: Iterable[Iterable], header: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def answer_for(question: Question, record: dict | None) -> str:
+    """The submitted letter: the record's, or the prior for an item with no record."""
+    if record is None or not record.get("answer"):
+        return prior_letter(question.num_choices)
+    return str(record["answer"]).upper()
+
+
+def write_submissions(paths: OutputPaths, questions: list[Question], records: dict[str, dict]) -> None:
+    """submission.csv (id,answer) and time_submission.csv (id,answer,time in ms), in file order, atomically."""
+    sub = [(q.id, answer_for(q, records.get(q.id))) for q in questions]
+    timed = [(qid, ans, round(float(records.get(qid, {}).get("time_ms", 0.0)))) for qid, ans in sub]
+    atomic_write_text(paths.submission, _csv_text(sub, ["id", "answer"]))
+    atomic_write_text(paths.time_submission, _csv_text(timed, ["id", "answer", "time"]))

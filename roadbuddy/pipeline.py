@@ -1,0 +1,285 @@
+"""One run: questions -> clips -> frames -> tiles -> prompts -> model -> answers on disk.
+
+    run(cfg) validates the question file and the output folder before loading
+    anything heavy, resumes from predictions.jsonl, decodes the next clips on a
+    worker thread while the model answers the current one, and writes the CSVs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from roadbuddy import answers, frames, memory, prompts, tiles
+from roadbuddy.config import RunConfig
+from roadbuddy.data import Question, group_by_video, load_questions, prior_letter
+from roadbuddy.model import LoadedModel, encode_tiles, forward, greedy, letter_probs, new_cache, rewind, tokenize
+from roadbuddy.output import (OutputPaths, PredictionLog, RunLock, check_run_info, load_predictions,
+                              prepare_output, write_submissions)
+from roadbuddy.video import VideoError, open_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipWork:
+    """A decoded, tiled clip: everything CPU-side that its questions need."""
+
+    video: Path
+    questions: list[Question]
+    frames_by_question: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    frame_order: list[int] = field(default_factory=list)  # decoded frame indices, ascending
+    pixel_values: torch.Tensor | None = None  # tiles of frame_order, concatenated
+    tiles_per_frame: list[int] = field(default_factory=list)
+    prepare_ms: float = 0.0
+    error: str | None = None
+
+    def tile_rows(self, frame_indices: tuple[int, ...]) -> list[int]:
+        """Rows of pixel_values (and of the encoded features) holding the tiles of these frames, in order."""
+        starts = np.concatenate([[0], np.cumsum(self.tiles_per_frame)])
+        pos = {f: i for i, f in enumerate(self.frame_order)}
+        return [r for f in frame_indices for r in range(starts[pos[f]], starts[pos[f] + 1])]
+
+    def tiles_of(self, frame_indices: tuple[int, ...]) -> list[int]:
+        pos = {f: i for i, f in enumerate(self.frame_order)}
+        return [self.tiles_per_frame[pos[f]] for f in frame_indices]
+
+
+def plan_frames(info, questions: list[Question], cfg: RunConfig, image_size: int,
+                tokens_per_tile: int) -> dict[str, tuple[int, ...]]:
+    """Frame indices per question: the adaptive count, plus windows around support timestamps."""
+    per_frame = tokens_per_tile * frames.tiles_per_frame(info.width, info.height, cfg.max_num, cfg.use_thumbnail,
+                                                         image_size=image_size)
+    count = frames.frame_count(info.duration, min_frames=cfg.min_frames, max_frames=cfg.max_frames,
+                               frames_per_second=cfg.frames_per_second, max_visual_tokens=cfg.max_visual_tokens,
+                               tokens_per_frame=per_frame)
+    planned = {}
+    for q in questions:
+        support = q.support_frames if cfg.support_frames else ()
+        planned[q.id] = tuple(frames.select_frames(info.num_frames, info.fps, count, support,
+                                                   support_window=cfg.support_window,
+                                                   support_share=cfg.support_share))
+    return planned
+
+
+def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, image_size: int,
+                 tokens_per_tile: int) -> ClipWork:
+    """Decode the union of every question's frames once and tile them (CPU only; safe on a worker thread)."""
+    work = ClipWork(video=video, questions=questions)
+    start = time.perf_counter()
+    try:
+        with open_video(video, threads=cfg.decode_threads) as reader:
+            work.frames_by_question = plan_frames(reader.info, questions, cfg, image_size, tokens_per_tile)
+            work.frame_order = sorted({f for idx in work.frames_by_question.values() for f in idx})
+            decoded = reader.get(work.frame_order)
+        work.pixel_values, work.tiles_per_frame = tiles.frames_to_pixel_values(
+            decoded, image_size, max_num=cfg.max_num, use_thumbnail=cfg.use_thumbnail)
+    except VideoError as exc:
+        work.error = str(exc)
+    work.prepare_ms = (time.perf_counter() - start) * 1000
+    return work
+
+
+def _sync(lm: LoadedModel) -> None:
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+
+
+def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> list[dict]:
+    """Answer every question of a prepared clip; returns one record per question, in question order."""
+    by_frames: dict[tuple[int, ...], list[Question]] = {}
+    for q in work.questions:
+        by_frames.setdefault(work.frames_by_question[q.id], []).append(q)
+
+    clip_ms = work.prepare_ms
+    features = None
+    if cfg.share_prefix:
+        t = time.perf_counter()
+        features = encode_tiles(lm, work.pixel_values, cfg.vision_batch)
+        _sync(lm)
+        clip_ms += (time.perf_counter() - t) * 1000
+
+    records = {}
+    for frame_idx, group in by_frames.items():
+        rows = work.tile_rows(frame_idx)
+        tiles_per_frame = work.tiles_of(frame_idx)
+        prefix_ids = tokenize(lm, prompts.prompt_prefix(prompts.frames_text(tiles_per_frame, lm.tokens_per_tile)))
+        group_ms = 0.0
+        if cfg.share_prefix:
+            t = time.perf_counter()
+            cache = new_cache(lm)
+            forward(lm, prefix_ids, features[rows], cache)
+            prefix_len = cache.get_seq_length()
+            _sync(lm)
+            group_ms = (time.perf_counter() - t) * 1000
+        for q in group:
+            t = time.perf_counter()
+            suffix_ids = tokenize(lm, prompts.prompt_suffix(
+                prompts.question_text(q.question, q.choices, simple=cfg.simple_prompts)))
+            if cfg.share_prefix:
+                logits = forward(lm, suffix_ids, None, cache)
+            else:  # the plain path: re-encode this question's frames, prefill the whole prompt
+                cache = new_cache(lm)
+                q_features = encode_tiles(lm, work.pixel_values[rows], cfg.vision_batch)
+                logits = forward(lm, torch.cat([prefix_ids, suffix_ids], dim=1), q_features, cache)
+            record = _answer(lm, q, logits, cache, cfg)
+            if cfg.share_prefix:
+                rewind(cache, prefix_len)
+            _sync(lm)
+            own_ms = (time.perf_counter() - t) * 1000
+            record.update(
+                frames=list(frame_idx),
+                tiles=int(sum(tiles_per_frame)),
+                visual_tokens=int(sum(tiles_per_frame) * lm.tokens_per_tile),
+                prompt_tokens=int(prefix_ids.shape[1] + suffix_ids.shape[1]),
+                time_ms=round(clip_ms / len(work.questions) + group_ms / len(group) + own_ms, 3),
+                timings_ms={"clip_shared": round(clip_ms, 3), "group_prefill": round(group_ms, 3),
+                            "question": round(own_ms, 3)},
+            )
+            records[q.id] = record
+    return [records[q.id] for q in work.questions]
+
+
+def _answer(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg: RunConfig) -> dict:
+    probs = letter_probs(lm, logits, q.letters)
+    scored = max(probs, key=probs.get)
+    record = {"id": q.id, "answer": scored, "mode": "score", "probs": {k: round(v, 6) for k, v in probs.items()}}
+    if cfg.answer_mode == "generate":
+        text = greedy(lm, logits, cache, cfg.max_new_tokens)
+        parsed = answers.parse_answer(text, q.choices)
+        record.update(raw=text, mode="generate")
+        if parsed is None:
+            record.update(mode="generate-fallback-score", fallback=True)
+        else:
+            record["answer"] = parsed
+    return record
+
+
+def error_records(work: ClipWork) -> list[dict]:
+    return [{"id": q.id, "answer": prior_letter(q.num_choices), "mode": "error-prior", "error": work.error,
+             "time_ms": round(work.prepare_ms / len(work.questions), 3)} for q in work.questions]
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    answered: int = 0
+    resumed: int = 0
+    errors: dict[str, str] = field(default_factory=dict)  # question id -> reason
+    fallbacks: int = 0
+    seconds: float = 0.0
+    paths: OutputPaths | None = None
+    modes: Counter = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        out = [f"answered {self.answered} new + {self.resumed} resumed of {self.total} questions "
+               f"in {self.seconds:.1f} s; modes {dict(self.modes)}"]
+        if self.fallbacks:
+            out.append(f"{self.fallbacks} generated answers could not be parsed and fell back to the score answer")
+        if self.errors:
+            out.append(f"{len(self.errors)} questions got the prior answer because their video failed:")
+            out += [f"  {qid}: {why}" for qid, why in self.errors.items()]
+        if self.paths:
+            out.append(f"wrote {self.paths.submission} and {self.paths.time_submission}")
+        return out
+
+
+def planned_prompt_tokens(cfg: RunConfig, image_size: int, tokens_per_tile: int) -> int:
+    """Tokens of the largest prompt this configuration allows on a 16:9 clip (for the VRAM estimate)."""
+    per_frame = tokens_per_tile * frames.tiles_per_frame(2560, 1440, cfg.max_num, cfg.use_thumbnail,
+                                                         image_size=image_size)
+    visual = min(cfg.max_frames * per_frame, max(per_frame, cfg.max_visual_tokens // per_frame * per_frame))
+    return visual + 400  # system prompt, frame labels, question and choices
+
+
+def print_estimate(cfg: RunConfig, say) -> None:
+    try:
+        config = memory.load_config(cfg.model)
+    except Exception as exc:  # offline with no cached config: nothing to estimate from
+        say(f"VRAM estimate skipped: no config for {cfg.model} ({str(exc).splitlines()[0]})")
+        return
+    vision = config.vision_config
+    size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
+    patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
+    tokens_per_tile = int((size // patch) ** 2 * config.downsample_ratio ** 2)
+    est = memory.estimate_vram(config, quantization=cfg.quantization,
+                               prompt_tokens=planned_prompt_tokens(cfg, size, tokens_per_tile),
+                               vision_batch=cfg.vision_batch)
+    say(est.describe())
+    gpu = memory.gpu_memory() if torch.cuda.is_available() else None
+    if gpu and est.total > gpu[0]:
+        say(f"WARNING: the estimate exceeds the GPU's free memory ({gpu[0] / memory.GiB:.2f} GiB); "
+            "try --load-in-4bit, fewer --max-frames or a lower --max-visual-tokens")
+
+
+def iter_prepared(clips, cfg: RunConfig, image_size: int, tokens_per_tile: int):
+    """Prepared clips in order; with cfg.prefetch > 0 the next clips decode on a worker thread."""
+    if cfg.prefetch <= 0:
+        for video, qs in clips:
+            yield prepare_clip(video, qs, cfg, image_size, tokens_per_tile)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        pending = []
+        it = iter(clips)
+        for video, qs in it:
+            pending.append(pool.submit(prepare_clip, video, qs, cfg, image_size, tokens_per_tile))
+            if len(pending) > cfg.prefetch:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
+
+
+def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
+    """The whole job. `model_loader(cfg) -> LoadedModel` is injectable for benches and tests."""
+    from tqdm import tqdm
+
+    from roadbuddy.model import load_model
+
+    started = time.perf_counter()
+    questions = load_questions(cfg.test_json, cfg.data_dir)
+    if cfg.limit:
+        questions = questions[:cfg.limit]
+    paths = OutputPaths.for_submission(Path(cfg.output))
+    prepare_output(paths)
+    summary = RunSummary(total=len(questions), paths=paths)
+    with RunLock(paths.lock):
+        check_run_info(paths, cfg.answer_settings())
+        done = load_predictions(paths.predictions)
+        done = {k: v for k, v in done.items() if not v.get("error")}  # retry failed videos
+        pending = [q for q in questions if q.id not in done]
+        summary.resumed = len(questions) - len(pending)
+        if summary.resumed:
+            say(f"resuming: {summary.resumed} of {len(questions)} questions already answered in {paths.predictions}")
+        if pending:
+            torch.manual_seed(cfg.seed)
+            print_estimate(cfg, say)
+            lm = (model_loader or load_model)(cfg)
+            for note in lm.notes:
+                say(note)
+            say(f"model: {lm.source} on {lm.device} ({str(lm.dtype).replace('torch.', '')}, "
+                f"{cfg.quantization or 'no quantization'}, attention {lm.attn_impl})")
+            clips = group_by_video(pending)
+            bar = tqdm(total=len(pending), unit="q", disable=not cfg.progress, dynamic_ncols=True)
+            with PredictionLog(paths.predictions) as out, bar:
+                for work in iter_prepared(clips, cfg, lm.image_size, lm.tokens_per_tile):
+                    records = error_records(work) if work.error else answer_clip(lm, work, cfg)
+                    for record in records:
+                        out.append(record)
+                        done[record["id"]] = record
+                        summary.answered += 1
+                        summary.modes[record["mode"]] += 1
+                        summary.fallbacks += bool(record.get("fallback"))
+                        if record.get("error"):
+                            summary.errors[record["id"]] = record["error"]
+                    bar.update(len(records))
+        else:
+            say("nothing to do: every question already has an answer")
+        write_submissions(paths, questions, done)
+    summary.seconds = time.perf_counter() - started
+    return summary

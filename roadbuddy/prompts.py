@@ -1,0 +1,107 @@
+"""The chat text InternVL3.5 reads: system prompt, frames, question, choices.
+
+Layout (Qwen chat template, see shared/INTERNVL.md "Prompt format"):
+
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
+    Frame1: <img><IMG_CONTEXT>...</img>\\n
+    ...                                            <- prompt_prefix ends here
+    {question block}<|im_end|>\\n<|im_start|>assistant\\n   <- prompt_suffix
+
+The prefix holds only what is shared by every question about a clip, so the
+frames are prefilled once and each question only prefills its suffix.
+Letters are positions (A, B, C, ...): the files' printed labels cannot be
+trusted, so callers pass choices already stripped of them.
+"""
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+
+IMG_START = "<img>"
+IMG_END = "</img>"
+IMG_CONTEXT = "<IMG_CONTEXT>"
+
+# A fixed system prompt keeps InternVL3.5 out of its <think> mode. English gloss:
+# "You are an assistant that watches frames from a dashcam on Vietnamese roads
+# and answers multiple-choice questions about traffic signs, traffic lights,
+# lanes, directions of travel and vehicles, following Vietnamese road traffic
+# law. Answer with the letter of the correct option only, no explanation."
+SYSTEM_PROMPT = (
+    "Bạn là trợ lý quan sát các khung hình từ camera hành trình của xe chạy trên đường ở Việt Nam "
+    "và trả lời câu hỏi trắc nghiệm về biển báo giao thông, đèn tín hiệu, làn đường, hướng đi "
+    "và các phương tiện, theo Luật Giao thông đường bộ Việt Nam. "
+    "Chỉ trả lời bằng chữ cái của phương án đúng, không giải thích."
+)
+
+# English gloss: "The images above are consecutive frames from the dashcam video
+# of a car driving on a Vietnamese road. Look carefully at the traffic signs,
+# traffic lights, lane markings and vehicles in the frames."
+_DETAILED_INTRO = (
+    "Các hình ảnh trên là những khung hình liên tiếp trích từ video camera hành trình "
+    "của một xe đang chạy trên đường ở Việt Nam. Hãy quan sát kỹ biển báo giao thông, "
+    "đèn tín hiệu, vạch kẻ đường và các phương tiện trong các khung hình."
+)
+
+
+def letters(num_choices: int) -> str:
+    """The valid position letters for a question with this many choices."""
+    if not 1 <= num_choices <= len(string.ascii_uppercase):
+        raise ValueError(f"a question needs 1 to {len(string.ascii_uppercase)} choices (got {num_choices})")
+    return string.ascii_uppercase[:num_choices]
+
+
+def letters_phrase(num_choices: int) -> str:
+    """"A, B, C hoặc D" (Vietnamese "or"); "A" alone for a single choice."""
+    valid = letters(num_choices)
+    if len(valid) == 1:
+        return valid
+    return ", ".join(valid[:-1]) + " hoặc " + valid[-1]
+
+
+def frames_text(tiles_per_frame: Sequence[int], tokens_per_tile: int) -> str:
+    """"Frame{i}: <img>" + IMG_CONTEXT * (tokens_per_tile * tiles) + "</img>\\n" per frame, i from 1."""
+    if tokens_per_tile < 1:
+        raise ValueError(f"tokens_per_tile must be at least 1 (got {tokens_per_tile})")
+    parts = []
+    for i, tiles in enumerate(tiles_per_frame, start=1):
+        if tiles < 1:
+            raise ValueError(f"frame {i} has {tiles} tiles; every frame needs at least one")
+        parts.append(f"Frame{i}: {IMG_START}{IMG_CONTEXT * (tokens_per_tile * int(tiles))}{IMG_END}\n")
+    return "".join(parts)
+
+
+def choices_text(choices: Sequence[str]) -> str:
+    """One line per choice, "A. text", lettered by position."""
+    valid = letters(len(choices))
+    return "\n".join(f"{letter}. {choice}" for letter, choice in zip(valid, choices))
+
+
+def question_text(question: str, choices: Sequence[str], simple: bool = False) -> str:
+    """The question block: everything question-specific in the user turn."""
+    options = choices_text(choices)
+    valid = letters_phrase(len(choices))
+    if simple:
+        # "Answer with one letter (A, B, C or D)."
+        return f"{question}\n{options}\nTrả lời bằng một chữ cái ({valid})."
+    # "Question: ... / <choices> / Answer with ONLY the letter of the correct
+    # option (A, B, C or D), no explanation."
+    return (
+        f"{_DETAILED_INTRO}\n"
+        f"Câu hỏi: {question}\n"
+        f"{options}\n"
+        f"Chỉ trả lời bằng một chữ cái của phương án đúng ({valid}), không giải thích."
+    )
+
+
+def prompt_prefix(frames: str, system: str = SYSTEM_PROMPT) -> str:
+    """System turn and the start of the user turn up to the end of the frames."""
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{frames}"
+
+
+def prompt_suffix(question_block: str) -> str:
+    """The rest of the user turn and the opening of the assistant turn."""
+    return f"{question_block}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def build_prompt(frames: str, question_block: str, system: str = SYSTEM_PROMPT) -> str:
+    return prompt_prefix(frames, system) + prompt_suffix(question_block)

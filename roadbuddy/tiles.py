@@ -1,0 +1,105 @@
+"""Frames to the vision tower's input: the model card's dynamic tiling and ImageNet normalisation.
+
+Pixel-for-pixel the card's `dynamic_preprocess` + `build_transform` (PIL bicubic resizes,
+/255, (x - mean) / std), with the normalisation done once on the stacked tiles.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def candidate_grids(min_num: int, max_num: int) -> list[tuple[int, int]]:
+    """Every (cols, rows) with min_num <= cols*rows <= max_num, ordered by tile count.
+
+    Built exactly as the card does (a set, then a stable sort on cols*rows): the order of
+    grids with equal tile counts decides ties in `choose_grid`, so it must be the card's.
+    """
+    grids = set(
+        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    )
+    return sorted(grids, key=lambda g: g[0] * g[1])
+
+
+def choose_grid(width: int, height: int, image_size: int, min_num: int = 1, max_num: int = 12) -> tuple[int, int]:
+    """The card's `find_closest_aspect_ratio`: the grid whose cols/rows is closest to width/height.
+
+    On an exact tie the later (larger) grid wins when the image has more than half its pixels.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if not 1 <= min_num <= max_num:
+        raise ValueError(f"need 1 <= min_num <= max_num, got min_num={min_num}, max_num={max_num}")
+    aspect = width / height
+    area = width * height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(min_num, max_num):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * image_size * image_size * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def tile_image(image: Image.Image, image_size: int, max_num: int = 1, min_num: int = 1,
+               use_thumbnail: bool = True) -> list[Image.Image]:
+    """The card's `dynamic_preprocess`: resize onto the chosen grid, cut row by row, add a thumbnail if >1 tile."""
+    cols, rows = choose_grid(image.width, image.height, image_size, min_num, max_num)
+    resized = image.resize((image_size * cols, image_size * rows), Image.BICUBIC)
+    tiles = [
+        resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
+        for r in range(rows) for c in range(cols)
+    ]
+    if use_thumbnail and len(tiles) > 1:
+        tiles.append(image.resize((image_size, image_size), Image.BICUBIC))
+    return tiles
+
+
+def _normalize_uint8(stacked: np.ndarray) -> torch.Tensor:
+    """uint8 [N,S,S,3] -> float32 [N,3,S,S]; the same float32 ops as ToTensor + Normalize."""
+    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32).div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std).contiguous()
+
+
+def _tile_array(tile: Image.Image, image_size: int) -> np.ndarray:
+    if tile.mode != "RGB":
+        tile = tile.convert("RGB")
+    if tile.size != (image_size, image_size):
+        tile = tile.resize((image_size, image_size), Image.BICUBIC)
+    return np.asarray(tile)
+
+
+def normalize(tiles: list[Image.Image], image_size: int) -> torch.Tensor:
+    """The card's `build_transform` on each tile, stacked: float32 [N,3,S,S]."""
+    if not tiles:
+        return torch.empty((0, 3, image_size, image_size), dtype=torch.float32)
+    return _normalize_uint8(np.stack([_tile_array(t, image_size) for t in tiles]))
+
+
+def frames_to_pixel_values(frames: np.ndarray | Sequence[np.ndarray], image_size: int, max_num: int = 1,
+                           use_thumbnail: bool = True) -> tuple[torch.Tensor, list[int]]:
+    """Tile and normalise uint8 RGB frames [K,H,W,3].
+
+    Returns pixel_values float32 [sum of tiles, 3, S, S] (frame by frame, each frame's tiles
+    row-major then its thumbnail) and the number of tiles of each frame.
+    """
+    tiles: list[Image.Image] = []
+    counts: list[int] = []
+    for frame in frames:
+        image = Image.fromarray(np.asarray(frame, dtype=np.uint8))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        frame_tiles = tile_image(image, image_size, max_num=max_num, use_thumbnail=use_thumbnail)
+        tiles.extend(frame_tiles)
+        counts.append(len(frame_tiles))
+    return normalize(tiles, image_size), counts

@@ -1,0 +1,49 @@
+"""The VRAM estimate against the arithmetic in INTERNVL.md."""
+from __future__ import annotations
+
+import pytest
+
+from roadbuddy import memory
+
+
+@pytest.fixture(scope="module")
+def config_4b():
+    return memory.load_config("internvl3_5-4b")
+
+
+def test_parameter_count_of_the_4b_architecture(config_4b):
+    counts = memory.count_parameters(config_4b)
+    assert sum(counts.values()) == pytest.approx(4.73e9, rel=0.01)
+    assert counts["vision"] == pytest.approx(0.30e9, rel=0.02)  # InternViT-300M
+
+
+def test_kv_cache_per_token_matches_internvl_md(config_4b):
+    assert memory.kv_bytes_per_token(config_4b) == 147_456
+    est = memory.estimate_vram(config_4b, quantization=None, prompt_tokens=8192, vision_batch=32)
+    assert est.kv_cache / 1e9 == pytest.approx(1.2, abs=0.01)  # 32 frames x 256 tokens -> 1.2 GB
+    big = memory.estimate_vram(config_4b, quantization=None, prompt_tokens=106_496, vision_batch=32)
+    assert big.kv_cache / 1e9 == pytest.approx(15.7, abs=0.05)  # 12 tiles + thumbnail per frame
+
+
+def test_weights_by_quantization(config_4b):
+    bf16, q8, q4 = (memory.estimate_vram(config_4b, quantization=q, prompt_tokens=1000, vision_batch=8).weights
+                    for q in (None, "8bit", "4bit"))
+    assert bf16 / 1e9 == pytest.approx(9.46, abs=0.02)  # 4.73e9 x 2 B
+    assert bf16 > q8 > q4
+    # the vision tower, projector, embeddings and lm_head stay 16-bit in every mode
+    assert q4 > 2 * (0.30e9 + 0.017e9 + 2 * 151936 * 2560)
+
+
+def test_estimate_grows_with_tokens_and_describes_itself(config_4b):
+    small = memory.estimate_vram(config_4b, quantization=None, prompt_tokens=2048, vision_batch=32)
+    large = memory.estimate_vram(config_4b, quantization=None, prompt_tokens=16384, vision_batch=32)
+    assert large.total > small.total
+    assert "VRAM estimate" in small.describe() and "KV cache" in small.describe()
+
+
+def test_gpu_memory_is_none_without_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert memory.gpu_memory() is None

@@ -1,0 +1,106 @@
+"""The model layer on a tiny random-weight InternVL: loading rules, the shared-prefix path, score mode."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from roadbuddy import prompts
+from roadbuddy.config import RunConfig
+from roadbuddy.model import (ModelLoadError, encode_tiles, forward, forward_official, letter_probs, load_model,
+                             new_cache, resolve_model_id, rewind, tokenize)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_checkpoint):
+    return load_model(RunConfig(model=str(tiny_checkpoint), device="cpu"))
+
+
+def test_sizes_come_from_the_config(lm):
+    assert lm.image_size == 56 and lm.tokens_per_tile == 4  # tiny config: 56 px tiles, 4 tokens each
+    assert lm.image_token_id == lm.config.image_token_id
+    assert set("ABCDEFGH") <= set(lm.letter_ids)
+    assert lm.attn_impl == "sdpa"  # no CUDA here
+
+
+@pytest.mark.parametrize("name,twin", [
+    ("OpenGVLab/InternVL3_5-4B", "OpenGVLab/InternVL3_5-4B-HF"),
+    ("OpenGVLab/InternVL3_5-8B", "OpenGVLab/InternVL3_5-8B-HF"),
+    ("OpenGVLab/InternVL3-2B", "OpenGVLab/InternVL3-2B-hf"),
+    ("OpenGVLab/InternVL3_5-4B-HF", "OpenGVLab/InternVL3_5-4B-HF"),
+    ("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-1B-hf"),
+])
+def test_original_ids_map_to_native_twins(name, twin):
+    resolved, note = resolve_model_id(name)
+    assert resolved == twin
+    assert (note is None) == (name == twin)
+
+
+@pytest.mark.parametrize("flag", ["8bit", "4bit"])
+def test_quantization_without_cuda_is_a_clear_error(tiny_checkpoint, flag):
+    with pytest.raises(ModelLoadError, match=f"--load-in-{flag} needs a CUDA GPU"):
+        load_model(RunConfig(model=str(tiny_checkpoint), device="cpu", quantization=flag))
+
+
+def test_pickle_only_checkpoint_is_refused(tiny_checkpoint, tmp_path):
+    ckpt = tmp_path / "pickled"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    (ckpt / "model.safetensors").rename(ckpt / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_model(RunConfig(model=str(ckpt), device="cpu"))
+
+
+def test_original_format_checkpoint_is_refused(tiny_checkpoint, tmp_path):
+    ckpt = tmp_path / "original"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model_type"] = "internvl_chat"
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="remote code"):
+        load_model(RunConfig(model=str(ckpt), device="cpu"))
+
+
+def _prompt(lm, frames: int, question: str, choices):
+    prefix = prompts.prompt_prefix(prompts.frames_text([1] * frames, lm.tokens_per_tile))
+    suffix = prompts.prompt_suffix(prompts.question_text(question, choices))
+    return tokenize(lm, prefix), tokenize(lm, suffix)
+
+
+def test_shared_prefix_equals_full_prompt_and_official_forward(lm):
+    torch.manual_seed(1)
+    pixels = torch.randn(3, 3, lm.image_size, lm.image_size)
+    features = encode_tiles(lm, pixels, batch=2)  # chunked vision tower
+    assert features.shape[:2] == (3, lm.tokens_per_tile)
+    questions = [("Đèn màu gì?", ["Đỏ", "Xanh", "Vàng", "Tắt"]), ("Có biển báo không?", ["Có", "Không"])]
+    cache = new_cache(lm)
+    prefix_ids, _ = _prompt(lm, 3, *questions[0])
+    forward(lm, prefix_ids, features, cache)
+    prefix_len = cache.get_seq_length()
+    for text, choices in questions:
+        _, suffix_ids = _prompt(lm, 3, text, choices)
+        shared = forward(lm, suffix_ids, None, cache)
+        rewind(cache, prefix_len)
+        full_ids = torch.cat([prefix_ids, suffix_ids], dim=1)
+        plain = forward(lm, full_ids, encode_tiles(lm, pixels), new_cache(lm))
+        official = forward_official(lm, full_ids, pixels)
+        torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(plain, official, rtol=1e-4, atol=1e-4)
+
+
+def test_letter_probs_cover_only_valid_letters(lm):
+    logits = torch.zeros(lm.config.text_config.vocab_size)
+    logits[lm.letter_ids["E"]] = 100.0  # an invalid letter for a 4-choice question
+    logits[lm.letter_ids["C"]] = 1.0
+    probs = letter_probs(lm, logits, ("A", "B", "C", "D"))
+    assert set(probs) == {"A", "B", "C", "D"}
+    assert max(probs, key=probs.get) == "C"
+    assert sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_image_token_count_mismatch_is_caught(lm):
+    prefix_ids, _ = _prompt(lm, 2, "?", ["a", "b"])
+    features = encode_tiles(lm, torch.randn(3, 3, lm.image_size, lm.image_size))
+    with pytest.raises(ValueError, match="image tokens"):
+        forward(lm, prefix_ids, features, new_cache(lm))

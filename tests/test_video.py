@@ -1,0 +1,271 @@
+"""roadbuddy.video on real encoded clips (roadbuddy.synth), both decoders.
+
+Each frame of the coded clips is one flat grey level, 8 * its index, so a
+frame's identity survives lossy H.264: round(mean / 8) is its index.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import types
+import wave
+
+import numpy as np
+import pytest
+
+from roadbuddy import synth, video
+from roadbuddy.video import VideoError, VideoInfo, decoders_available, open_video
+
+HAS_DECORD = decoders_available()["decord"]
+needs_decord = pytest.mark.skipif(not HAS_DECORD, reason="decord is not installed")
+BACKENDS = [pytest.param("decord", marks=needs_decord), "pyav"]
+
+FRAMES, FPS, W, H = 24, 10, 64, 48
+
+
+def coded_frame(i: int) -> np.ndarray:
+    return np.full((H, W, 3), 8 * i, np.uint8)
+
+
+def frame_ids(frames: np.ndarray) -> list[int]:
+    return [int(round(f.mean() / 8)) for f in frames]
+
+
+@pytest.fixture(scope="module")
+def coded_clip(tmp_path_factory):
+    # a short GOP so PyAV's keyframe seeking is exercised, not just decoding from the start
+    return synth.write_clip(tmp_path_factory.mktemp("coded") / "coded.mp4", coded_frame, num_frames=FRAMES,
+                            fps=FPS, gop=5)
+
+
+@pytest.fixture(scope="module")
+def road_clip(tmp_path_factory):
+    return synth.write_road_clip(tmp_path_factory.mktemp("road") / "road.mp4", seconds=2, fps=15, width=160,
+                                 height=90, light="green")
+
+
+def test_decoders_available():
+    assert decoders_available() == {"decord": HAS_DECORD, "pyav": True}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_info(coded_clip, backend):
+    with open_video(coded_clip, backend=backend) as reader:
+        assert reader.info == VideoInfo(coded_clip, float(FPS), FRAMES, W, H, backend)
+        assert reader.info.duration == pytest.approx(FRAMES / FPS)
+
+
+def test_auto_prefers_decord(coded_clip):
+    with open_video(coded_clip) as reader:
+        assert reader.info.backend == ("decord" if HAS_DECORD else "pyav")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_every_frame_in_order(tmp_path, backend, suffix):
+    # mkv states no frame count, so PyAV counts packets
+    clip = synth.write_clip(tmp_path / f"clip{suffix}", coded_frame, num_frames=FRAMES, fps=FPS, gop=5)
+    with open_video(clip, backend=backend) as reader:
+        assert reader.info.num_frames == FRAMES
+        frames = reader.get(range(FRAMES))
+    assert frames.shape == (FRAMES, H, W, 3) and frames.dtype == np.uint8
+    assert frame_ids(frames) == list(range(FRAMES))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_get_order_duplicates_and_clamping(coded_clip, backend):
+    with open_video(coded_clip, backend=backend) as reader:
+        frames = reader.get([17, 3, 3, 22, 0, -5, 1000, 11, 17])
+        assert frame_ids(frames) == [17, 3, 3, 22, 0, 0, FRAMES - 1, 11, 17]
+        assert frame_ids(reader.get([9])) == [9]  # a second read on the same reader, going backwards
+        assert reader.get([]).shape == (0, H, W, 3)
+
+
+def test_raw_h264_stream_decodes_with_pyav_from_the_start(tmp_path, caplog):
+    # A raw H.264 stream has no container: no timestamps to seek by, no frame count (PyAV counts
+    # packets), and a rate FFmpeg guesses (25). decord refuses it ("broken metadata"), so "auto" falls back.
+    clip = synth.write_clip(tmp_path / "raw.h264", coded_frame, num_frames=FRAMES, fps=FPS, gop=5)
+    with caplog.at_level(logging.WARNING, logger="roadbuddy.video"):
+        with open_video(clip) as reader:
+            assert reader.info.backend == "pyav" and reader.info.num_frames == FRAMES
+            assert frame_ids(reader.get([20, 2, 13, 2])) == [20, 2, 13, 2]
+    if HAS_DECORD:
+        assert any("decord cannot read" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decoder_scales_to_size(coded_clip, backend):
+    with open_video(coded_clip, backend=backend) as reader:
+        frames = reader.get([4, 1], size=(32, 24))
+    assert frames.shape == (2, 24, 32, 3)
+    assert frame_ids(frames) == [4, 1]
+
+
+@needs_decord
+def test_decord_and_pyav_return_the_same_frames(road_clip, coded_clip):
+    with open_video(coded_clip, backend="decord") as d, open_video(coded_clip, backend="pyav") as p:
+        assert frame_ids(d.get(range(FRAMES))) == frame_ids(p.get(range(FRAMES)))
+    with open_video(road_clip, backend="decord") as d, open_video(road_clip, backend="pyav") as p:
+        assert d.info.num_frames == p.info.num_frames == 30
+        indices = [29, 0, 14, 7, 7, 21]
+        a, b = d.get(indices).astype(int), p.get(indices).astype(int)
+    assert a.shape == b.shape == (6, 90, 160, 3)
+    assert np.abs(a - b).mean() < 2
+    # the same frame, not a neighbour: the lane dashes move between frames
+    for i in range(len(indices)):
+        assert np.abs(a[i] - b[i]).mean() < min(np.abs(a[i] - b[j]).mean() for j in range(len(indices))
+                                                if indices[j] != indices[i]) / 2
+
+
+def test_auto_uses_pyav_when_decord_is_missing(coded_clip, monkeypatch):
+    monkeypatch.setitem(sys.modules, "decord", None)
+    assert decoders_available() == {"decord": False, "pyav": True}
+    with open_video(coded_clip) as reader:
+        assert reader.info.backend == "pyav"
+        assert frame_ids(reader.get([5, 2])) == [5, 2]
+    with pytest.raises(ImportError, match="decord"):
+        open_video(coded_clip, backend="decord")
+
+
+def _broken_decord(error_at: str):
+    """A stand-in decord module whose reader fails when opened or when reading a batch."""
+
+    class Reader:
+        def __init__(self, *args, **kwargs):
+            if error_at == "open":
+                raise RuntimeError("[12:00:00] video_reader.cc:83: Error: cannot open the stream")
+
+        def __len__(self):
+            return FRAMES
+
+        def __getitem__(self, i):
+            return types.SimpleNamespace(asnumpy=lambda: coded_frame(0))
+
+        def get_avg_fps(self):
+            return float(FPS)
+
+        def get_batch(self, indices):
+            raise RuntimeError("[12:00:00] video_reader.cc:486: Error: av_read_frame failed")
+
+    return types.SimpleNamespace(VideoReader=Reader, cpu=lambda n: None)
+
+
+@pytest.mark.parametrize("error_at", ["open", "read"])
+def test_auto_falls_back_to_pyav_when_decord_fails(coded_clip, monkeypatch, caplog, error_at):
+    monkeypatch.setattr(video, "_import_decord", lambda: _broken_decord(error_at))
+    with caplog.at_level(logging.WARNING, logger="roadbuddy.video"):
+        with open_video(coded_clip) as reader:
+            assert frame_ids(reader.get([7, 30, 7])) == [7, FRAMES - 1, 7]
+            assert reader.info.backend == "pyav"
+    assert any("decord" in r.getMessage() and str(coded_clip) in r.getMessage() for r in caplog.records)
+
+    with pytest.raises(VideoError, match="decord"):  # forced decord reports the failure instead
+        with open_video(coded_clip, backend="decord") as reader:
+            reader.get([7])
+
+
+def _file(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _wav(path):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(np.zeros(800, np.int16).tobytes())
+    return path
+
+
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("make, reason", [
+    (lambda d: d / "missing.mp4", "no such file"),
+    (lambda d: d, "directory"),
+    (lambda d: _file(d / "empty.mp4", b""), "empty"),
+    (lambda d: _file(d / "notes.mp4", b"not a video\n" * 50), "not a readable video|cannot read"),
+    (lambda d: _wav(d / "sound.wav"), "no video stream|cannot read"),
+], ids=["missing", "directory", "zero-byte", "text", "audio-only"])
+def test_unreadable_files_raise_video_error(tmp_path, backend, make, reason):
+    path = make(tmp_path)
+    with pytest.raises(VideoError, match=reason) as caught:
+        open_video(path, backend=backend)
+    message = str(caught.value)
+    assert message.startswith(f"cannot decode {path}: ") and "\n" not in message
+    assert caught.value.path == path
+
+
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_truncated_clip_gives_video_error_or_fewer_frames(tmp_path, backend, suffix):
+    whole = synth.write_clip(tmp_path / f"whole{suffix}", coded_frame, num_frames=FRAMES, fps=FPS, gop=5)
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    try:
+        reader = open_video(cut, backend=backend)
+    except VideoError as exc:
+        assert str(cut) in str(exc)
+        return
+    with reader:
+        assert 0 < reader.info.num_frames < FRAMES
+        ids = frame_ids(reader.get(range(FRAMES)))
+    # what decodes is the clip's start, in order; past the end, the last readable frame repeats
+    last = max(ids)
+    assert last < FRAMES - 1
+    assert ids[: last + 1] == list(range(last + 1)) and set(ids[last:]) == {last}
+
+
+def test_write_road_clip_is_a_decodable_16_9_clip(tmp_path):
+    clip = synth.write_road_clip(tmp_path / "road.mp4", seconds=2, fps=30, width=320, height=180, light="red",
+                                 light_frames=(20, 40))
+    with open_video(clip) as reader:
+        info = reader.info
+        assert (info.width, info.height, info.num_frames, info.fps) == (320, 180, 60, 30.0)
+        assert info.width * 9 == info.height * 16
+        frames = reader.get(range(60)).astype(int)
+    # the red lamp: top third of the light box at x = 0.8 W
+    y, x = int(0.04 * 180 + 0.42 * 180 / 6), int(0.8 * 320)
+    lamp = frames[:, y - 2:y + 3, x - 2:x + 3].mean(axis=(1, 2))
+    red_lit = (lamp[:, 0] > 180) & (lamp[:, 1] < 100)
+    assert red_lit[22:38].all() and not red_lit[:18].any() and not red_lit[42:].any()
+    assert frames.std() > 20  # a scene, not a flat frame
+    assert np.abs(frames[1:] - frames[:-1]).mean() > 0  # the road moves
+
+
+def test_road_frame_draws_the_light_and_moves():
+    a = synth.road_frame(0, width=256, height=144, light="green")
+    b = synth.road_frame(3, width=256, height=144, light="green")
+    none = synth.road_frame(0, width=256, height=144)
+    assert a.shape == (144, 256, 3) and a.dtype == np.uint8
+    assert (a != b).any() and (a != none).any()
+    with pytest.raises(ValueError, match="light"):
+        synth.road_frame(0, width=256, height=144, light="blue")
+
+
+def test_write_clip_takes_iterables_and_scales_to_the_size(tmp_path):
+    frames = [np.full((30, 40, 3), 8 * i, np.uint8) for i in range(6)]
+    clip = synth.write_clip(tmp_path / "it.mp4", iter(frames), fps=5, width=64, height=48)
+    with open_video(clip, backend="pyav") as reader:
+        assert (reader.info.width, reader.info.height, reader.info.num_frames) == (64, 48, 6)
+        assert frame_ids(reader.get(range(6))) == list(range(6))
+
+
+def test_write_clip_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="even"):
+        synth.write_clip(tmp_path / "odd.mp4", [np.zeros((5, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match="num_frames"):
+        synth.write_clip(tmp_path / "f.mp4", coded_frame)
+    with pytest.raises(ValueError, match="no frames"):
+        synth.write_clip(tmp_path / "none.mp4", [])
+    with pytest.raises(ValueError, match="uint8"):
+        synth.write_clip(tmp_path / "float.mp4", [np.zeros((8, 8, 3), np.float32)])
+
+
+def test_missing_frame_rate_comes_from_timestamps_or_is_assumed(caplog):
+    with caplog.at_level(logging.WARNING, logger="roadbuddy.video"):
+        assert video._resolve_fps("a.mp4", 25, lambda: None) == 25.0
+        assert not caplog.records
+        assert video._resolve_fps("a.mp4", float("nan"), lambda: 12.5) == 12.5
+        assert video._resolve_fps("a.mp4", 0, lambda: None) == video.ASSUMED_FPS
+    assert len(caplog.records) == 2 and all("a.mp4" in r.getMessage() for r in caplog.records)
+    assert video._fps_from_timestamps([0.0, 0.1, 0.2, 0.3]) == pytest.approx(10.0)
+    assert video._fps_from_timestamps([1.0]) is None
