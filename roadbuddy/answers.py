@@ -12,7 +12,8 @@ In order:
      "答案是D"); phrases that name the answer ("đáp án", "answer", "答案") win
      over phrases that name an option ("phương án", "option", "选项");
   4. otherwise the standalone capital letters left ("B", "(C)", "B. Sai");
-  5. otherwise the choice texts themselves ("Sai" -> B).
+  5. otherwise the choice texts themselves ("Sai" -> B), when exactly one
+     position has that text.
 A letter counts only when it stands alone: "A" in "Anh" is part of a word.
 Two different letters, a letter outside the valid range, or a letter whose
 trailing text is another choice's text ("A. Sai" when Sai is B) give None.
@@ -150,8 +151,12 @@ def _accept(found: list[tuple[str, int]], body: str, texts: Sequence[str], valid
     letter = letters.pop()
     if letter not in valid:
         return None
+    window = 2 * max(map(len, texts)) + 16  # a longer line cannot be a choice text
     for _, pos in found:
-        named = _choices_equal_to(_norm(body[pos + 1:].split("\n", 1)[0]), texts)
+        line = body[pos + 1: pos + 1 + window]
+        if "\n" not in line and pos + 1 + window < len(body):
+            continue
+        named = _choices_equal_to(_norm(line.split("\n", 1)[0]), texts)
         if named and index_for(letter) not in named:  # "A. Sai" when Sai is B
             return None
     return letter
@@ -169,11 +174,9 @@ def _by_choice_text(body: str, texts: Sequence[str]) -> str | None:
     named = _choices_equal_to(_norm(body), texts)
     if not named:
         named = _choices_contained(body, texts)
-    # Repeated choices (one file lists its four choices twice) name the same
-    # answer; the first position is the one the answer key uses.
-    if named and len({texts[i] for i in named}) == 1:
-        return letter_for(named[0])
-    return None
+    # A text that several positions share (train_0120 lists its choices twice,
+    # train_0405 has "200m" at B and C) names no single letter.
+    return letter_for(named[0]) if len(named) == 1 else None
 
 
 def _choices_contained(body: str, texts: Sequence[str]) -> list[int]:

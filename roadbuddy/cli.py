@@ -6,12 +6,16 @@ Exit codes: 0 done; 1 unexpected failure (or --strict with unreadable videos);
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
 from roadbuddy.config import DEFAULT_MODEL, MAX_FRAMES_LIMIT, ConfigError, RunConfig
+
+# A full disk, a quota or a file-size limit: the run cannot go on, but what is on disk stands.
+DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 EPILOG = """\
 examples:
@@ -157,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one sentence, not a traceback, unless --verbose
         if args.verbose:
             raise
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            say(f"error: cannot write the output ({exc.strerror}); every answer finished so far is saved in "
+                "predictions.jsonl: free some space and run the same command again to resume")
+            return 1
         say(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
             "(answers so far are saved; rerun with --verbose for the traceback)")
         return 1

@@ -27,14 +27,21 @@ OVERHEAD_BYTES = int(0.6 * GiB)
 BYTES_PER_PARAM = {None: 2.0, "8bit": 1.0, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
 
 
+SHIPPED = {"OpenGVLab/InternVL3_5-4B-HF": "internvl3_5-4b"}
+
+
 def load_config(name_or_path: str):
-    """The InternVLConfig for a shipped name (configs/*.json), a local checkpoint, or a cached hub id."""
+    """The InternVLConfig for a shipped name (configs/*.json), a local checkpoint, or a cached hub id.
+
+    Never touches the network: the estimate must not stall a run that has no
+    network (the model load that follows reports that case itself).
+    """
     from transformers import AutoConfig, InternVLConfig
 
-    shipped = CONFIG_DIR / f"{name_or_path}.json"
+    shipped = CONFIG_DIR / f"{SHIPPED.get(name_or_path, name_or_path)}.json"
     if shipped.is_file():
         return InternVLConfig(**json.loads(shipped.read_text()))
-    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False, local_files_only=True)
 
 
 def count_parameters(config) -> dict[str, int]:

@@ -125,6 +125,16 @@ def _check_native_format(path: Path) -> None:
         )
 
 
+def _from_pretrained(cls, name: str, **kwargs):
+    """A local folder or the Hugging Face cache first (no network round trips), then the hub."""
+    if not Path(name).exists():
+        try:
+            return cls.from_pretrained(name, local_files_only=True, **kwargs)
+        except OSError:
+            pass
+    return cls.from_pretrained(name, **kwargs)
+
+
 def load_model(cfg: RunConfig) -> LoadedModel:
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
@@ -140,8 +150,8 @@ def load_model(cfg: RunConfig) -> LoadedModel:
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-        model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+        tokenizer = _from_pretrained(AutoTokenizer, name, trust_remote_code=False)
+        model = _from_pretrained(AutoModelForImageTextToText, name, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
     if quant is None:

@@ -54,6 +54,9 @@ def prepare_output(paths: OutputPaths) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
+    for path in (paths.submission, paths.time_submission, paths.predictions, paths.run_info):
+        if path.is_dir():  # found now, not after every answer is made and the CSV cannot replace it
+            raise OutputError(f"{path} is a directory; --output must name the submission CSV file")
 
 
 class RunLock:
@@ -83,7 +86,12 @@ class RunLock:
 def check_run_info(paths: OutputPaths, settings: dict) -> None:
     """Refuse to resume predictions written with different answer settings; record them for a new run."""
     if paths.run_info.is_file() and paths.predictions.is_file() and paths.predictions.stat().st_size:
-        old = json.loads(paths.run_info.read_text(encoding="utf-8")).get("settings", {})
+        try:
+            old = json.loads(paths.run_info.read_text(encoding="utf-8"))["settings"]
+            old.items()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise OutputError(f"{paths.run_info} does not hold the settings of the run that wrote "
+                              f"{paths.predictions.name}; move both away to start over") from None
         diff = sorted(k for k in set(old) | set(settings) if str(old.get(k)) != str(settings.get(k)))
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
@@ -113,6 +121,9 @@ def load_predictions(path: Path) -> dict[str, dict]:
                 break
             line_no = data[:pos].count(b"\n")
             raise OutputError(f"{path} line {line_no} is not valid JSON; move the file away to start over")
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            line_no = data[:pos].count(b"\n")
+            raise OutputError(f"{path} line {line_no} is not an answer record; move the file away to start over")
         records[record["id"]] = record
         good_end = pos
     if good_end != len(data):

@@ -10,6 +10,7 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +92,8 @@ def _sync(lm: LoadedModel) -> None:
         torch.cuda.synchronize(lm.device)
 
 
-def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> list[dict]:
-    """Answer every question of a prepared clip; returns one record per question, in question order."""
+def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dict]:
+    """Answer every question of a prepared clip, yielding each record as soon as it is made."""
     by_frames: dict[tuple[int, ...], list[Question]] = {}
     for q in work.questions:
         by_frames.setdefault(work.frames_by_question[q.id], []).append(q)
@@ -105,7 +106,6 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> list[dict]:
         _sync(lm)
         clip_ms += (time.perf_counter() - t) * 1000
 
-    records = {}
     for frame_idx, group in by_frames.items():
         rows = work.tile_rows(frame_idx)
         tiles_per_frame = work.tiles_of(frame_idx)
@@ -142,8 +142,57 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> list[dict]:
                 timings_ms={"clip_shared": round(clip_ms, 3), "group_prefill": round(group_ms, 3),
                             "question": round(own_ms, 3)},
             )
-            records[q.id] = record
-    return [records[q.id] for q in work.questions]
+            yield record
+
+
+def smaller_config(cfg: RunConfig, work: ClipWork) -> RunConfig | None:
+    """The next rung of the out-of-memory ladder: one tile per frame, then half the frames, down to one."""
+    if cfg.max_num > 1:
+        return cfg.replace(max_num=1)
+    used = max((len(f) for f in work.frames_by_question.values()), default=cfg.max_frames)
+    if used <= 1:
+        return None
+    fewer = max(1, used // 2)
+    return cfg.replace(max_frames=fewer, min_frames=min(cfg.min_frames, fewer))
+
+
+def _free_gpu_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def answer_with_ladder(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dict]:
+    """answer_clip, retrying the unanswered questions with fewer tiles, then fewer frames, on CUDA OOM."""
+    attempt_cfg, retries = cfg, 0
+    while True:
+        answered = set()
+        try:
+            for record in answer_clip(lm, work, attempt_cfg):
+                if retries:
+                    record.update(oom_retries=retries, degraded={"max_num": attempt_cfg.max_num,
+                                                                 "max_frames": attempt_cfg.max_frames})
+                answered.add(record["id"])
+                yield record
+            return
+        except torch.cuda.OutOfMemoryError:
+            pass  # handled below, outside the except block, so the failed attempt's tensors can be freed
+        _free_gpu_memory()
+        remaining = [q for q in work.questions if q.id not in answered]
+        next_cfg = smaller_config(attempt_cfg, work)
+        if next_cfg is None:
+            work = ClipWork(video=work.video, questions=remaining, error="CUDA out of memory even with one frame")
+            yield from error_records(work)
+            return
+        log.warning("CUDA out of memory on %s; retrying %d questions with max_num=%d, max_frames=%d",
+                    work.video, len(remaining), next_cfg.max_num, next_cfg.max_frames)
+        attempt_cfg, retries = next_cfg, retries + 1
+        work = prepare_clip(work.video, remaining, attempt_cfg, lm.image_size, lm.tokens_per_tile)
+        if work.error:
+            yield from error_records(work)
+            return
 
 
 def _answer(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg: RunConfig) -> dict:
@@ -199,8 +248,10 @@ def planned_prompt_tokens(cfg: RunConfig, image_size: int, tokens_per_tile: int)
 
 
 def print_estimate(cfg: RunConfig, say) -> None:
+    from roadbuddy.model import resolve_model_id
+
     try:
-        config = memory.load_config(cfg.model)
+        config = memory.load_config(resolve_model_id(cfg.model)[0])
     except Exception as exc:  # offline with no cached config: nothing to estimate from
         say(f"VRAM estimate skipped: no config for {cfg.model} ({str(exc).splitlines()[0]})")
         return
@@ -268,7 +319,7 @@ def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
             bar = tqdm(total=len(pending), unit="q", disable=not cfg.progress, dynamic_ncols=True)
             with PredictionLog(paths.predictions) as out, bar:
                 for work in iter_prepared(clips, cfg, lm.image_size, lm.tokens_per_tile):
-                    records = error_records(work) if work.error else answer_clip(lm, work, cfg)
+                    records = error_records(work) if work.error else answer_with_ladder(lm, work, cfg)
                     for record in records:
                         out.append(record)
                         done[record["id"]] = record
@@ -277,7 +328,7 @@ def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
                         summary.fallbacks += bool(record.get("fallback"))
                         if record.get("error"):
                             summary.errors[record["id"]] = record["error"]
-                    bar.update(len(records))
+                        bar.update(1)
         else:
             say("nothing to do: every question already has an answer")
         write_submissions(paths, questions, done)

@@ -130,7 +130,11 @@ class _DecordSource:
         if size not in self._readers:  # decord scales at open time, so each size is its own reader
             self._readers[size] = self._decord.VideoReader(str(self._path), ctx=self._decord.cpu(0),
                                                            num_threads=self._threads, width=size[0], height=size[1])
-        return self._readers[size].get_batch(wanted.tolist()).asnumpy()
+        frames = self._readers[size].get_batch(wanted.tolist()).asnumpy()
+        width, height = size if size is not None else (self.info.width, self.info.height)
+        if frames.shape[1:] != (height, width, 3):  # decord garbles scaled reads of rotated clips
+            raise RuntimeError(f"decord returned frames of shape {frames.shape[1:]}, not {(height, width, 3)}")
+        return frames
 
     def close(self) -> None:
         self._readers.clear()
@@ -192,7 +196,12 @@ class _PyAVSource:
         frames.close()
         if first is None:
             raise VideoError(path, "no frame of the video stream decodes")
-        return VideoInfo(path, fps, num_frames, first[1].width, first[1].height, self.backend)
+        # A phone's portrait clip is stored landscape with a display matrix; decord applies it, so PyAV must too.
+        self._quarter_turns = _quarter_turns(getattr(first[1], "rotation", 0))  # PyAV < 14 has no .rotation
+        width, height = first[1].width, first[1].height
+        if self._quarter_turns % 2:
+            width, height = height, width
+        return VideoInfo(path, fps, num_frames, width, height, self.backend)
 
     def _open(self):
         try:
@@ -236,8 +245,15 @@ class _PyAVSource:
             self._seekable = False
             return self._read(wanted, size)
 
-    def _read(self, wanted: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    def _rgb(self, frame, size: tuple[int, int] | None) -> np.ndarray:
+        """The frame as displayed: scaled to size = (W, H) and turned by its display matrix."""
         width, height = size if size is not None else (None, None)
+        if self._quarter_turns % 2:
+            width, height = height, width
+        array = frame.to_ndarray(format="rgb24", width=width, height=height)
+        return np.ascontiguousarray(np.rot90(array, self._quarter_turns)) if self._quarter_turns else array
+
+    def _read(self, wanted: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
         out: dict[int, np.ndarray] = {}
         pending = [int(i) for i in wanted]  # sorted, unique
         last = None
@@ -250,7 +266,7 @@ class _PyAVSource:
                     continue
                 # index > pending[0] only when a timestamp is missing from the stream: take the nearest later frame
                 while pending and pending[0] <= index:
-                    out[pending.pop(0)] = frame.to_ndarray(format="rgb24", width=width, height=height)
+                    out[pending.pop(0)] = self._rgb(frame, size)
                 if not pending or self._keyframe_before(pending[0]) > index + 1:
                     ended = False  # seeking ahead skips decoding the frames in between
                     break
@@ -261,7 +277,7 @@ class _PyAVSource:
                 raise VideoError(self._path, "no frame of the video stream decodes")
             log.warning("%s: frames %d-%d are past the last decodable frame %d; repeating it", self._path,
                         pending[0], pending[-1], last[0])
-            filler = last[1].to_ndarray(format="rgb24", width=width, height=height)
+            filler = self._rgb(last[1], size)
             for i in pending:
                 out[i] = filler
         return np.stack([out[int(i)] for i in wanted])
@@ -274,6 +290,14 @@ class _PyAVSource:
         if self._container is not None:
             self._container.close()
             self._container = None
+
+
+def _quarter_turns(degrees) -> int:
+    """Counter-clockwise quarter turns (0-3) for a display-matrix rotation in degrees; 0 when unusable."""
+    try:
+        return round(float(degrees) / 90) % 4
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 class _LostTrack(Exception):

@@ -90,7 +90,8 @@ def test_two_choice_instruction_offers_a_and_b_only():
     for simple in (False, True):
         block = question_text(QUESTION, TWO, simple=simple)
         assert "A hoặc B" in block
-        assert "C" not in block.splitlines()[-1]
+        assert _offered_letters(block) == {"A", "B"}
+        assert "C hoặc" not in block and "(A, B" not in block
 
 
 def test_detailed_template():

@@ -1,0 +1,192 @@
+"""The synthetic task the tiny "seeing" model learns: answers that are only in the pixels.
+
+A clip is a drawn dashcam scene (`roadbuddy.synth.road_frame`) with up to two
+salient objects: the traffic light (upper right, one lamp lit red, yellow or
+green) and a road sign (upper left: a blue round sign or a yellow warning
+triangle). Two kinds of clip, two kinds of question, each with 4 shuffled
+choices or 2 (Đúng/Sai), phrased like the real train questions:
+
+- colour clips: the light shows in every frame (sometimes with a sign beside it);
+  "Video đang có đèn giao thông màu gì?" / "Đèn giao thông trong video có màu
+  đỏ, đúng hay sai?"
+- order clips: one object shows in the early frames, another in the later ones;
+  "Trong video, đối tượng nào xuất hiện đầu tiên?" / "Trong video, biển báo
+  tròn xuất hiện trước đèn giao thông, đúng hay sai?"
+
+Colour questions need the pixels and the normalisation; order questions also
+need the frames in order and each frame's features in its own slot. The
+training script renders frames in memory (`Scene.frame`); the held-out split
+(`write_heldout`) encodes real H.264 clips that go through the real pipeline.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from roadbuddy.frames import segment_indices
+from roadbuddy.synth import road_frame, write_clip
+
+WIDTH, HEIGHT, FPS = 128, 72, 10.0  # 16:9, like the real 2560x1440 clips
+FRAMES_SHOWN = 4  # the eval's min_frames = max_frames
+HELDOUT_SEED = 20_000  # scene seeds of the held-out split start here; training uses seeds below it
+
+COLOURS = {"red": "Đỏ", "yellow": "Vàng", "green": "Xanh"}
+NO_LIGHT = "Không có đèn"
+OBJECTS = {"light": "Đèn giao thông", "round": "Biển báo tròn", "triangle": "Biển báo tam giác"}
+NO_OBJECT = "Không có đối tượng nào"
+SIGNS = ("round", "triangle")
+
+COLOUR_Q4 = "Video đang có đèn giao thông màu gì?"
+COLOUR_Q2 = "Đèn giao thông trong video có màu {colour}, đúng hay sai?"
+ORDER_Q4 = "Trong video, đối tượng nào xuất hiện đầu tiên?"
+ORDER_Q2 = "Trong video, {first} xuất hiện trước {second}, đúng hay sai?"
+YES_NO = ("Đúng", "Sai")
+
+
+@dataclass(frozen=True)
+class Scene:
+    seed: int  # background (road_frame's scene seed)
+    num_frames: int
+    colour: str  # the light's lit lamp, when the light shows
+    shows: tuple[tuple[str, int, int], ...]  # (object, first frame, end frame) of each object shown
+
+    @property
+    def kind(self) -> str:
+        return "order" if len(self.shows) == 2 and self.shows[0][1] != self.shows[1][1] else "colour"
+
+    def visible(self, index: int) -> list[str]:
+        return [name for name, a, b in self.shows if a <= index < b]
+
+    def frame(self, index: int) -> np.ndarray:
+        objects = self.visible(index)
+        image = road_frame(index, width=WIDTH, height=HEIGHT, light=self.colour if "light" in objects else None,
+                           seed=self.seed)
+        for name in objects:
+            if name in SIGNS:
+                draw_sign(image, name)
+        return image
+
+    def shown_frames(self) -> list[int]:
+        """The frames the eval's pipeline shows (uniform segments, no support windows)."""
+        return segment_indices(self.num_frames, FPS, FRAMES_SHOWN)
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str  # "colour" or "order"
+    question: str
+    choices: tuple[str, ...]
+    answer: int  # index into choices
+
+
+def draw_sign(frame: np.ndarray, kind: str) -> None:
+    """A road sign on a pole in the upper left: blue disc with a white rim, or a red-edged yellow triangle."""
+    height, width = frame.shape[:2]
+    size = max(8, int(0.36 * height))
+    cx, top = int(0.2 * width), max(1, int(0.06 * height))
+    cy = top + size / 2
+    ys = np.arange(height, dtype=np.float32)[:, None] + 0.5
+    xs = np.arange(width, dtype=np.float32)[None, :] + 0.5
+    pole = (np.abs(xs - cx) < max(1.0, 0.012 * width)) & (ys > cy) & (ys < 0.62 * height)
+    frame[pole] = (150, 150, 150)
+    if kind == "round":
+        r = ((xs - cx) ** 2 + (ys - cy) ** 2) ** 0.5
+        frame[r <= size / 2] = (235, 235, 235)
+        frame[r <= size / 2 - max(1.5, 0.08 * size)] = (20, 70, 200)
+    elif kind == "triangle":
+        # point up: inside when below both slanted edges and above the base
+        def inside(margin: float) -> np.ndarray:
+            half = size / 2 - margin * 1.7
+            y0, y1 = top + margin * 2.0, top + size - margin
+            t = (ys - y0) / max(y1 - y0, 1.0)
+            return (t >= 0) & (t <= 1) & (np.abs(xs - cx) <= half * t)
+        frame[inside(0.0)] = (220, 30, 30)
+        frame[inside(max(1.5, 0.1 * size))] = (250, 205, 20)
+    else:
+        raise ValueError(f"unknown sign {kind!r}")
+
+
+def colour_scene(rng: random.Random, seed: int, num_frames: int) -> Scene:
+    shows = [("light", 0, num_frames)]
+    if rng.random() < 0.5:
+        shows.append((rng.choice(SIGNS), 0, num_frames))
+    return Scene(seed, num_frames, rng.choice(list(COLOURS)), tuple(shows))
+
+
+def order_scene(rng: random.Random, seed: int, num_frames: int) -> Scene:
+    """Two different objects; the first shows only in the first k shown frames, the second only after."""
+    first, second = rng.sample(["light", *SIGNS], 2)  # two signs take turns at the same spot
+    shown = segment_indices(num_frames, FPS, FRAMES_SHOWN)
+    k = rng.choice([1, 2, 2, 3])  # how many shown frames see the first object
+    cut_lo, cut_hi = shown[k - 1] + 1, shown[k]  # the first object leaves, the second arrives, in between
+    end_first = rng.randint(cut_lo, cut_hi)
+    start_second = rng.randint(end_first, cut_hi)
+    return Scene(seed, num_frames, rng.choice(list(COLOURS)),
+                 ((first, 0, end_first), (second, start_second, num_frames)))
+
+
+def question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool | None = None) -> Item:
+    """One question about the scene; for 2 choices, `truth_yes` (default: a coin) says whether Đúng is right."""
+    yes = rng.random() < 0.5 if truth_yes is None else truth_yes
+    if scene.kind == "colour":
+        truth = COLOURS[scene.colour]
+        if num_choices == 4:
+            choices = [*COLOURS.values(), NO_LIGHT]
+            rng.shuffle(choices)
+            return Item("colour", COLOUR_Q4, tuple(choices), choices.index(truth))
+        asked = truth if yes else rng.choice([c for c in COLOURS.values() if c != truth])
+        return Item("colour", COLOUR_Q2.format(colour=asked.lower()), YES_NO, 0 if yes else 1)
+    first, second = scene.shows[0][0], scene.shows[1][0]
+    if num_choices == 4:
+        choices = [*OBJECTS.values(), NO_OBJECT]
+        rng.shuffle(choices)
+        return Item("order", ORDER_Q4, tuple(choices), choices.index(OBJECTS[first]))
+    a, b = (first, second) if yes else (second, first)
+    text = ORDER_Q2.format(first=OBJECTS[a].lower(), second=OBJECTS[b].lower())
+    return Item("order", text, YES_NO, 0 if yes else 1)
+
+
+def random_example(rng: random.Random, seed: int) -> tuple[Scene, Item]:
+    """A training example: a random clip length, kind, question form and answer."""
+    num_frames = rng.randint(16, 40)
+    scene = order_scene(rng, seed, num_frames) if rng.random() < 0.5 else colour_scene(rng, seed, num_frames)
+    return scene, question(scene, rng, rng.choice([2, 4]))
+
+
+def write_heldout(directory: Path | str, *, clips: int = 24, seed: int = HELDOUT_SEED) -> Path:
+    """A labeled split in the RoadBuddy train layout: DIR/train/train.json + DIR/train/videos/*.mp4.
+
+    Half the clips are colour clips, half order clips; each clip gets a 4-choice
+    and a 2-choice question. Đúng is right for exactly half the 2-choice
+    questions and 4-choice answers are shuffled, so the prior baseline (B for
+    2 choices, A otherwise) scores about 37.5%. Scene seeds start at `seed`,
+    disjoint from the training seeds.
+    """
+    rng = random.Random(seed)
+    directory = Path(directory)
+    items = []
+    for c in range(clips):
+        num_frames = rng.randint(18, 30)
+        make = order_scene if c % 2 else colour_scene
+        scene = make(rng, seed + c, num_frames)
+        rel = f"train/videos/seeing_{c:03d}_{scene.kind}.mp4"
+        write_clip(directory / rel, scene.frame, num_frames=num_frames, fps=FPS)
+        for num_choices, yes in ((4, None), (2, (c // 2) % 2 == 0)):
+            item = question(scene, rng, num_choices, truth_yes=yes)
+            choices = [f"{'ABCD'[i]}. {t}" for i, t in enumerate(item.choices)]
+            items.append({
+                "id": f"seeing_{len(items) + 1:04d}",
+                "question": item.question,
+                "choices": choices,
+                "answer": choices[item.answer],
+                "support_frames": [round(num_frames / FPS / 2, 3)],
+                "video_path": rel,
+            })
+    path = directory / "train" / "train.json"
+    path.write_text(json.dumps({"__count__": len(items), "data": items}, ensure_ascii=False, indent=2),
+                    encoding="utf-8")
+    return path

@@ -1,0 +1,238 @@
+"""Train the tiny InternVL that can see (evals/tiny-seeing/), on CPU, from nothing.
+
+    python -m evals.train_tiny                      # writes evals/tiny-seeing/ (about 20 min on 2 cores)
+    python -m evals.train_tiny --steps 50 --out /tmp/x   # a smoke run
+
+The model is `roadbuddy.testing.tiny_config` at the size DESIGN.md measured
+(2-layer 64-wide vision tower on 56 px tiles = 4 tokens per tile, 4-layer
+128-wide Qwen3 text model) with the tokenizer of `roadbuddy.testing`. It is
+trained on exactly what the pipeline feeds it for `evals.tiny_task` questions:
+the frames the eval shows (uniform segments of the clip), tiled and normalised
+by `roadbuddy.tiles`, the prompt prefix and suffix of `roadbuddy.prompts`
+tokenised separately as the pipeline does, and the loss on the answer letter
+after the suffix. Frames are rendered in memory, with the colour subsampling
+and noise a video codec adds; at the end the saved checkpoint answers a
+held-out split of real encoded clips through `roadbuddy.pipeline.run`.
+Everything is seeded: the same command on the same library versions gives the
+same weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evals import tiny_task
+from roadbuddy import prompts, tiles
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "tiny-seeing"
+MODEL_SIZE = dict(image_size=56, text_hidden=128, text_layers=4, vision_hidden=64, vision_layers=2)
+VALIDATION_SEED = 900_000  # in-memory validation scenes; the held-out clips use tiny_task.HELDOUT_SEED
+
+
+def codec_like(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What H.264 at yuv420p does to a drawn frame, roughly: chroma at half resolution, a little noise."""
+    x = frame.astype(np.float32)
+    y = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    chroma = x - y[..., None]
+    h, w = y.shape
+    small = chroma[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+    chroma = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
+    out = y[..., None] + chroma + rng.normal(0, 2.0, x.shape).astype(np.float32)
+    return np.clip(out * rng.uniform(0.9, 1.1), 0, 255).astype(np.uint8)
+
+
+class Encoder:
+    """Prompt token ids as the pipeline builds them (prefix and suffix tokenised separately)."""
+
+    def __init__(self, tokenizer, tokens_per_tile: int):
+        self.tokenizer = tokenizer
+        frames = prompts.frames_text([1] * tiny_task.FRAMES_SHOWN, tokens_per_tile)
+        self.prefix = self._ids(prompts.prompt_prefix(frames))
+        self._suffix: dict[tuple, list[int]] = {}
+        self.letter_ids = [tokenizer.convert_tokens_to_ids(c) for c in "ABCD"]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def ids(self, item: tiny_task.Item) -> list[int]:
+        key = (item.question, item.choices)
+        if key not in self._suffix:
+            self._suffix[key] = self._ids(prompts.prompt_suffix(prompts.question_text(item.question, item.choices)))
+        return self.prefix + self._suffix[key]
+
+
+def make_batch(examples, encoder: Encoder, image_size: int, noise: np.random.Generator | None):
+    ids, pixel_values, targets, sizes = [], [], [], []
+    for scene, item in examples:
+        frames = [scene.frame(i) for i in scene.shown_frames()]
+        if noise is not None:
+            frames = [codec_like(f, noise) for f in frames]
+        pv, _ = tiles.frames_to_pixel_values(frames, image_size, max_num=1)
+        pixel_values.append(pv)
+        ids.append(encoder.ids(item))
+        targets.append(item.answer)
+        sizes.append(len(item.choices))
+    width = max(map(len, ids))
+    pad = encoder.tokenizer.pad_token_id
+    batch = torch.full((len(ids), width), pad, dtype=torch.long)
+    for row, seq in enumerate(ids):
+        batch[row, : len(seq)] = torch.tensor(seq)
+    lengths = torch.tensor([len(s) for s in ids])
+    return batch, lengths, torch.cat(pixel_values), torch.tensor(targets), torch.tensor(sizes)
+
+
+def answer_logits(model, ids, lengths, pixel_values, image_token_id):
+    """Next-token logits after each (right-padded) prompt, the image features in the image-token slots."""
+    embeds = model.get_input_embeddings()(ids)
+    out = model.get_image_features(pixel_values=pixel_values)
+    features = out.pooler_output if hasattr(out, "pooler_output") else out
+    mask = (ids == image_token_id).unsqueeze(-1)
+    embeds = embeds.masked_scatter(mask, features.reshape(-1, features.shape[-1]).to(embeds.dtype))
+    hidden = model.model.language_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    last = hidden[torch.arange(ids.shape[0]), lengths - 1]
+    return model.lm_head(last)
+
+
+@torch.no_grad()
+def letter_accuracy(model, batches, encoder, image_token_id) -> dict[str, float]:
+    model.eval()
+    right = {"colour": [0, 0], "order": [0, 0]}
+    for examples, batch in batches:
+        ids, lengths, pv, targets, sizes = batch
+        logits = answer_logits(model, ids, lengths, pv, image_token_id)[:, encoder.letter_ids]
+        for row, (_, item) in enumerate(examples):
+            guess = int(torch.argmax(logits[row, : sizes[row]]))
+            right[item.kind][0] += guess == item.answer
+            right[item.kind][1] += 1
+    model.train()
+    total = sum(r for r, _ in right.values()) / sum(n for _, n in right.values())
+    return {"all": total, **{k: r / n for k, (r, n) in right.items() if n}}
+
+
+def heldout_accuracy(model_dir: Path) -> dict:
+    """The real thing: encoded clips, decode, frames, tiles, prompts, score mode, via pipeline.run."""
+    from evals import report
+    from roadbuddy.data import load_questions
+    from roadbuddy.output import load_predictions
+    from roadbuddy.pipeline import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        split = tiny_task.write_heldout(Path(tmp) / "data")
+        cfg = tiny_task.eval_config(model_dir, split, Path(tmp) / "out" / "submission.csv")
+        run(cfg, say=lambda _m: None)
+        questions = load_questions(split)
+        records = load_predictions(Path(tmp) / "out" / "predictions.jsonl")
+        frame = report.question_table(questions, records)
+    return {"questions": len(frame), "accuracy": float(frame.correct.mean()),
+            "prior": float(frame.prior_correct.mean()),
+            "by_kind": {k: float(v) for k, v in frame.groupby(frame.clip.str.extract(r"_(\w+)\.mp4$")[0]).correct.mean().items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.train_tiny", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--validation", type=int, default=256, help="in-memory validation examples")
+    args = parser.parse_args(argv)
+
+    from transformers import InternVLForConditionalGeneration
+
+    from roadbuddy.testing import build_tokenizer, tiny_config
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    noise = np.random.default_rng(args.seed)
+    tokenizer = build_tokenizer()
+    config = tiny_config(tokenizer, **MODEL_SIZE)
+    model = InternVLForConditionalGeneration(config)
+    model.train()
+    image_size = MODEL_SIZE["image_size"]
+    tokens_per_tile = config.image_seq_length
+    encoder = Encoder(tokenizer, tokens_per_tile)
+    image_token_id = config.image_token_id
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{params / 1e6:.3f} M parameters; {tokens_per_tile} tokens per {image_size} px tile", flush=True)
+
+    val_rng = random.Random(VALIDATION_SEED)
+    val_examples = [tiny_task.random_example(val_rng, VALIDATION_SEED + i) for i in range(args.validation)]
+    val_noise = np.random.default_rng(VALIDATION_SEED)
+    val_batches = [(val_examples[i:i + 64], make_batch(val_examples[i:i + 64], encoder, image_size, val_noise))
+                   for i in range(0, len(val_examples), 64)]
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        t = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    history = []
+    started = time.perf_counter()
+    seed_counter = 0
+    losses = []
+    for step in range(1, args.steps + 1):
+        examples = []
+        for _ in range(args.batch):
+            examples.append(tiny_task.random_example(rng, seed_counter % tiny_task.HELDOUT_SEED))
+            seed_counter += 1
+        ids, lengths, pv, targets, _ = make_batch(examples, encoder, image_size, noise)
+        logits = answer_logits(model, ids, lengths, pv, image_token_id)
+        target_ids = torch.tensor(encoder.letter_ids)[targets]
+        loss = torch.nn.functional.cross_entropy(logits, target_ids)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss))
+        if step % args.eval_every == 0 or step == args.steps:
+            acc = letter_accuracy(model, val_batches, encoder, image_token_id)
+            entry = {"step": step, "loss": round(float(np.mean(losses)), 4), "seconds": round(time.perf_counter() - started),
+                     **{f"val_{k}": round(v, 4) for k, v in acc.items()}}
+            losses = []
+            history.append(entry)
+            print(json.dumps(entry), flush=True)
+    train_seconds = time.perf_counter() - started
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    # float16 halves the file (about 1.8 MB); the loader upcasts to float32 on CPU
+    model.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
+    tokenizer.save_pretrained(args.out)
+    model.to(torch.float32)
+    heldout = heldout_accuracy(args.out)
+    print("held-out split through the pipeline:", json.dumps(heldout), flush=True)
+    log = {
+        "command": "python -m evals.train_tiny " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "model_size": MODEL_SIZE, "parameters": params, "train_seconds": round(train_seconds),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": __import__("transformers").__version__},
+        "history": history, "final_validation": history[-1] if history else None, "heldout_pipeline": heldout,
+    }
+    (args.out / "training_log.json").write_text(json.dumps(log, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
