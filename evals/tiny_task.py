@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from roadbuddy.config import RunConfig
 from roadbuddy.frames import segment_indices
 from roadbuddy.synth import road_frame, write_clip
 
@@ -155,6 +156,15 @@ def random_example(rng: random.Random, seed: int) -> tuple[Scene, Item]:
     num_frames = rng.randint(16, 40)
     scene = order_scene(rng, seed, num_frames) if rng.random() < 0.5 else colour_scene(rng, seed, num_frames)
     return scene, question(scene, rng, rng.choice([2, 4]))
+
+
+def eval_config(model: Path | str, split: Path | str, output: Path | str, **changes) -> RunConfig:
+    """The one RunConfig of the tiny-model eval: the frames the model was trained on, otherwise the defaults
+    (detailed prompts, score mode, one tile per frame), on CPU."""
+    settings = dict(model=str(model), test_json=Path(split), output=Path(output), device="cpu",
+                    min_frames=FRAMES_SHOWN, max_frames=FRAMES_SHOWN, support_frames=False, progress=False)
+    settings.update(changes)
+    return RunConfig(**settings)
 
 
 def write_heldout(directory: Path | str, *, clips: int = 24, seed: int = HELDOUT_SEED) -> Path:

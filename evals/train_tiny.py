@@ -136,7 +136,7 @@ def heldout_accuracy(model_dir: Path) -> dict:
         frame = report.question_table(questions, records)
     return {"questions": len(frame), "accuracy": float(frame.correct.mean()),
             "prior": float(frame.prior_correct.mean()),
-            "by_kind": {k: float(v) for k, v in frame.groupby(frame.clip.str.extract(r"_(\w+)\.mp4$")[0]).correct.mean().items()}}
+            "by_kind": {k: float(v) for k, v in frame.groupby(frame["clip"].str.extract(r"_([a-z]+)\.mp4$")[0]).correct.mean().items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 from roadbuddy.config import DEFAULT_MODEL, MAX_FRAMES_LIMIT, ConfigError, RunConfig
+from roadbuddy.distributed import Shard
 
 # A full disk, a quota or a file-size limit: the run cannot go on, but what is on disk stands.
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace, shard: Shard = Shard()) -> RunConfig:
     return RunConfig(
         test_json=args.test_json, data_dir=args.data_dir, output=args.output, limit=args.limit,
         model=args.model, device=args.device,
@@ -112,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         answer_mode=args.answer_mode, max_new_tokens=args.max_new_tokens, share_prefix=not args.no_share_prefix,
         prefetch=args.prefetch, decode_threads=args.decode_threads, seed=args.seed, strict=args.strict,
         verbose=args.verbose, progress=not args.no_progress,
+        rank=shard.rank, world_size=shard.world_size, local_rank=shard.local_rank,
     )
 
 
@@ -133,18 +136,20 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    shard = Shard.from_env(os.environ)  # torchrun sets RANK, WORLD_SIZE, LOCAL_RANK
+    rank_tag = f"[rank {shard.rank}] " if shard.distributed else ""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format=f"{rank_tag}%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # bitsandbytes warns once per 8-bit matmul call
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
     def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        print(f"{rank_tag}{msg}", file=sys.stderr, flush=True)
 
     if not args.demo and args.test_json is None:
         parser.error("--test-json is required (or --demo)")
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, shard)
         if args.demo:
             cfg = _demo_config(cfg, say)
         from roadbuddy.pipeline import run

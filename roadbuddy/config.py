@@ -60,6 +60,11 @@ class RunConfig:
     decode_threads: int = 0  # 0 = decoder's default
     prefetch: int = 2  # clips decoded and tiled ahead on a worker thread (0 = in line)
 
+    # data parallel (set from torchrun's environment by the CLI)
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
     # behaviour
     strict: bool = False
     verbose: bool = False

@@ -33,15 +33,25 @@ class OutputPaths:
     lock: Path
 
     @classmethod
-    def for_submission(cls, submission: Path) -> "OutputPaths":
+    def for_submission(cls, submission: Path, rank: int = 0, world_size: int = 1) -> "OutputPaths":
+        """Paths of one run; under torchrun each rank appends to its own predictions shard and holds its own lock."""
         folder = submission.parent
+        shard = "" if world_size == 1 else f".rank{rank}"
         return cls(
             submission=submission,
             time_submission=folder / "time_submission.csv",
-            predictions=folder / "predictions.jsonl",
+            predictions=folder / f"predictions{shard}.jsonl",
             run_info=folder / "run.json",
-            lock=folder / ".roadbuddy.lock",
+            lock=folder / f".roadbuddy{shard}.lock",
         )
+
+    @property
+    def folder(self) -> Path:
+        return self.submission.parent
+
+    def prediction_files(self) -> list[Path]:
+        """Every predictions file in the folder: a single-process run's and each rank's shard."""
+        return sorted(self.submission.parent.glob("predictions*.jsonl"))
 
 
 def prepare_output(paths: OutputPaths) -> None:
@@ -56,7 +66,8 @@ def prepare_output(paths: OutputPaths) -> None:
         raise OutputError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
     for path in (paths.submission, paths.time_submission, paths.predictions, paths.run_info):
         if path.is_dir():  # found now, not after every answer is made and the CSV cannot replace it
-            raise OutputError(f"{path} is a directory; --output must name the submission CSV file")
+            raise OutputError(f"{path} is a directory where the run must write a file; move it away or "
+                              "choose another --output (which names the submission CSV file)")
 
 
 class RunLock:
@@ -83,9 +94,10 @@ class RunLock:
         self._fh.close()
 
 
-def check_run_info(paths: OutputPaths, settings: dict) -> None:
+def check_run_info(paths: OutputPaths, settings: dict, write: bool = True) -> None:
     """Refuse to resume predictions written with different answer settings; record them for a new run."""
-    if paths.run_info.is_file() and paths.predictions.is_file() and paths.predictions.stat().st_size:
+    has_answers = any(p.stat().st_size for p in paths.prediction_files())
+    if paths.run_info.is_file() and has_answers:
         try:
             old = json.loads(paths.run_info.read_text(encoding="utf-8"))["settings"]
             old.items()
@@ -96,14 +108,16 @@ def check_run_info(paths: OutputPaths, settings: dict) -> None:
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
             raise OutputError(
-                f"{paths.predictions} holds answers from a run with other settings ({shown}); "
+                f"{paths.folder} holds answers from a run with other settings ({shown}); "
                 "resume with the same settings or choose another --output"
             )
-    atomic_write_text(paths.run_info, json.dumps({"settings": settings}, indent=2, default=str) + "\n")
+    if write:
+        atomic_write_text(paths.run_info, json.dumps({"settings": settings}, indent=2, default=str) + "\n")
 
 
-def load_predictions(path: Path) -> dict[str, dict]:
-    """Complete records by id. A torn last line (a crash mid-write) is cut off the file and ignored."""
+def load_predictions(path: Path, truncate: bool = True) -> dict[str, dict]:
+    """Complete records by id. A torn last line (a crash mid-write) is ignored, and cut off the file
+    when `truncate` (only the file's own writer may do that)."""
     if not path.is_file():
         return {}
     data = path.read_bytes()
@@ -126,7 +140,7 @@ def load_predictions(path: Path) -> dict[str, dict]:
             raise OutputError(f"{path} line {line_no} is not an answer record; move the file away to start over")
         records[record["id"]] = record
         good_end = pos
-    if good_end != len(data):
+    if truncate and good_end != len(data):
         with open(path, "r+b") as fh:
             fh.truncate(good_end)
     return records

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from roadbuddy import answers, frames, memory, prompts, tiles
+from roadbuddy import answers, distributed, frames, memory, prompts, tiles
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question, group_by_video, load_questions, prior_letter
+from roadbuddy.distributed import Shard
 from roadbuddy.model import LoadedModel, encode_tiles, forward, greedy, letter_probs, new_cache, rewind, tokenize
-from roadbuddy.output import (OutputPaths, PredictionLog, RunLock, check_run_info, load_predictions,
+from roadbuddy.output import (OutputError, OutputPaths, PredictionLog, RunLock, check_run_info, load_predictions,
                               prepare_output, write_submissions)
 from roadbuddy.video import VideoError, open_video
 
@@ -286,51 +287,135 @@ def iter_prepared(clips, cfg: RunConfig, image_size: int, tokens_per_tile: int):
             yield fut.result()
 
 
-def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
-    """The whole job. `model_loader(cfg) -> LoadedModel` is injectable for benches and tests."""
-    from tqdm import tqdm
+def _merge_records(records: dict[str, dict], more: dict[str, dict]) -> None:
+    """Fold `more` into `records`; an answer always wins over an error record for the same id."""
+    for qid, record in more.items():
+        if qid not in records or records[qid].get("error") or not record.get("error"):
+            records[qid] = record
 
+
+def load_all_predictions(paths: OutputPaths) -> dict[str, dict]:
+    """Every record in the folder (this run's file and any other rank's shard), own torn tail cut."""
+    records = load_predictions(paths.predictions)
+    for other in paths.prediction_files():
+        if other != paths.predictions:
+            _merge_records(records, load_predictions(other, truncate=False))
+    return records
+
+
+def merge_and_write(paths: OutputPaths, questions: list[Question]) -> None:
+    """Write the CSVs from every predictions file; refuse, naming the ids, if any question has no record."""
+    records = load_all_predictions(paths)
+    missing = [q.id for q in questions if q.id not in records]
+    if missing:
+        raise OutputError(
+            f"{len(missing)} questions have no answer in any predictions file in {paths.folder} "
+            f"(first: {', '.join(missing[:5])}); run the same command again to finish them")
+    write_submissions(paths, questions, records)
+
+
+class _JobProgress:
+    """tqdm over the whole job: this rank's answers, plus (on rank 0 of a torchrun job) the other shards'."""
+
+    def __init__(self, cfg: RunConfig, shard: Shard, paths: OutputPaths, total: int):
+        from tqdm import tqdm
+
+        self.others = [p for p in paths.prediction_files() if p != paths.predictions] if shard.distributed else []
+        self.others_base = self._others_lines()
+        self.mine = 0
+        self.last_poll = time.monotonic()
+        self.bar = tqdm(total=total, unit="q", dynamic_ncols=True, disable=not cfg.progress or shard.rank != 0)
+
+    def _others_lines(self) -> int:
+        return sum(p.read_bytes().count(b"\n") for p in getattr(self, "others", []) if p.is_file())
+
+    def answered(self) -> None:
+        self.mine += 1
+        others = 0
+        if self.others and time.monotonic() - self.last_poll > 1.0:
+            self.last_poll = time.monotonic()
+            others = max(0, self._others_lines() - self.others_base)
+        self.bar.update(self.mine + others - self.bar.n if others else 1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _answer_pending(cfg: RunConfig, clips, paths: OutputPaths, summary: RunSummary, progress: _JobProgress,
+                    model_loader, say) -> None:
     from roadbuddy.model import load_model
 
+    torch.manual_seed(cfg.seed)
+    print_estimate(cfg, say)
+    lm = (model_loader or load_model)(cfg)
+    for note in lm.notes:
+        say(note)
+    say(f"model: {lm.source} on {lm.device} ({str(lm.dtype).replace('torch.', '')}, "
+        f"{cfg.quantization or 'no quantization'}, attention {lm.attn_impl})")
+    with PredictionLog(paths.predictions) as out:
+        for work in iter_prepared(clips, cfg, lm.image_size, lm.tokens_per_tile):
+            records = error_records(work) if work.error else answer_with_ladder(lm, work, cfg)
+            for record in records:
+                out.append(record)
+                summary.answered += 1
+                summary.modes[record["mode"]] += 1
+                summary.fallbacks += bool(record.get("fallback"))
+                if record.get("error"):
+                    summary.errors[record["id"]] = record["error"]
+                progress.answered()
+
+
+def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
+    """The whole job (or one rank's share of it under torchrun, rank 0 writing the merged CSVs).
+
+    `model_loader(cfg) -> LoadedModel` is injectable for benches and tests.
+    """
+    shard = Shard(rank=cfg.rank, world_size=cfg.world_size, local_rank=cfg.local_rank)
+    if shard.distributed:
+        if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
+            cfg = cfg.replace(device=f"cuda:{shard.local_rank}")  # each rank pins its own GPU
+            torch.cuda.set_device(shard.local_rank)
     started = time.perf_counter()
     questions = load_questions(cfg.test_json, cfg.data_dir)
     if cfg.limit:
         questions = questions[:cfg.limit]
-    paths = OutputPaths.for_submission(Path(cfg.output))
+    paths = OutputPaths.for_submission(Path(cfg.output), shard.rank, shard.world_size)
     prepare_output(paths)
     summary = RunSummary(total=len(questions), paths=paths)
-    with RunLock(paths.lock):
-        check_run_info(paths, cfg.answer_settings())
-        done = load_predictions(paths.predictions)
-        done = {k: v for k, v in done.items() if not v.get("error")}  # retry failed videos
-        pending = [q for q in questions if q.id not in done]
-        summary.resumed = len(questions) - len(pending)
-        if summary.resumed:
-            say(f"resuming: {summary.resumed} of {len(questions)} questions already answered in {paths.predictions}")
-        if pending:
-            torch.manual_seed(cfg.seed)
-            print_estimate(cfg, say)
-            lm = (model_loader or load_model)(cfg)
-            for note in lm.notes:
-                say(note)
-            say(f"model: {lm.source} on {lm.device} ({str(lm.dtype).replace('torch.', '')}, "
-                f"{cfg.quantization or 'no quantization'}, attention {lm.attn_impl})")
-            clips = group_by_video(pending)
-            bar = tqdm(total=len(pending), unit="q", disable=not cfg.progress, dynamic_ncols=True)
-            with PredictionLog(paths.predictions) as out, bar:
-                for work in iter_prepared(clips, cfg, lm.image_size, lm.tokens_per_tile):
-                    records = error_records(work) if work.error else answer_with_ladder(lm, work, cfg)
-                    for record in records:
-                        out.append(record)
-                        done[record["id"]] = record
-                        summary.answered += 1
-                        summary.modes[record["mode"]] += 1
-                        summary.fallbacks += bool(record.get("fallback"))
-                        if record.get("error"):
-                            summary.errors[record["id"]] = record["error"]
-                        bar.update(1)
+    distributed.init(shard, "cuda" if str(cfg.device).startswith("cuda") else "cpu")
+    try:
+        with RunLock(paths.lock):
+            if shard.rank == 0:
+                check_run_info(paths, cfg.answer_settings())
+            distributed.barrier(shard)
+            if shard.rank != 0:
+                check_run_info(paths, cfg.answer_settings(), write=False)
+            done = {k: v for k, v in load_all_predictions(paths).items() if not v.get("error")}
+            clips = group_by_video(questions)
+            if shard.distributed:
+                ranks = distributed.assign_clips(clips, shard.world_size)
+                all_pending = sum(q.id not in done for q in questions)
+                clips = [clip for clip, rank in zip(clips, ranks) if rank == shard.rank]
+            clips = [(video, [q for q in qs if q.id not in done]) for video, qs in clips]
+            clips = [(video, qs) for video, qs in clips if qs]
+            pending = sum(len(qs) for _, qs in clips)
+            summary.resumed = len(done)
+            if summary.resumed:
+                say(f"resuming: {summary.resumed} of {len(questions)} questions already answered in {paths.folder}")
+            if pending:
+                progress = _JobProgress(cfg, shard, paths, all_pending if shard.distributed else pending)
+                try:
+                    _answer_pending(cfg, clips, paths, summary, progress, model_loader, say)
+                finally:
+                    progress.close()
+            else:
+                say("nothing to do here: every question of this run already has an answer")
+        distributed.barrier(shard)
+        if shard.rank == 0:
+            merge_and_write(paths, questions)
         else:
-            say("nothing to do: every question already has an answer")
-        write_submissions(paths, questions, done)
+            summary.paths = None  # rank 0 writes the CSVs
+    finally:
+        distributed.finish(shard)
     summary.seconds = time.perf_counter() - started
     return summary
