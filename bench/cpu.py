@@ -283,3 +283,70 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dict
 def best(seconds: list[float]) -> float:
     """The least-disturbed round: on a shared box the minimum is the figure that repeats."""
     return min(seconds)
+
+
+# --- the model side ---------------------------------------------------------------------
+
+# A random InternVL with the real tile geometry (448 px tiles, 14 px patches, pixel shuffle 0.5:
+# 256 tokens a tile, so 16 one-tile frames are 4,096 visual tokens as with the 4B model) and a
+# small Qwen3: a 16-frame prefill takes about 0.3 s on two cores, most of the clip's model time.
+MID_MODEL = dict(image_size=448, text_hidden=256, text_layers=4, vision_hidden=64, vision_layers=2)
+
+
+def mid_model(seed: int = 0, **overrides):
+    """A LoadedModel (roadbuddy.model.wrap_model) around a random-weight mid-size InternVL, on the CPU."""
+    from transformers import InternVLForConditionalGeneration
+
+    from roadbuddy.model import wrap_model
+    from roadbuddy.testing import build_tokenizer, tiny_config
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(tiny_config(tokenizer, **{**MID_MODEL, **overrides})).eval()
+    return wrap_model(model, tokenizer, device=torch.device("cpu"), attn_impl="sdpa",
+                      source="random weights (bench.cpu.MID_MODEL)")
+
+
+def write_dataset(directory: Path, clips: int, *, resolution: str = "720p", seconds: float = 6,
+                  questions_per_clip: int = 3, fps: int = CLIP_FPS) -> Path:
+    """A RoadBuddy-shaped question file over `clips` footage-like clips, `questions_per_clip` each."""
+    from bench.gpu import QUESTIONS
+
+    directory = Path(directory)
+    (directory / "videos").mkdir(parents=True, exist_ok=True)
+    items = []
+    for c in range(clips):
+        clip = road_clip(directory / "videos", resolution, seconds=seconds, fps=fps, seed=c,
+                         light=("red", "green", "yellow")[c % 3])
+        for q in range(questions_per_clip):
+            text, choices = QUESTIONS[(c + q) % len(QUESTIONS)]
+            items.append({"id": f"c{c}_q{q}", "question": text, "choices": choices,
+                          "video_path": f"videos/{clip.name}"})
+    path = directory / f"questions_{clips}x{questions_per_clip}.json"
+    path.write_text(json.dumps({"__count__": len(items), "data": items}, ensure_ascii=False, indent=1), "utf-8")
+    return path
+
+
+def run_config(test_json: Path, output: Path, frames_per_clip: int = 16, **changes):
+    """A pipeline RunConfig for the CPU benches: fixed frame count, one tile, no support frames."""
+    from roadbuddy.config import RunConfig
+
+    base = RunConfig(test_json=Path(test_json), output=Path(output), device="cpu", progress=False,
+                     min_frames=frames_per_clip, max_frames=frames_per_clip, max_num=1, support_frames=False)
+    return base.replace(**changes)
+
+
+def prepare_all(test_json: Path, cfg, lm) -> list:
+    """Every clip of the file through pipeline.prepare_clip (the data path alone)."""
+    from roadbuddy.data import group_by_video, load_questions
+    from roadbuddy.pipeline import prepare_clip
+
+    clips = group_by_video(load_questions(test_json))
+    return [prepare_clip(video, qs, cfg, lm.image_size, lm.tokens_per_tile) for video, qs in clips]
+
+
+def answer_all(lm, works: list, cfg) -> list[dict]:
+    """Every question of prepared clips through pipeline.answer_clip (the model alone)."""
+    from roadbuddy.pipeline import answer_clip
+
+    return [record for work in works for record in answer_clip(lm, work, cfg)]

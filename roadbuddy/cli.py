@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: a clip's frames are encoded and prefilled once for all its questions)")
     s.add_argument("--prefetch", type=int, default=d.prefetch,
                    help=f"clips decoded ahead on a worker thread, 0 = none (default: {d.prefetch})")
+    s.add_argument("--sample-timeout", type=float, default=None, metavar="SECONDS",
+                   help="keep each question under this many seconds by giving clips fewer frames; the cost "
+                        "per frame is learned from the clips answered so far, so the first clip calibrates "
+                        "it (default: off)")
     s.add_argument("--decode-threads", type=int, default=d.decode_threads,
                    help="decoder threads, 0 = the decoder's default (default: 0)")
     s.add_argument("--seed", type=int, default=d.seed, help=f"torch seed (answers are greedy; default: {d.seed})")
@@ -112,7 +116,8 @@ def config_from_args(args: argparse.Namespace, shard: Shard = Shard()) -> RunCon
         frames_per_second=args.frames_per_second, max_visual_tokens=args.max_visual_tokens,
         support_frames=not args.no_support_frames, max_num=args.max_num, simple_prompts=args.simple_prompts,
         answer_mode=args.answer_mode, max_new_tokens=args.max_new_tokens, share_prefix=not args.no_share_prefix,
-        prefetch=args.prefetch, decode_threads=args.decode_threads, seed=args.seed, strict=args.strict,
+        prefetch=args.prefetch, sample_timeout=args.sample_timeout, decode_threads=args.decode_threads,
+        seed=args.seed, strict=args.strict,
         verbose=args.verbose, progress=not args.no_progress,
         rank=shard.rank, world_size=shard.world_size, local_rank=shard.local_rank,
     )

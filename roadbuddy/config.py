@@ -59,6 +59,7 @@ class RunConfig:
     share_prefix: bool = True  # prefill a clip's frames once for all its questions
     decode_threads: int = 0  # 0 = decoder's default
     prefetch: int = 2  # clips decoded and tiled ahead on a worker thread (0 = in line)
+    sample_timeout: float | None = None  # seconds per question; clips get fewer frames to stay under it
 
     # data parallel (set from torchrun's environment by the CLI)
     rank: int = 0
@@ -90,6 +91,8 @@ class RunConfig:
             raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.sample_timeout is not None and self.sample_timeout <= 0:
+            raise ConfigError(f"--sample-timeout must be > 0 seconds, got {self.sample_timeout}")
         if not 0.0 <= self.support_share <= 1.0:
             raise ConfigError(f"support_share must be in [0, 1], got {self.support_share}")
 
@@ -101,7 +104,7 @@ class RunConfig:
     ANSWER_FIELDS = (
         "model", "quantization", "min_frames", "max_frames", "frames_per_second",
         "max_visual_tokens", "support_frames", "support_window", "support_share",
-        "max_num", "use_thumbnail", "simple_prompts", "answer_mode", "max_new_tokens", "seed",
+        "max_num", "use_thumbnail", "simple_prompts", "answer_mode", "max_new_tokens", "seed", "sample_timeout",
     )
 
     def answer_settings(self) -> dict:

@@ -41,6 +41,7 @@ class ClipWork:
     tiles_per_frame: list[int] = field(default_factory=list)
     prepare_ms: float = 0.0
     error: str | None = None
+    frame_cap: int | None = None  # set when --sample-timeout lowered this clip's frame count
 
     def tile_rows(self, frame_indices: tuple[int, ...]) -> list[int]:
         """Rows of pixel_values (and of the encoded features) holding the tiles of these frames, in order."""
@@ -270,17 +271,70 @@ def print_estimate(cfg: RunConfig, say) -> None:
             "try --load-in-4bit, fewer --max-frames or a lower --max-visual-tokens")
 
 
-def iter_prepared(clips, cfg: RunConfig, image_size: int, tokens_per_tile: int):
+class SampleBudget:
+    """--sample-timeout: learns what a frame costs per clip and caps the frames so each question fits.
+
+    A question's time is its clip's shared work (decode, tiles, vision tower,
+    prefill: all proportional to the frames) divided among the clip's questions,
+    plus its own short forward pass. Both rates are learned from the clips
+    answered so far (the first clip runs as configured and calibrates them), and
+    a clip with n questions gets at most (timeout x 0.8 - own) x n / (ms per frame) frames.
+    """
+
+    SAFETY = 0.8
+
+    def __init__(self, timeout_s: float):
+        self.timeout_ms = timeout_s * 1000
+        self.ms_per_frame: float | None = None
+        self.own_ms: float | None = None
+
+    def cap(self, questions: int) -> int | None:
+        if self.ms_per_frame is None:
+            return None
+        room = self.timeout_ms * self.SAFETY - (self.own_ms or 0.0)
+        return max(1, int(room * questions / self.ms_per_frame))
+
+    def config_for(self, cfg: RunConfig, questions: list[Question]) -> tuple[RunConfig, int | None]:
+        """The clip's config with max_frames capped; with support frames each question has its own frames,
+        so the clip decodes up to one set per question and the cap is shared among them."""
+        cap = self.cap(len(questions))
+        if cap is None:
+            return cfg, None
+        plans = sum(bool(q.support_frames) for q in questions) if cfg.support_frames else 0
+        cap = max(1, cap // max(1, plans))
+        if cap >= cfg.max_frames:
+            return cfg, None
+        return cfg.replace(max_frames=cap, min_frames=min(cfg.min_frames, cap)), cap
+
+    def observe(self, work: ClipWork, records: list[dict]) -> None:
+        timed = [r for r in records if "timings_ms" in r]
+        if not timed or not work.frame_order:
+            return
+        shared = timed[0]["timings_ms"]["clip_shared"] + sum({r["timings_ms"]["group_prefill"] for r in timed})
+        per_frame = shared / len(work.frame_order)
+        own = max(r["timings_ms"]["question"] for r in timed)
+        # the slower of the latest clip and the running mean, so one fast clip does not lift the cap
+        self.ms_per_frame = per_frame if self.ms_per_frame is None else max(per_frame, (self.ms_per_frame + per_frame) / 2)
+        self.own_ms = own if self.own_ms is None else max(own, (self.own_ms + own) / 2)
+
+
+def iter_prepared(clips, cfg: RunConfig, image_size: int, tokens_per_tile: int, budget: SampleBudget | None = None):
     """Prepared clips in order; with cfg.prefetch > 0 the next clips decode on a worker thread."""
+
+    def prepare(video, qs):
+        clip_cfg, cap = budget.config_for(cfg, qs) if budget else (cfg, None)
+        work = prepare_clip(video, qs, clip_cfg, image_size, tokens_per_tile)
+        work.frame_cap = cap
+        return work
+
     if cfg.prefetch <= 0:
         for video, qs in clips:
-            yield prepare_clip(video, qs, cfg, image_size, tokens_per_tile)
+            yield prepare(video, qs)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         pending = []
-        it = iter(clips)
-        for video, qs in it:
-            pending.append(pool.submit(prepare_clip, video, qs, cfg, image_size, tokens_per_tile))
+        for video, qs in clips:
+            pending.append(pool.submit(prepare, video, qs))
             if len(pending) > cfg.prefetch:
                 yield pending.pop(0).result()
         for fut in pending:
@@ -352,10 +406,15 @@ def _answer_pending(cfg: RunConfig, clips, paths: OutputPaths, summary: RunSumma
         say(note)
     say(f"model: {lm.source} on {lm.device} ({str(lm.dtype).replace('torch.', '')}, "
         f"{cfg.quantization or 'no quantization'}, attention {lm.attn_impl})")
+    budget = SampleBudget(cfg.sample_timeout) if cfg.sample_timeout else None
     with PredictionLog(paths.predictions) as out:
-        for work in iter_prepared(clips, cfg, lm.image_size, lm.tokens_per_tile):
+        for work in iter_prepared(clips, cfg, lm.image_size, lm.tokens_per_tile, budget):
             records = error_records(work) if work.error else answer_with_ladder(lm, work, cfg)
+            clip_records = []
             for record in records:
+                if work.frame_cap is not None:
+                    record["frame_cap"] = work.frame_cap
+                clip_records.append(record)
                 out.append(record)
                 summary.answered += 1
                 summary.modes[record["mode"]] += 1
@@ -363,6 +422,8 @@ def _answer_pending(cfg: RunConfig, clips, paths: OutputPaths, summary: RunSumma
                 if record.get("error"):
                     summary.errors[record["id"]] = record["error"]
                 progress.answered()
+            if budget:
+                budget.observe(work, clip_records)
 
 
 def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:

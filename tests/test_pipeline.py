@@ -115,3 +115,52 @@ def test_plan_frames_respects_the_token_budget(lm):
     cfg = RunConfig(max_visual_tokens=20, max_frames=32, min_frames=8)
     frames = pipeline.plan_frames(info, [question], cfg, lm.image_size, lm.tokens_per_tile)["x"]
     assert len(frames) == 5  # the budget wins over --min-frames
+
+
+def test_sample_budget_caps_frames_from_measured_cost():
+    budget = pipeline.SampleBudget(timeout_s=1.0)
+    assert budget.cap(3) is None  # nothing measured yet: the first clip runs as configured
+    work = pipeline.ClipWork(video=None, questions=[], frame_order=list(range(10)))
+    recs = [{"timings_ms": {"clip_shared": 900.0, "group_prefill": 100.0, "question": 50.0}}]
+    budget.observe(work, recs)  # 1000 ms for 10 frames -> 100 ms per frame, 50 ms own
+    assert budget.cap(1) == int((800 - 50) / 100)
+    assert budget.cap(3) == int((800 - 50) * 3 / 100)
+    from roadbuddy.data import Question
+
+    def q(support=()):
+        return Question(id="q", question="?", choices=("a", "b"), raw_choices=("a", "b"), video_path=None,
+                        video_rel="v", support_frames=support)
+
+    cfg, cap = budget.config_for(RunConfig(max_frames=32, min_frames=8), [q()])
+    assert cap == 7 and cfg.max_frames == 7 and cfg.min_frames == 7
+    cfg, cap = budget.config_for(RunConfig(max_frames=4, min_frames=2), [q(), q(), q()])
+    assert cap is None and cfg.max_frames == 4  # under the cap already
+    # three questions with their own support windows decode three frame sets: the cap is shared
+    cfg, cap = budget.config_for(RunConfig(max_frames=32), [q((1.0,)), q((2.0,)), q((3.0,))])
+    assert cap == int((800 - 50) * 3 / 100) // 3
+
+
+def test_sample_timeout_degrades_frames_instead_of_exceeding(monkeypatch, lm, tmp_path):
+    import time as _time
+
+    from roadbuddy.testing import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", clips=5)
+    real = pipeline.encode_tiles
+
+    def slow_encode(lm_, pixel_values, batch=32):
+        _time.sleep(0.04 * pixel_values.shape[0])  # 40 ms per tile: a slow GPU stand-in
+        return real(lm_, pixel_values, batch)
+
+    monkeypatch.setattr(pipeline, "encode_tiles", slow_encode)
+    cfg = RunConfig(model="tiny", test_json=data, output=tmp_path / "s.csv", device="cpu", progress=False,
+                    prefetch=0, min_frames=8, max_frames=8, sample_timeout=0.25)
+    run(cfg, lm)
+    recs = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    first_clip = recs[0]["frames"]
+    assert len(first_clip) == 8 and "frame_cap" not in recs[0]  # calibration clip, as configured
+    later = [r for r in recs if "frame_cap" in r]
+    assert later, "no clip was degraded"
+    for r in later:
+        assert len(r["frames"]) <= r["frame_cap"] < 8
+        assert r["time_ms"] <= 250
