@@ -44,3 +44,41 @@ def pytest_addoption(parser):
                     help="real checkpoint for the GPU bench (default: the 4B architecture with random weights)")
     group.addoption("--bench-quant", default="bf16,8bit,4bit",
                     help="comma-separated quantizations for the GPU bench (default: bf16,8bit,4bit)")
+
+    # evals/ (pytest -m eval evals/): the labeled split, the report, the user's assertions
+    group.addoption("--split", dest="eval_split", default=None,
+                    help="labeled question file to evaluate (train.json layout), as a path or relative to "
+                         "--data-dir (default: the tiny-model eval on generated clips)")
+    group.addoption("--data-dir", dest="eval_data_dir", default=None,
+                    help="dataset root that the split's video_path values are relative to")
+    group.addoption("--model", dest="eval_model", default=None,
+                    help="checkpoint to evaluate with --split (hub id or local path; default: roadbuddy-predict's)")
+    group.addoption("--limit", dest="eval_limit", type=int, default=None, help="evaluate only the first N questions")
+    group.addoption("--ids", dest="eval_ids", default=None,
+                    help="evaluate only these question ids: comma-separated, or @FILE with one id per line")
+    group.addoption("--baseline", dest="eval_baseline", default=None,
+                    help="an earlier report.json (or its folder) to compare with: wins, losses, McNemar test")
+    group.addoption("--min-accuracy", dest="eval_min_accuracy", type=float, default=None,
+                    help="fail the eval (report still written) below this accuracy, e.g. 0.55")
+    group.addoption("--max-fallback-rate", dest="eval_max_fallback_rate", type=float, default=None,
+                    help="fail the eval (report still written) when more than this share of generated answers "
+                         "fell back to the score answer, e.g. 0.05")
+    group.addoption("--report-dir", dest="eval_report_dir", default=None,
+                    help="report folder (default: runs/eval/<split>-<model>-<settings hash>; the same command "
+                         "resumes there)")
+    # the predict flags of roadbuddy-predict, passed through to one RunConfig (defaults: roadbuddy-predict's)
+    group.addoption("--device", dest="eval_device", default=None, help="auto, cpu, cuda, cuda:N")
+    group.addoption("--min-frames", dest="eval_min_frames", type=int, default=None)
+    group.addoption("--max-frames", dest="eval_max_frames", type=int, default=None)
+    group.addoption("--frames-per-second", dest="eval_frames_per_second", type=float, default=None)
+    group.addoption("--max-visual-tokens", dest="eval_max_visual_tokens", type=int, default=None)
+    group.addoption("--max-num", dest="eval_max_num", type=int, default=None, help="tiles per frame")
+    group.addoption("--no-support-frames", dest="eval_no_support_frames", action="store_true")
+    group.addoption("--simple-prompts", dest="eval_simple_prompts", action="store_true")
+    group.addoption("--answer-mode", dest="eval_answer_mode", choices=["score", "generate"], default=None)
+    group.addoption("--max-new-tokens", dest="eval_max_new_tokens", type=int, default=None)
+    group.addoption("--load-in-8bit", dest="eval_load_in_8bit", action="store_true")
+    group.addoption("--load-in-4bit", dest="eval_load_in_4bit", action="store_true")
+    group.addoption("--no-flash-attn", dest="eval_no_flash_attn", action="store_true")
+    group.addoption("--no-share-prefix", dest="eval_no_share_prefix", action="store_true")
+    group.addoption("--seed", dest="eval_seed", type=int, default=None)

@@ -17,15 +17,18 @@ Data paths, each returning a `Prepared` (frame indices, pixel_values [tiles,3,S,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import itertools
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,6 @@ IMAGE_SIZE = 448
 RESOLUTIONS = {"720p": (1280, 720), "1440p": (2560, 1440)}
 CLIP_SECONDS = 9  # RoadBuddy clips are 5-15 s of 30 fps dashcam footage
 CLIP_FPS = 30
-HERE = Path(__file__).parent
 
 
 # --- clips ------------------------------------------------------------------------
@@ -264,20 +266,57 @@ def levels(normalised_mad: float) -> float:
 
 # --- timing -----------------------------------------------------------------------------
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, list[float]], dict[str, object]]:
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, settle: Callable[[], object] | None = None
+                ) -> tuple[dict[str, list[float]], dict[str, object]]:
     """Run every function once per round, in turn, so that load from other users hits all alike.
 
-    Returns (seconds per round for each name, each function's last result).
+    `settle` runs (untimed) before each call, e.g. wait_for_idle. Returns (seconds per round for
+    each name, each function's last result).
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
     results: dict[str, object] = {}
     for _ in range(rounds):
         for name, fn in fns.items():
             gc.collect()
+            if settle is not None:
+                settle()
             start = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - start)
     return times, results
+
+
+def idle_fraction(seconds: float = 1.0) -> float:
+    """Share of the machine's CPU time that was idle over `seconds` (/proc/stat; 1.0 where unreadable)."""
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except OSError:
+        return 1.0
+    return (idle1 - idle0) / max(total1 - total0, 1)
+
+
+class IdleWait:
+    """A `settle` for interleaved: wait (up to max_wait s) until the box is at least `target` idle.
+
+    On a box shared with other users this keeps rounds away from their bursts; `seen` keeps the
+    idle share each round started with, so a report can say how quiet it was.
+    """
+
+    def __init__(self, max_wait: float, target: float = 0.85):
+        self.max_wait, self.target, self.seen = max_wait, target, []
+
+    def __call__(self) -> None:
+        deadline = time.monotonic() + self.max_wait
+        idle = idle_fraction(0.5)
+        while idle < self.target and time.monotonic() < deadline:
+            idle = idle_fraction(1.0)
+        self.seen.append(idle)
 
 
 def best(seconds: list[float]) -> float:
@@ -338,11 +377,11 @@ def run_config(test_json: Path, output: Path, frames_per_clip: int = 16, **chang
 
 def prepare_all(test_json: Path, cfg, lm) -> list:
     """Every clip of the file through pipeline.prepare_clip (the data path alone)."""
+    from roadbuddy import pipeline
     from roadbuddy.data import group_by_video, load_questions
-    from roadbuddy.pipeline import prepare_clip
 
     clips = group_by_video(load_questions(test_json))
-    return [prepare_clip(video, qs, cfg, lm.image_size, lm.tokens_per_tile) for video, qs in clips]
+    return [pipeline.prepare_clip(video, qs, cfg, lm.image_size, lm.tokens_per_tile) for video, qs in clips]
 
 
 def answer_all(lm, works: list, cfg) -> list[dict]:
@@ -350,3 +389,353 @@ def answer_all(lm, works: list, cfg) -> list[dict]:
     from roadbuddy.pipeline import answer_clip
 
     return [record for work in works for record in answer_clip(lm, work, cfg)]
+
+
+
+
+
+def proposed_prepare_clip(video: Path, questions: list, cfg, image_size: int, tokens_per_tile: int):
+    """pipeline.prepare_clip with the proposed max_num=1 changes: decoder-scaled frames, planar normalisation."""
+    from roadbuddy.pipeline import ClipWork, plan_frames
+    from roadbuddy.video import VideoError
+
+    if cfg.max_num != 1:
+        return _PREPARE_CLIP(video, questions, cfg, image_size, tokens_per_tile)
+    work = ClipWork(video=video, questions=questions)
+    start = time.perf_counter()
+    try:
+        with open_video(video, threads=cfg.decode_threads) as reader:
+            work.frames_by_question = plan_frames(reader.info, questions, cfg, image_size, tokens_per_tile)
+            work.frame_order = sorted({f for idx in work.frames_by_question.values() for f in idx})
+            decoded = reader.get(work.frame_order, size=(image_size, image_size))
+        work.pixel_values = normalize_planar(np.ascontiguousarray(decoded))
+        work.tiles_per_frame = [1] * len(work.frame_order)
+    except VideoError as exc:
+        work.error = str(exc)
+    work.prepare_ms = (time.perf_counter() - start) * 1000
+    return work
+
+
+def _original_prepare_clip():
+    from roadbuddy import pipeline
+
+    return pipeline.prepare_clip
+
+
+_PREPARE_CLIP = _original_prepare_clip()
+
+
+@contextlib.contextmanager
+def data_path(which: str):
+    """Run the pipeline with today's prepare_clip ("today") or the prototype above ("proposed")."""
+    from roadbuddy import pipeline
+
+    if which not in ("today", "proposed"):
+        raise ValueError(f"data path must be 'today' or 'proposed', got {which!r}")
+    pipeline.prepare_clip = proposed_prepare_clip if which == "proposed" else _PREPARE_CLIP
+    try:
+        yield
+    finally:
+        pipeline.prepare_clip = _PREPARE_CLIP
+
+
+@contextlib.contextmanager
+def intro_in_prefix():
+    """Prototype of the proposed prompts change: the question-independent intro joins the shared prefix.
+
+    The detailed question block opens with the same two sentences for every question
+    (prompts._DETAILED_INTRO). Today they are in the suffix, so the shared-prefix path runs them
+    once per question; here they end the prefix instead. The prompt text is unchanged byte for
+    byte (the split moves from one newline to the next), so the plain path is unaffected.
+    Patches roadbuddy.prompts for the duration; detailed prompts only.
+    """
+    from roadbuddy import prompts
+
+    original_prefix, original_question = prompts.prompt_prefix, prompts.question_text
+    intro = prompts._DETAILED_INTRO + "\n"
+
+    def prompt_prefix(frames_block, system=prompts.SYSTEM_PROMPT):
+        return original_prefix(frames_block, system) + intro
+
+    def question_text(question, choices, simple=False):
+        if simple:
+            raise ValueError("intro_in_prefix prototypes the detailed prompts only")
+        text = original_question(question, choices)
+        assert text.startswith(intro)
+        return text[len(intro):]
+
+    prompts.prompt_prefix, prompts.question_text = prompt_prefix, question_text
+    try:
+        yield
+    finally:
+        prompts.prompt_prefix, prompts.question_text = original_prefix, original_question
+
+
+def compare_records(a: list[dict], b: list[dict]) -> dict:
+    """Same questions, same letters, and the largest letter-probability difference between two runs."""
+    by_id = {r["id"]: r for r in b}
+    same_ids = [r["id"] for r in a] == [r["id"] for r in b]
+    same_answers = same_ids and all(r["answer"] == by_id[r["id"]]["answer"] for r in a)
+    diff = max((abs(p - by_id[r["id"]]["probs"][k]) for r in a if r["id"] in by_id for k, p in r["probs"].items()),
+               default=float("nan"))
+    return {"same_answers": same_answers, "max_prob_diff": diff}
+
+
+# --- the issue 7 measurements (python -m bench.cpu, and the slow tests) ------------------------
+
+def measure_datapath(clip: Path, k: int = 32, rounds: int = 3, threads: int = 0, settle=None) -> list[dict]:
+    """Issue 7.2: every data path on one clip, `k` frames, one tile, interleaved; times, ratios, MAD vs the card."""
+    paths = {
+        "card (decord num_threads=1, as on the card)": lambda: card(clip, k, threads=1),
+        "card (decord num_threads=0)": lambda: card(clip, k, threads=0),
+        "ours today, auto = decord": lambda: ours(clip, k, backend="auto", threads=threads),
+        "ours today, pyav": lambda: ours(clip, k, backend="pyav", threads=threads),
+        "scaled: get(size=(448, 448)), decord": lambda: scaled(clip, k, backend="decord", threads=threads),
+        "scaled: get(size=(448, 448)), pyav": lambda: scaled(clip, k, backend="pyav", threads=threads),
+        "scaled, pyav bicubic + one reformatter": lambda: bicubic(clip, k, threads=threads),
+        "proposed (all changes), decord": lambda: proposed(clip, k, backend="decord", threads=threads),
+        "proposed (all changes), pyav": lambda: proposed(clip, k, backend="pyav", threads=threads),
+        "floor: PyAV decode of every frame, no RGB": lambda: decode_floor(clip, threads=threads),
+    }
+    times, results = interleaved(paths, rounds, settle)
+    reference = results["card (decord num_threads=1, as on the card)"]
+    floor = best(times["floor: PyAV decode of every frame, no RGB"])
+    rows = []
+    for name, seconds in times.items():
+        row = {"path": name, "best_s": best(seconds), "median_s": statistics.median(seconds),
+               "card_over_path": best(times["card (decord num_threads=1, as on the card)"]) / best(seconds),
+               "path_over_floor": best(seconds) / floor}
+        result = results[name]
+        if isinstance(result, Prepared):
+            mad = mean_abs_diff(result.pixel_values, reference.pixel_values)
+            row.update(same_indices=result.indices == reference.indices, mad=mad, mad_levels=levels(mad))
+        rows.append(row)
+    return rows
+
+
+def measure_share_prefix(lm, test_json: Path, work_dir: Path, rounds: int = 3, frames_per_clip: int = 16,
+                         settle=None) -> dict:
+    """Issue 7.1: questions per second of answer_clip with and without the shared prefix, same prepared clips."""
+    cfg = run_config(test_json, Path(work_dir) / "unused.csv", frames_per_clip)
+    works = prepare_all(test_json, cfg, lm)
+    if any(w.error for w in works):
+        raise RuntimeError(f"clips failed to decode: {[w.error for w in works if w.error]}")
+    shared, plain = cfg.replace(share_prefix=True), cfg.replace(share_prefix=False)
+    answer_all(lm, works[:1], shared)  # warm-up: first-call allocations and kernels
+
+    def shared_intro_in_prefix():
+        with intro_in_prefix():
+            return answer_all(lm, works, shared)
+
+    times, results = interleaved({"shared": lambda: answer_all(lm, works, shared),
+                                  "plain": lambda: answer_all(lm, works, plain),
+                                  "shared_intro": shared_intro_in_prefix}, rounds, settle)
+    questions = sum(len(w.questions) for w in works)
+    records, intro_records = results["shared"], results["shared_intro"]
+    return {
+        "clips": len(works), "questions": questions, "frames": frames_per_clip, "threads": torch.get_num_threads(),
+        "visual_tokens": records[0]["visual_tokens"],
+        "prompt_tokens_mean": statistics.mean(r["prompt_tokens"] for r in records),
+        "shared_qps": questions / best(times["shared"]), "plain_qps": questions / best(times["plain"]),
+        "shared_over_plain": best(times["plain"]) / best(times["shared"]),
+        "shared_intro_qps": questions / best(times["shared_intro"]),
+        "shared_intro_over_plain": best(times["plain"]) / best(times["shared_intro"]),
+        "group_prefill_ms": statistics.mean(r["timings_ms"]["group_prefill"] for r in records),
+        "shared_question_ms": statistics.mean(r["timings_ms"]["question"] for r in records),
+        "shared_intro_question_ms": statistics.mean(r["timings_ms"]["question"] for r in intro_records),
+        "plain_question_ms": statistics.mean(r["timings_ms"]["question"] for r in results["plain"]),
+        **compare_records(records, results["plain"]),
+        "intro_max_prob_diff": compare_records(intro_records, results["plain"])["max_prob_diff"],
+        "intro_same_answers": compare_records(intro_records, results["plain"])["same_answers"],
+    }
+
+
+def measure_overlap(lm, test_json: Path, work_dir: Path, rounds: int = 1, frames_per_clip: int = 16,
+                    which: str = "today", settle=None) -> dict:
+    """Issue 7.3: pipeline.run end to end with prefetch 2 and 0 against the data path and the model alone.
+
+    The model is held to one thread (torch.set_num_threads(1)) and the decoder to one
+    (decode_threads=1), so that with prefetch the two can share the two cores. `which` picks
+    today's prepare_clip or the proposed one (see data_path).
+    """
+    from roadbuddy.output import load_predictions
+    from roadbuddy.pipeline import run
+
+    work_dir = Path(work_dir)
+    cfg = run_config(test_json, work_dir / "unused.csv", frames_per_clip, decode_threads=1)
+    runs = itertools.count()
+    outputs: dict[int, Path] = {}
+    held: dict[str, list] = {}
+
+    def end_to_end(prefetch: int):
+        out = work_dir / f"{which}-prefetch{prefetch}-{next(runs)}" / "submission.csv"
+        outputs[prefetch] = out
+        summary = run(cfg.replace(prefetch=prefetch, output=out), model_loader=lambda _cfg: lm, say=lambda _m: None)
+        if summary.errors:
+            raise RuntimeError(f"questions failed: {summary.errors}")
+        return summary
+
+    def data_alone():
+        held["works"] = prepare_all(test_json, cfg, lm)
+        return held["works"]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with data_path(which):
+            answer_all(lm, prepare_all(test_json, cfg, lm)[:1], cfg)  # warm-up
+            times, results = interleaved({
+                "data": data_alone,
+                "model": lambda: answer_all(lm, held["works"], cfg),
+                "prefetch2": lambda: end_to_end(2),
+                "prefetch0": lambda: end_to_end(0),
+            }, rounds, settle)
+    finally:
+        torch.set_num_threads(before)
+    data_s, model_s = best(times["data"]), best(times["model"])
+    bound = max(data_s, model_s)
+    p2, p0 = (load_predictions(outputs[n].parent / "predictions.jsonl") for n in (2, 0))
+    return {
+        "data_path": which, "clips": len(results["data"]), "questions": len(results["model"]),
+        "frames": frames_per_clip, "data_s": data_s, "model_s": model_s, "sum_s": data_s + model_s,
+        "e2e_prefetch2_s": best(times["prefetch2"]), "e2e_prefetch0_s": best(times["prefetch0"]),
+        "prefetch2_over_bound": best(times["prefetch2"]) / bound,
+        "prefetch0_over_bound": best(times["prefetch0"]) / bound,
+        **compare_records(list(p2.values()), list(p0.values())),
+    }
+
+
+# --- pytest glue ---------------------------------------------------------------------------
+
+def clip_directory(config, tmp_path_factory) -> Path:
+    """Where bench clips live: pytest's cache folder when it is on (clips survive runs), else a temp folder."""
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("roadbuddy-bench-clips"))
+    return tmp_path_factory.mktemp("bench-clips")
+
+
+def report(config, title: str, text: str) -> None:
+    """Write lines to the terminal past pytest's output capture (a module's summary table)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        reporter.write_line("")
+        reporter.write_line(title)
+        for line in text.splitlines():
+            reporter.write_line(line)
+
+
+def side_by_side(benchmark, ours_fn: Callable[[], object], other_fn: Callable[[], object], rounds: int,
+                 other: str = "card") -> tuple[object, object]:
+    """pytest-benchmark times `ours_fn`; `other_fn` runs just before each of its rounds (pedantic's setup).
+
+    Both are timed here too, so the ratio comes from rounds that ran next to each other; it goes to
+    extra_info as `{other}_s`, `ours_s` and `{other}_over_ours` (min over rounds).
+    """
+    times: dict[str, list[float]] = {"ours": [], other: []}
+    results: dict[str, object] = {}
+
+    def timed(name, fn):
+        gc.collect()
+        start = time.perf_counter()
+        results[name] = fn()
+        times[name].append(time.perf_counter() - start)
+        return results[name]
+
+    def other_first():
+        timed(other, other_fn)  # returns nothing: pedantic would take a result as the target's arguments
+
+    benchmark.pedantic(timed, args=("ours", ours_fn), setup=other_first, rounds=rounds, iterations=1)
+    benchmark.extra_info.update({f"{other}_s": best(times[other]), "ours_s": best(times["ours"]),
+                                 f"{other}_over_ours": best(times[other]) / best(times["ours"])})
+    return results["ours"], results[other]
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{os.cpu_count()}-core CPU box ({model}), shared with other users"
+
+
+def _table(rows: list[dict] | dict) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows if isinstance(rows, list) else [rows])
+    return frame.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["datapath", "model", "overlap", "all"])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round is reported")
+    parser.add_argument("--model-threads", default="1,2",
+                        help="comma-separated torch thread counts for the model measurement (default 1,2)")
+    parser.add_argument("--quiet-wait", type=float, default=0.0,
+                        help="before each timed call, wait up to this many seconds for the box to be 85%% idle")
+    parser.add_argument("--clips", type=Path, default=Path(tempfile.gettempdir()) / "roadbuddy-bench-clips",
+                        help="folder for the generated clips, kept between runs (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="also write cpu-<date>-<what>.json and .md here")
+    args = parser.parse_args(argv)
+
+    import transformers
+
+    settle = IdleWait(args.quiet_wait) if args.quiet_wait > 0 else None
+    doc = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "python": platform.python_version(),
+           "command": "python -m bench.cpu " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "weights": "random", "model": MID_MODEL}
+    sections = []
+    if args.what in ("datapath", "all"):
+        clip = road_clip(args.clips, "1440p")
+        doc["datapath"] = measure_datapath(clip, 32, args.rounds, settle=settle)
+        sections.append((f"data path: {clip.name} (H.264 from synth.write_road_clip), 32 frames, 1 tile, "
+                         "decoder threads 0", _table(doc["datapath"])))
+    if args.what in ("model", "all"):
+        lm = mid_model()
+        data = write_dataset(args.clips / "model", 4, resolution="640x360", seconds=6)
+        doc["share_prefix"] = []
+        before = torch.get_num_threads()
+        try:
+            for threads in (int(t) for t in args.model_threads.split(",")):
+                torch.set_num_threads(threads)
+                doc["share_prefix"].append(measure_share_prefix(lm, data, args.clips / "model-work", args.rounds,
+                                                                settle=settle))
+        finally:
+            torch.set_num_threads(before)
+        sections.append(("model: shared prefix vs plain (and the intro moved into the prefix), 4 clips, "
+                         "16 frames x 1 tile, 3 questions a clip", _table(doc["share_prefix"])))
+    if args.what in ("overlap", "all"):
+        lm = mid_model()
+        data = write_dataset(args.clips / "overlap", 10, resolution="1440p", seconds=6)
+        work = Path(tempfile.mkdtemp(prefix="roadbuddy-overlap-"))
+        doc["overlap"] = [measure_overlap(lm, data, work, args.rounds, which=which, settle=settle)
+                          for which in ("today", "proposed")]
+        sections.append(("overlap: 10 clips 2560x1440 6 s, 3 questions each, 16 frames x 1 tile; model on 1 "
+                         "torch thread, decoder threads 1", _table(doc["overlap"])))
+    if settle is not None:
+        doc["idle_at_start"] = {"min": min(settle.seen), "median": statistics.median(settle.seen)}
+    text = "\n\n".join(f"## {title}\n\n```\n{body}\n```" for title, body in sections)
+    quiet = (f" Rounds started at {doc['idle_at_start']['median']:.0%} median idle (min "
+             f"{doc['idle_at_start']['min']:.0%})." if settle is not None else "")
+    header = (f"# CPU bench, {doc['date']}\n\n{doc['machine']}; torch {doc['torch']}, transformers "
+              f"{doc['transformers']}; weights: random ({MID_MODEL}). Best of {args.rounds} interleaved "
+              f"rounds.{quiet}\n\n    {doc['command']}\n")
+    print(header + "\n" + text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = f"cpu-{time.strftime('%Y-%m-%d')}-{args.what}"
+        (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+        (args.out / f"{stem}.md").write_text(header + "\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

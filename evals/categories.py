@@ -81,8 +81,9 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     ),
     "rules": (
         "what is allowed or required: 'được phép', 'có được', 'cấm', 'quy định', 'vi phạm', 'tuân thủ', "
-        "'phải', 'nên', 'hành động'",
-        r"được phép|có được|\bcấm\b|quy định|vi phạm|tuân thủ|\bphải\b(?! không)|\bnên\b|hành động|bắt buộc",
+        "'phải' meaning must (not 'bên/rẽ/phía phải', right), 'nên', 'hành động'",
+        r"được phép|có được|\bcấm\b|quy định|vi phạm|tuân thủ|\bnên\b|hành động|bắt buộc"
+        r"|(?<!bên )(?<!rẽ )(?<!phía )(?<!tay )(?<!lề )(?<!làn )(?<!có )\bphải\b(?! không)",
     ),
 }
 OTHER = "other"

@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in summary.lines():
         say(line)
+    if summary.unexpected:
+        say(f"{summary.unexpected} clips failed with an unexpected error (see above); their questions got the "
+            "prior answer. Rerun with --verbose for the tracebacks.")
+        return 1
     if cfg.strict and summary.errors:
         return 1
     return 0

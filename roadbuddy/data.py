@@ -51,6 +51,9 @@ class Question:
     video_rel: str
     support_frames: tuple[float, ...] = ()
     answer: str | None = None
+    # Set when video_path reaches outside the dataset root through a symlink: the
+    # clip is never opened, its questions get an error row and the run goes on.
+    video_error: str | None = None
 
     @property
     def letters(self) -> tuple[str, ...]:
@@ -108,7 +111,8 @@ def _candidate_roots(json_path: Path, data_dir: Path | None) -> list[Path]:
     return roots + [folder, folder.parent]
 
 
-def _resolve(video_rel: str, json_path: Path, data_dir: Path | None) -> Path:
+def _resolve(video_rel: str, json_path: Path, data_dir: Path | None) -> tuple[Path, str | None]:
+    """(path, why it must not be opened); a malformed path text raises _Invalid."""
     if "\x00" in video_rel:
         raise _Invalid("video_path", "must not contain a NUL character")
     try:
@@ -131,8 +135,8 @@ def _resolve(video_rel: str, json_path: Path, data_dir: Path | None) -> Path:
     except (OSError, ValueError) as exc:
         raise _Invalid("video_path", f"cannot be resolved ({exc})") from None
     if os.path.commonpath([real_root, real_path]) != real_root:
-        raise _Invalid("video_path", f"leaves the dataset root {str(root)!r} through a symlink (got {video_rel!r})")
-    return path
+        return path, f"{video_rel!r} leaves the dataset root {str(root)!r} through a symlink; refused"
+    return path, None
 
 
 def resolve_video(video_rel: str, json_path: Path, data_dir: Path | None) -> Path:
@@ -147,14 +151,27 @@ def resolve_video(video_rel: str, json_path: Path, data_dir: Path | None) -> Pat
     """
     json_path = Path(json_path)
     try:
-        return _resolve(video_rel, json_path, None if data_dir is None else Path(data_dir))
+        path, refused = _resolve(video_rel, json_path, None if data_dir is None else Path(data_dir))
     except _Invalid as err:
         raise QuestionFileError(f"{json_path.name}: field '{err.field}' {err.reason}.") from None
+    if refused:
+        raise QuestionFileError(f"{json_path.name}: field 'video_path' {refused}.")
+    return path
+
+
+def _is_unicode(value: str) -> bool:
+    """False for a lone surrogate ("\\ud800" is valid JSON but no text: it breaks tokenizers and CSV writes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _item_id(item: dict) -> str | None:
     value = item.get("id")
-    if isinstance(value, str) and value and value == value.strip() and not _CONTROL.search(value):
+    if (isinstance(value, str) and value and value == value.strip() and not _CONTROL.search(value)
+            and _is_unicode(value)):
         return value
     return None
 
@@ -166,6 +183,8 @@ def _required_text(item: dict, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         got = "a blank string" if isinstance(value, str) else _type_name(value)
         raise _Invalid(field, f"must be a non-empty string (got {got})")
+    if not _is_unicode(value):
+        raise _Invalid(field, "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not text")
     return value
 
 
@@ -181,6 +200,8 @@ def _choices(item: dict) -> list[str]:
             raise _Invalid("choices", f"must be a non-empty list of strings (entry {i + 1} is {_type_name(choice)})")
         if not choice.strip():
             raise _Invalid("choices", f"must be a non-empty list of strings (entry {i + 1} is blank)")
+        if not _is_unicode(choice):
+            raise _Invalid("choices", f"entry {i + 1} holds a lone surrogate (an unpaired \\ud800-\\udfff escape)")
     if len(raw) < 2:
         raise _Invalid("choices", f"must have at least 2 choices (got {len(raw)})")
     # train_0120 lists its four choices twice; the first match keeps its letter.
@@ -198,6 +219,8 @@ def _answer_letter(item: dict, raw_choices: list[str]) -> str | None:
         return None
     if not isinstance(value, str):
         raise _Invalid("answer", f"must be a string equal to one of the choices (got {_type_name(value)})")
+    if not _is_unicode(value):
+        raise _Invalid("answer", "holds a lone surrogate (an unpaired \\ud800-\\udfff escape)")
     wanted = _text(value)
     for i, choice in enumerate(raw_choices):
         if _text(choice) == wanted:
@@ -232,15 +255,17 @@ def _parse_item(item: dict, item_id: str, json_path: Path, data_dir: Path | None
     video_rel = _required_text(item, "video_path")
     answer = _answer_letter(item, raw)
     support = _support_frames(item)
+    video_path, refused = _resolve(video_rel, json_path, data_dir)
     return Question(
         id=item_id,
         question=_text(question),
         choices=tuple(strip_label(c) for c in raw),
         raw_choices=tuple(raw),
-        video_path=_resolve(video_rel, json_path, data_dir),
+        video_path=video_path,
         video_rel=video_rel,
         support_frames=support,
         answer=answer,
+        video_error=refused,
     )
 
 

@@ -192,8 +192,10 @@ def wrap_model(model, tokenizer, *, device: torch.device, attn_impl: str, source
 
 # --- the hot path -----------------------------------------------------------
 
-def tokenize(lm: LoadedModel, text: str) -> torch.Tensor:
-    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+def tokenize(lm: LoadedModel, text: str, *, as_text: bool = False) -> torch.Tensor:
+    """Token ids of `text`; with as_text, special-token strings in it ('<IMG_CONTEXT>', '<|im_end|>')
+    are read as plain text, so a question file cannot inject image slots or end the user turn."""
+    ids = lm.tokenizer(text, add_special_tokens=False, split_special_tokens=as_text, return_tensors="pt").input_ids
     return ids.to(lm.device)
 
 

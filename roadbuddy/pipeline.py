@@ -75,6 +75,9 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, image_s
                  tokens_per_tile: int) -> ClipWork:
     """Decode the union of every question's frames once and tile them (CPU only; safe on a worker thread)."""
     work = ClipWork(video=video, questions=questions)
+    if questions[0].video_error:
+        work.error = questions[0].video_error
+        return work
     start = time.perf_counter()
     try:
         with open_video(video, threads=cfg.decode_threads) as reader:
@@ -122,8 +125,7 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
             group_ms = (time.perf_counter() - t) * 1000
         for q in group:
             t = time.perf_counter()
-            suffix_ids = tokenize(lm, prompts.prompt_suffix(
-                prompts.question_text(q.question, q.choices, simple=cfg.simple_prompts)))
+            suffix_ids = question_ids(lm, q, cfg)
             if cfg.share_prefix:
                 logits = forward(lm, suffix_ids, None, cache)
             else:  # the plain path: re-encode this question's frames, prefill the whole prompt
@@ -145,6 +147,12 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
                             "question": round(own_ms, 3)},
             )
             yield record
+
+
+def question_ids(lm: LoadedModel, q: Question, cfg: RunConfig) -> torch.Tensor:
+    """The suffix: the question block from the file, tokenized as plain text, then the turn's end."""
+    block = tokenize(lm, prompts.question_text(q.question, q.choices, simple=cfg.simple_prompts), as_text=True)
+    return torch.cat([block, tokenize(lm, prompts.prompt_suffix(""))], dim=1)
 
 
 def smaller_config(cfg: RunConfig, work: ClipWork) -> RunConfig | None:
@@ -224,6 +232,7 @@ class RunSummary:
     resumed: int = 0
     errors: dict[str, str] = field(default_factory=dict)  # question id -> reason
     fallbacks: int = 0
+    unexpected: int = 0  # clips that failed with an unexpected error (the CLI exits 1)
     seconds: float = 0.0
     paths: OutputPaths | None = None
     modes: Counter = field(default_factory=Counter)
@@ -395,6 +404,22 @@ class _JobProgress:
         self.bar.close()
 
 
+def _guarded(records: Iterator[dict], work: ClipWork, summary: "RunSummary") -> Iterator[dict]:
+    """Yield the clip's records; an unexpected error turns its unanswered questions into error rows
+    (prior answer) so one bad clip does not stop the run. The run still exits 1 at the end."""
+    answered = set()
+    try:
+        for record in records:
+            answered.add(record["id"])
+            yield record
+    except Exception as exc:  # noqa: BLE001 - anything but a clean answer becomes a recorded error
+        log.warning("unexpected error on %s", work.video, exc_info=True)
+        summary.unexpected += 1
+        failed = ClipWork(video=work.video, questions=[q for q in work.questions if q.id not in answered],
+                          error=f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        yield from error_records(failed)
+
+
 def _answer_pending(cfg: RunConfig, clips, paths: OutputPaths, summary: RunSummary, progress: _JobProgress,
                     model_loader, say) -> None:
     from roadbuddy.model import load_model
@@ -409,7 +434,7 @@ def _answer_pending(cfg: RunConfig, clips, paths: OutputPaths, summary: RunSumma
     budget = SampleBudget(cfg.sample_timeout) if cfg.sample_timeout else None
     with PredictionLog(paths.predictions) as out:
         for work in iter_prepared(clips, cfg, lm.image_size, lm.tokens_per_tile, budget):
-            records = error_records(work) if work.error else answer_with_ladder(lm, work, cfg)
+            records = error_records(work) if work.error else _guarded(answer_with_ladder(lm, work, cfg), work, summary)
             clip_records = []
             for record in records:
                 if work.frame_cap is not None:

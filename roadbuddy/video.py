@@ -132,7 +132,7 @@ class _DecordSource:
                                                            num_threads=self._threads, width=size[0], height=size[1])
         frames = self._readers[size].get_batch(wanted.tolist()).asnumpy()
         width, height = size if size is not None else (self.info.width, self.info.height)
-        if frames.shape[1:] != (height, width, 3):  # decord garbles scaled reads of rotated clips
+        if frames.shape[1:] != (height, width, 3):  # e.g. scaled reads of rotated clips: let PyAV read it
             raise RuntimeError(f"decord returned frames of shape {frames.shape[1:]}, not {(height, width, 3)}")
         return frames
 
@@ -246,8 +246,9 @@ class _PyAVSource:
             return self._read(wanted, size)
 
     def _rgb(self, frame, size: tuple[int, int] | None) -> np.ndarray:
-        """The frame as displayed: scaled to size = (W, H) and turned by its display matrix."""
-        width, height = size if size is not None else (None, None)
+        """The frame as displayed, turned by its display matrix and scaled to size = (W, H), else to the
+        clip's size: a stream can change size midway (joined recordings), and frames must stack."""
+        width, height = size if size is not None else (self.info.width, self.info.height)
         if self._quarter_turns % 2:
             width, height = height, width
         array = frame.to_ndarray(format="rgb24", width=width, height=height)

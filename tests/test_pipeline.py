@@ -161,6 +161,13 @@ def test_sample_timeout_degrades_frames_instead_of_exceeding(monkeypatch, lm, tm
     assert len(first_clip) == 8 and "frame_cap" not in recs[0]  # calibration clip, as configured
     later = [r for r in recs if "frame_cap" in r]
     assert later, "no clip was degraded"
+    clips = {}
     for r in later:
         assert len(r["frames"]) <= r["frame_cap"] < 8
-        assert r["time_ms"] <= 250
+        clips.setdefault(r["timings_ms"]["clip_shared"], set()).update(r["frames"])
+    # the injected 40 ms per tile dominates every clip's cost: what the degraded clips decoded must fit the
+    # timeout with the budget's safety margin (asserted on the cost model, not the wall clock, which
+    # other processes on a busy machine can stretch)
+    for r in later:
+        questions = sum(1 for x in recs if x["timings_ms"]["clip_shared"] == r["timings_ms"]["clip_shared"])
+        assert 40 * len(clips[r["timings_ms"]["clip_shared"]]) / questions <= 250 * pipeline.SampleBudget.SAFETY

@@ -1,0 +1,141 @@
+"""Run one eval: a RunConfig on a labeled split -> pipeline.run -> report folder.
+
+The pipeline writes predictions.jsonl into the report folder (cfg.output points
+there), so an interrupted eval resumes by running the same command again:
+pipeline.run skips every question already answered with the same answer
+settings. The report is built from predictions.jsonl, never from memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from evals import report as rep
+from roadbuddy.config import RunConfig
+from roadbuddy.data import Question, load_questions
+from roadbuddy.output import atomic_write_text, load_predictions
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_REPORTS = REPO / "runs" / "eval"  # /runs/ is git-ignored
+
+
+@dataclass
+class EvalResult:
+    report: dict
+    paths: dict[str, Path]
+    failures: list[str]  # one sentence per failed user assertion
+    table: "rep.pd.DataFrame"  # one row per question (report.question_table)
+
+    @property
+    def accuracy(self) -> float:
+        return self.report["accuracy"]["accuracy"]
+
+
+def resolve_split(split: Path | str, data_dir: Path | str | None) -> Path:
+    """The question file: as given, else under --data-dir, else under --data-dir/train."""
+    split = Path(split)
+    candidates = [split]
+    if data_dir is not None and not split.is_absolute():
+        candidates += [Path(data_dir) / split, Path(data_dir) / "train" / split]
+    for path in candidates:
+        if path.is_file():
+            return path
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"split {split} not found (tried {tried})")
+
+
+def default_report_dir(cfg: RunConfig, split: Path) -> Path:
+    """runs/eval/<split>-<model>-<settings hash>: the same command lands in the same folder and resumes."""
+    model = Path(cfg.model.rstrip("/")).name or "model"
+    return DEFAULT_REPORTS / f"{split.stem}-{model}-{cfg.fingerprint()[:8]}"
+
+
+def _dataset_root(q: Question) -> Path:
+    """The root the question's video_path was resolved against."""
+    depth = len(Path(os.path.normpath(q.video_rel)).parts)
+    return q.video_path.parents[depth - 1]
+
+
+def select_questions(split: Path, data_dir: Path | None, ids: list[str] | None, limit: int | None) -> list[Question]:
+    questions = load_questions(split, data_dir)
+    if ids:
+        known = {q.id for q in questions}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise ValueError(f"--ids names questions that are not in {split.name}: {', '.join(unknown[:10])}")
+        wanted = set(ids)
+        questions = [q for q in questions if q.id in wanted]
+    return questions[:limit] if limit else questions
+
+
+def write_subset(split: Path, questions: list[Question], folder: Path) -> tuple[Path, Path]:
+    """A question file holding only `questions` (for --ids), and the dataset root its video paths need."""
+    wanted = {q.id for q in questions}
+    doc = json.loads(split.read_text(encoding="utf-8-sig"))
+    items = doc["data"] if isinstance(doc, dict) else doc
+    items = [item for item in items if isinstance(item, dict) and item.get("id") in wanted]
+    path = folder / "subset.json"
+    atomic_write_text(path, json.dumps({"__count__": len(items), "data": items}, ensure_ascii=False, indent=1))
+    return path, _dataset_root(questions[0])
+
+
+def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = None, baseline: Path | str | None = None,
+             min_accuracy: float | None = None, max_fallback_rate: float | None = None,
+             max_prior_accuracy: float | None = None, fresh: bool = False, model_loader=None,
+             say=print) -> EvalResult:
+    """Answer the split with `cfg` (resuming from the report folder), then write report.json/.md/.png there.
+
+    `fresh` deletes earlier predictions first (the tiny-model eval and the defect
+    runs always start over: their predictions must come from this code).
+    """
+    from roadbuddy.pipeline import run
+
+    started = time.perf_counter()
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    split = Path(cfg.test_json)
+    questions = select_questions(split, cfg.data_dir, ids, cfg.limit)
+    if not questions:
+        raise ValueError(f"no questions selected from {split}")
+    unlabeled = [q.id for q in questions if not q.answer]
+    if unlabeled:
+        raise rep.UnlabeledSplitError(f"{split.name} has {len(unlabeled)} questions without an answer "
+                                      f"(first: {unlabeled[0]}); evaluate a labeled split such as train.json")
+    if fresh:
+        for name in ("predictions.jsonl", "run.json", "submission.csv", "time_submission.csv"):
+            (report_dir / name).unlink(missing_ok=True)
+    run_cfg = cfg.replace(output=report_dir / "submission.csv")
+    if ids:
+        subset, root = write_subset(split, questions, report_dir)
+        run_cfg = run_cfg.replace(test_json=subset, data_dir=root, limit=None)
+    summary = run(run_cfg, model_loader=model_loader, say=say)
+    records = load_predictions(report_dir / "predictions.jsonl")
+    table = rep.question_table(questions, records)
+    settings = {**cfg.answer_settings(), "split": str(split), "data_dir": str(cfg.data_dir) if cfg.data_dir else None,
+                "device": cfg.device, "limit": cfg.limit, "ids": ids, "questions_selected": len(questions),
+                "fingerprint": cfg.fingerprint(), "answered_now": summary.answered, "resumed": summary.resumed}
+    base = rep.load_report(baseline) if baseline else None
+    report = rep.build_report(table, settings=settings, wall_seconds=time.perf_counter() - started,
+                              baseline=base, baseline_path=str(baseline) if baseline else None)
+    failures = rep.add_checks(report, min_accuracy=min_accuracy, max_fallback_rate=max_fallback_rate,
+                              max_prior_accuracy=max_prior_accuracy)
+    paths = rep.write_report(report, report_dir)
+    return EvalResult(report=report, paths=paths, failures=failures, table=table)
+
+
+def summary_lines(result: EvalResult) -> list[str]:
+    r = result.report
+    acc, prior = r["accuracy"], r["prior"]
+    lines = [f"accuracy {acc['accuracy']:.1%} ({acc['correct']}/{acc['n']}, 95% CI "
+             f"{acc['ci95'][0]:.1%}-{acc['ci95'][1]:.1%}); prior {prior['accuracy']:.1%}; "
+             f"margin {100 * r['margin_over_prior']:+.1f} points"]
+    if r.get("comparison"):
+        c = r["comparison"]
+        lines.append(f"vs baseline: {c['wins']} wins, {c['losses']} losses, McNemar p = {c['mcnemar_p']:.3g}")
+    if r.get("wall_seconds") is not None:
+        lines.append(f"wall time {r['wall_seconds']:.1f} s")
+    lines.append(f"report: {result.paths['md']}")
+    return lines

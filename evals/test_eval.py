@@ -1,0 +1,128 @@
+"""Accuracy evals (marker `eval`; not in the default test run).
+
+    pytest -m eval evals/                      # the tiny-model eval and its planted defects (CI)
+    pytest -m eval evals/ --split train.json --data-dir DIR --model M [predict flags]
+
+With --split, the real pipeline answers a labeled split and writes report.json,
+report.md and report.png (see evals/README.md); --min-accuracy and
+--max-fallback-rate fail the test after the report is written.
+
+Without --split, the shipped tiny model (evals/tiny-seeing/, trained by
+evals/train_tiny.py) answers a held-out split of encoded synthetic clips whose
+answers are only in the pixels, through the real pipeline: it must score at
+least 90% where the prior scores at most 50%. Each planted defect (a
+monkeypatch of one pipeline step) must pull it below 90%, which shows the eval
+would catch that break.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evals import harness
+from roadbuddy import frames, model, prompts, tiles
+
+pytestmark = pytest.mark.eval
+
+TINY_MIN_ACCURACY = 0.90
+TINY_MAX_PRIOR = 0.50
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def test_split_accuracy(eval_request):
+    """The user's eval: one RunConfig on a labeled split, report written, then the user's assertions."""
+    if eval_request.split is None:
+        pytest.skip("no --split given: the tiny-model eval below runs instead")
+    result = harness.run_eval(eval_request.cfg, eval_request.report_dir, ids=eval_request.ids,
+                              baseline=eval_request.baseline, min_accuracy=eval_request.min_accuracy,
+                              max_fallback_rate=eval_request.max_fallback_rate, say=_say)
+    for line in harness.summary_lines(result):
+        _say(line)
+    assert not result.failures, "; ".join(result.failures) + f" (report: {result.paths['md']})"
+
+
+def _tiny_only(eval_request) -> None:
+    if eval_request.split is not None:
+        pytest.skip("--split given: the tiny-model eval and its defect tests do not run")
+    if eval_request.predict_flags:
+        pytest.skip("the tiny-model eval has its own fixed settings; drop "
+                    f"{' '.join(eval_request.predict_flags)} or add --split")
+
+
+def _kind_accuracy(result) -> dict[str, float]:
+    kind = result.table["clip"].str.extract(r"_([a-z]+)\.mp4$")[0]
+    return {k: float(v) for k, v in result.table.groupby(kind).correct.mean().items()}
+
+
+def test_tiny_model_sees(eval_request, tiny_eval_config, tiny_lm, tiny_report_root):
+    """Clean pipeline: >= 90% on the held-out clips, where the prior baseline scores <= 50%."""
+    _tiny_only(eval_request)
+    result = harness.run_eval(tiny_eval_config, tiny_report_root, fresh=True, model_loader=lambda _cfg: tiny_lm,
+                              baseline=eval_request.baseline,
+                              min_accuracy=eval_request.min_accuracy or TINY_MIN_ACCURACY,
+                              max_fallback_rate=eval_request.max_fallback_rate,
+                              max_prior_accuracy=TINY_MAX_PRIOR, say=lambda _m: None)
+    for line in harness.summary_lines(result):
+        _say(line)
+    _say(f"by kind: {_kind_accuracy(result)}")
+    assert not result.failures, "; ".join(result.failures) + f" (report: {result.paths['md']})"
+
+
+# --- planted defects: each is one realistic break of one pipeline step ----------
+
+def reverse_frame_order(monkeypatch):
+    """Frames reach the prompt last-first (Frame1 is the end of the clip)."""
+    real = frames.select_frames
+    monkeypatch.setattr(frames, "select_frames", lambda *a, **k: list(reversed(real(*a, **k))))
+
+
+def skip_normalisation(monkeypatch):
+    """Tiles are scaled to [0, 1] but never normalised with the ImageNet mean and std."""
+    def scaled_only(stacked):
+        return torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32).div_(255).contiguous()
+    monkeypatch.setattr(tiles, "_normalize_uint8", scaled_only)
+
+
+def shift_choice_letters(monkeypatch):
+    """The prompt labels the choices B, C, D, A (each letter one off) while answers are read by position."""
+    def shifted(choices):
+        valid = prompts.letters(len(choices))
+        labels = valid[1:] + valid[:1]
+        return "\n".join(f"{label}. {choice}" for label, choice in zip(labels, choices))
+    monkeypatch.setattr(prompts, "choices_text", shifted)
+
+
+def misalign_image_tokens(monkeypatch):
+    """Image features land one <IMG_CONTEXT> slot early (the count still matches, so nothing raises)."""
+    real = model._embed
+
+    def shifted(lm, ids, features):
+        if features is not None and features.shape[0]:
+            flat = features.reshape(-1, features.shape[-1])
+            features = flat.roll(-1, dims=0).reshape(features.shape)
+        return real(lm, ids, features)
+    monkeypatch.setattr(model, "_embed", shifted)
+
+
+DEFECTS = {
+    "frames-reversed": reverse_frame_order,
+    "no-normalisation": skip_normalisation,
+    "letters-shifted": shift_choice_letters,
+    "image-tokens-misaligned": misalign_image_tokens,
+}
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_planted_defect_is_caught(defect, monkeypatch, eval_request, tiny_eval_config, tiny_lm, tiny_report_root):
+    _tiny_only(eval_request)
+    DEFECTS[defect](monkeypatch)
+    result = harness.run_eval(tiny_eval_config, tiny_report_root / "defects" / defect, fresh=True,
+                              model_loader=lambda _cfg: tiny_lm, say=lambda _m: None)
+    by_kind = _kind_accuracy(result)
+    _say(f"{defect}: accuracy {result.accuracy:.1%}, by kind {by_kind}")
+    assert result.accuracy < TINY_MIN_ACCURACY, f"{defect} was not caught: accuracy {result.accuracy:.1%}"
+    if defect == "frames-reversed":  # it must break exactly the questions about order
+        assert by_kind["colour"] >= TINY_MIN_ACCURACY and by_kind["order"] <= 0.5, by_kind

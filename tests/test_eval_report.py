@@ -1,0 +1,255 @@
+"""The eval report's maths and files (evals/report.py, evals/categories.py, evals/harness.py), without a trained model."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from evals import categories, harness
+from evals import report as rep
+from roadbuddy.config import RunConfig
+from roadbuddy.data import Question, load_questions
+
+
+def q(qid: str, answer: str, n: int = 4, clip: str = "c1.mp4", text: str = "Biển báo nào xuất hiện trong video?") -> Question:
+    choices = ("Đúng", "Sai") if n == 2 else tuple(f"x{i}" for i in range(n))
+    return Question(id=qid, question=text, choices=choices, raw_choices=choices, video_path=Path("/d") / clip,
+                    video_rel=clip, answer=answer)
+
+
+def rec(qid: str, answer: str, **extra) -> dict:
+    return {"id": qid, "answer": answer, "mode": "score", "frames": [1, 2, 3], "tiles": 3, "visual_tokens": 768,
+            "prompt_tokens": 900, "time_ms": 100.0, **extra}
+
+
+# --- Wilson interval ------------------------------------------------------------
+
+@pytest.mark.parametrize("k, n, lo, hi", [
+    (8, 10, 0.4902, 0.9433),     # the textbook example (Newcombe 1998, Agresti & Coull 1998)
+    (0, 10, 0.0, 0.2775),
+    (10, 10, 0.7225, 1.0),
+    (81, 263, 0.2553, 0.3662),   # Newcombe 1998 table I: 81/263 -> 0.2553 to 0.3662
+    (554, 1490, 0.3476, 0.3967),  # the prior on the full train split (37.2%)
+])
+def test_wilson_matches_known_values(k, n, lo, hi):
+    got = rep.wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_agrees_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for k, n in [(0, 1), (1, 1), (3, 7), (37, 100), (999, 1000), (554, 1490)]:
+        ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert rep.wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_wilson_edges():
+    assert rep.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        rep.wilson_interval(5, 4)
+
+
+# --- McNemar -------------------------------------------------------------------
+
+@pytest.mark.parametrize("b, c, p", [
+    (0, 0, 1.0), (0, 6, 2 / 64), (1, 9, 2 * 11 / 1024), (5, 5, 1.0), (3, 4, 1.0), (10, 0, 2 / 1024),
+])
+def test_mcnemar_hand_values(b, c, p):
+    assert rep.mcnemar_p(b, c) == pytest.approx(p)
+    assert rep.mcnemar_p(c, b) == pytest.approx(p)
+
+
+def test_mcnemar_agrees_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for b, c in [(1, 2), (7, 20), (40, 60), (300, 350), (0, 25)]:
+        expected = stats.binomtest(min(b, c), b + c, 0.5).pvalue
+        assert rep.mcnemar_p(b, c) == pytest.approx(expected, rel=1e-9)
+
+
+# --- categories ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text, choices, expected", [
+    ("Có bao nhiêu biển báo cấm xuất hiện trong video?", (), {"which_signs", "counting", "rules"}),
+    ("Trong video này, dựa vào biển báo có bao nhiêu làn xe được phép rẽ trái?", (),
+     {"counting", "lanes", "turns_allowed", "rules"}),
+    ("Giới hạn tốc độ trên đoạn đường trong video là bao nhiêu?", (), {"speed_limit"}),
+    ("Biển báo nào xuất hiện đầu tiên trong video?", (), {"which_signs", "order"}),
+    ("Biển báo bên phải có ý nghĩa gì?", (), {"sign_meaning"}),
+    ("Làn đường di chuyển hiện tại có được rẽ phải không?", ("Có", "Không"),
+     {"yes_no", "lanes", "turns_allowed", "rules"}),
+    ("Trong video có xuất hiện đèn giao thông không?", ("Có", "Không"), {"yes_no", "traffic_light"}),
+    ("Trong video này, tình trạng mặt đường như thế nào?", (), {"road_scene"}),
+    ("Khi di chuyển trên cao tố", (), {"other"}),
+])
+def test_categories_of_real_questions(text, choices, expected):
+    assert set(categories.categorize(text, choices)) == expected
+
+
+def test_yes_no_comes_from_the_choices():
+    assert categories.is_yes_no(("Phải", "Không phải"))
+    assert categories.is_yes_no(("Đúng.", "Sai"))
+    assert not categories.is_yes_no(("Đúng", "Sai", "Không rõ"))
+    assert not categories.is_yes_no(("Cấm đỗ", "Cấm dừng"))
+
+
+def test_categories_cover_the_real_train_split(real_data_dir):
+    questions = load_questions(real_data_dir / "train.json")
+    counts = {name: 0 for name in categories.ORDER}
+    for question in questions:
+        for name in categories.categorize(question.question, question.choices):
+            counts[name] += 1
+    assert all(counts[name] >= 20 for name in categories.CATEGORIES), counts
+    assert counts[categories.OTHER] < 0.05 * len(questions), counts
+    yes_no = sum(categories.is_yes_no(x.choices) for x in questions)
+    assert yes_no >= 0.9 * sum(x.num_choices == 2 for x in questions)
+
+
+def test_prior_baseline_on_the_real_train_split(real_data_dir):
+    questions = load_questions(real_data_dir / "train.json")
+    report = rep.build_report(rep.question_table(questions, {}))  # no records: every answer is the prior
+    assert report["prior"]["accuracy"] == pytest.approx(0.372, abs=0.0005)
+    assert report["accuracy"]["accuracy"] == report["prior"]["accuracy"]
+    assert report["missing"] == len(questions)
+
+
+# --- the report ----------------------------------------------------------------
+
+def sample_run():
+    questions = [q("a", "A"), q("b", "B"), q("c", "C", clip="c2.mp4"), q("d", "D", clip="c2.mp4"),
+                 q("e", "A", n=2, clip="c3.mp4"), q("f", "B", n=2, clip="c3.mp4")]
+    records = {
+        "a": rec("a", "A"),                                       # right (prior right too)
+        "b": rec("b", "A"),                                       # wrong
+        "c": rec("c", "C", time_ms=300.0),                        # right
+        "d": rec("d", "A", mode="error-prior", error="cannot decode c2.mp4: boom"),
+        "e": rec("e", "A", mode="generate", raw="A"),             # right (prior B wrong)
+        "f": rec("f", "B", mode="generate-fallback-score", fallback=True),  # right
+    }
+    return questions, records
+
+
+def test_report_numbers():
+    questions, records = sample_run()
+    table = rep.question_table(questions, records)
+    r = rep.build_report(table, settings={"split": "s.json", "model": "m"})
+    assert r["accuracy"]["correct"] == 4 and r["accuracy"]["n"] == 6
+    assert r["accuracy"]["ci95"] == pytest.approx(rep.wilson_interval(4, 6))
+    assert r["prior"]["correct"] == 2  # a (A) and f (B)
+    assert r["margin_over_prior"] == pytest.approx(2 / 6)
+    assert (r["vs_prior"]["wins"], r["vs_prior"]["losses"]) == (2, 0)  # c and e; nothing the prior got alone
+    by_n = {x["num_choices"]: x for x in r["by_num_choices"]}
+    assert (by_n[2]["correct"], by_n[2]["n"], by_n[2]["prior_accuracy"]) == (2, 2, 0.5)
+    assert (by_n[4]["correct"], by_n[4]["n"], by_n[4]["prior_accuracy"]) == (2, 4, 0.25)
+    cats = {x["category"]: x for x in r["by_category"]}
+    assert cats["which_signs"]["n"] == 6 and cats["yes_no"]["n"] == 2
+    clips = r["by_clip"]
+    assert (clips["clips"], clips["all_right"], clips["all_wrong"]) == (3, 1, 0)
+    assert [c["clip"] for c in clips["worst"]] == ["c1.mp4", "c2.mp4"]
+    conf = r["confusion"]
+    assert conf["letters"] == ["A", "B", "C", "D"]
+    m = dict(zip(conf["letters"], conf["matrix"]))
+    assert m["A"] == [2, 0, 0, 0] and m["B"] == [1, 1, 0, 0] and m["D"] == [1, 0, 0, 0]
+    bias4 = next(b for b in r["position_bias"] if b["num_choices"] == 4)
+    assert bias4["predicted_share"] == {"A": 0.75, "B": 0.0, "C": 0.25, "D": 0.0}
+    assert bias4["excess"]["A"] == pytest.approx(0.5)
+    assert r["fallbacks"] == {"count": 1, "rate": pytest.approx(1 / 6)}
+    assert r["errors"]["count"] == 1 and "boom" in r["errors"]["examples"]["d"]
+    assert r["inputs"]["frames"]["mean"] == 3 and r["inputs"]["visual_tokens"]["max"] == 768
+    assert r["time_ms"]["mean"] == pytest.approx(800 / 6)
+    assert r["time_ms"]["p95"] == pytest.approx(250.0)  # numpy's linear percentile of five 100s and one 300
+    json.dumps(r)  # JSON-ready
+
+
+def test_missing_record_counts_as_the_prior_answer():
+    table = rep.question_table([q("a", "A"), q("b", "B", n=2)], {})
+    assert list(table.answer) == ["A", "B"] and table.correct.all() and table.missing.all()
+
+
+def test_unlabeled_split_is_refused():
+    unlabeled = Question(id="t1", question="?", choices=("a", "b"), raw_choices=("a", "b"),
+                         video_path=Path("/x.mp4"), video_rel="x.mp4")
+    with pytest.raises(rep.UnlabeledSplitError, match="t1"):
+        rep.question_table([unlabeled], {})
+
+
+def test_comparison_with_a_baseline():
+    questions, records = sample_run()
+    base_records = dict(records, b=rec("b", "B"), c=rec("c", "A"), e=rec("e", "B"))
+    base = rep.build_report(rep.question_table(questions, base_records))
+    here = rep.build_report(rep.question_table(questions, records), baseline=base, baseline_path="base/report.json")
+    c = here["comparison"]
+    assert c["common_questions"] == 6
+    assert (c["wins"], c["losses"]) == (2, 1)  # c, e won; b lost
+    assert c["win_ids"] == ["c", "e"] and c["loss_ids"] == ["b"]
+    assert c["mcnemar_p"] == pytest.approx(1.0) and not c["significant_at_5pct"]
+    assert c["changed_answers"] == 3
+    assert c["difference"] == pytest.approx(4 / 6 - 3 / 6)
+
+
+def test_checks_record_pass_and_fail():
+    questions, records = sample_run()
+    r = rep.build_report(rep.question_table(questions, records))
+    assert rep.add_checks(r, min_accuracy=0.5, max_fallback_rate=0.2) == []
+    fails = rep.add_checks(r, min_accuracy=0.9, max_fallback_rate=0.1, max_prior_accuracy=0.2)
+    assert len(fails) == 3 and "below --min-accuracy" in fails[0]
+    assert [c["passed"] for c in r["checks"]] == [False, False, False]
+
+
+def test_write_report_files(tmp_path):
+    questions, records = sample_run()
+    base = rep.build_report(rep.question_table(questions, dict(records, b=rec("b", "B"))))
+    r = rep.build_report(rep.question_table(questions, records), settings={"split": "s.json", "model": "m"},
+                         wall_seconds=1.5, baseline=base, baseline_path="b.json")
+    rep.add_checks(r, min_accuracy=0.9)
+    paths = rep.write_report(r, tmp_path / "out")
+    assert rep.load_report(tmp_path / "out")["accuracy"] == r["accuracy"]
+    md = paths["md"].read_text(encoding="utf-8")
+    for text in ("**Accuracy 66.7%** (4/6", "Prior baseline", "## Against the baseline", "McNemar", "FAIL",
+                 "## By category", "| which_signs | 6 |", "## Confusion", "## Answer-position bias",
+                 "p95 250 ms", "Errors (video unreadable, prior answer used): 1"):
+        assert text in md, text
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the harness, end to end with the tiny random-weight model --------------------
+
+def test_harness_writes_a_report_resumes_and_compares(tiny_checkpoint, synthetic_dataset, tmp_path):
+    cfg = RunConfig(model=str(tiny_checkpoint), test_json=synthetic_dataset, device="cpu", progress=False,
+                    max_frames=8)
+    ids = [x.id for x in load_questions(synthetic_dataset)][1:4]
+    first = harness.run_eval(cfg, tmp_path / "r1", ids=ids, say=lambda _m: None)
+    assert first.report["questions"] == 3 and first.report["settings"]["answered_now"] == 3
+    assert [x["id"] for x in first.report["per_question"]] == ids
+    assert all(first.paths[k].is_file() for k in ("json", "md", "png"))
+    again = harness.run_eval(cfg, tmp_path / "r1", ids=ids, baseline=tmp_path / "r1" / "report.json",
+                             min_accuracy=1.01, say=lambda _m: None)
+    assert again.report["settings"]["resumed"] == 3 and again.report["settings"]["answered_now"] == 0
+    c = again.report["comparison"]
+    assert (c["wins"], c["losses"], c["changed_answers"], c["mcnemar_p"]) == (0, 0, 0, 1.0)
+    assert again.failures and "min-accuracy" in again.failures[0]
+    assert json.loads(again.paths["json"].read_text())["checks"][0]["passed"] is False
+
+
+def test_default_report_dir_follows_the_settings(tmp_path):
+    split = tmp_path / "train.json"
+    a = harness.default_report_dir(RunConfig(model="/m/ckpt"), split)
+    b = harness.default_report_dir(RunConfig(model="/m/ckpt", max_frames=16), split)
+    assert a.name.startswith("train-ckpt-") and a != b
+    assert a == harness.default_report_dir(RunConfig(model="/m/ckpt", limit=5), split)  # a subset resumes
+
+
+def test_resolve_split(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "train.json").write_text("{}")
+    assert harness.resolve_split("train.json", tmp_path) == tmp_path / "train" / "train.json"
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        harness.resolve_split("nope.json", tmp_path)
+
+
+def test_wilson_is_sane_everywhere():
+    for n in (1, 2, 5, 50):
+        for k in range(n + 1):
+            lo, hi = rep.wilson_interval(k, n)
+            assert 0 <= lo <= k / n <= hi <= 1 and not math.isnan(lo)
