@@ -5,7 +5,7 @@ its grey level) or raises a VideoError naming it, and one real CLI run over all
 of them shows the run going on: a normal record per decodable clip, an error
 record with the prior answer per unreadable one, every question a row. Then the
 question file, the output folder, signals, time and security. The same
-catalogue, as a table, is docs/what-happens-when.md; the kill-and-resume soak is
+catalogue, as a table, is README.md "What happens when..."; the kill-and-resume soak is
 tests/test_soak.py.
 """
 from __future__ import annotations
