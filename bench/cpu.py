@@ -483,11 +483,21 @@ def compare_records(a: list[dict], b: list[dict]) -> dict:
 
 # --- the issue 7 measurements (python -m bench.cpu, and the slow tests) ------------------------
 
+CARD = "card (decord num_threads=1, as on the card)"
+FLOOR = "floor: PyAV decode of every frame, no RGB"
+
+
 def measure_datapath(clip: Path, k: int = 32, rounds: int = 3, threads: int = 0, settle=None) -> list[dict]:
-    """Issue 7.2: every data path on one clip, `k` frames, one tile, interleaved; times, ratios, MAD vs the card."""
-    paths = {
-        "card (decord num_threads=1, as on the card)": lambda: card(clip, k, threads=1),
-        "card (decord num_threads=0)": lambda: card(clip, k, threads=0),
+    """Issue 7.2: every data path on one clip, `k` frames, one tile, interleaved; times, ratios, MAD vs the card.
+
+    `threads` is what our paths and the floor give their decoder (0: the decoder's default); the
+    card keeps its num_threads=1, and runs with `threads` too when that differs. threads=1 also
+    holds torch to one thread: the whole data path on one core, as beside the model in a run.
+    """
+    paths = {CARD: lambda: card(clip, k, threads=1)}
+    if threads != 1:
+        paths[f"card (decord num_threads={threads})"] = lambda: card(clip, k, threads=threads)
+    paths.update({
         "ours today, auto = decord": lambda: ours(clip, k, backend="auto", threads=threads),
         "ours today, pyav": lambda: ours(clip, k, backend="pyav", threads=threads),
         "scaled: get(size=(448, 448)), decord": lambda: scaled(clip, k, backend="decord", threads=threads),
@@ -495,20 +505,22 @@ def measure_datapath(clip: Path, k: int = 32, rounds: int = 3, threads: int = 0,
         "scaled, pyav bicubic + one reformatter": lambda: bicubic(clip, k, threads=threads),
         "proposed (all changes), decord": lambda: proposed(clip, k, backend="decord", threads=threads),
         "proposed (all changes), pyav": lambda: proposed(clip, k, backend="pyav", threads=threads),
-        "floor: PyAV decode of every frame, no RGB": lambda: decode_floor(clip, threads=threads),
-    }
-    times, results = interleaved(paths, rounds, settle)
-    reference = results["card (decord num_threads=1, as on the card)"]
-    floor = best(times["floor: PyAV decode of every frame, no RGB"])
+        FLOOR: lambda: decode_floor(clip, threads=threads),
+    })
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if threads == 1 else before)
+    try:
+        times, results = interleaved(paths, rounds, settle)
+    finally:
+        torch.set_num_threads(before)
     rows = []
     for name, seconds in times.items():
-        row = {"path": name, "best_s": best(seconds), "median_s": statistics.median(seconds),
-               "card_over_path": best(times["card (decord num_threads=1, as on the card)"]) / best(seconds),
-               "path_over_floor": best(seconds) / floor}
+        row = {"threads": threads, "path": name, "best_s": best(seconds), "median_s": statistics.median(seconds),
+               "card_over_path": best(times[CARD]) / best(seconds), "path_over_floor": best(seconds) / best(times[FLOOR])}
         result = results[name]
         if isinstance(result, Prepared):
-            mad = mean_abs_diff(result.pixel_values, reference.pixel_values)
-            row.update(same_indices=result.indices == reference.indices, mad=mad, mad_levels=levels(mad))
+            mad = mean_abs_diff(result.pixel_values, results[CARD].pixel_values)
+            row.update(same_indices=result.indices == results[CARD].indices, mad=mad, mad_levels=levels(mad))
         rows.append(row)
     return rows
 
@@ -676,10 +688,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=["datapath", "model", "overlap", "all"])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round is reported")
+    parser.add_argument("--decode-threads", default="1,0",
+                        help="comma-separated decoder thread counts for the data path measurement (0 = decoder's "
+                             "default; default 1,0)")
     parser.add_argument("--model-threads", default="1,2",
                         help="comma-separated torch thread counts for the model measurement (default 1,2)")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
-                        help="before each timed call, wait up to this many seconds for the box to be 85%% idle")
+                        help="before each timed call, wait up to this many seconds for the box to be idle enough")
+    parser.add_argument("--quiet-target", type=float, default=0.85,
+                        help="the idle share that counts as idle enough (default 0.85; 0.45 = one core free)")
     parser.add_argument("--clips", type=Path, default=Path(tempfile.gettempdir()) / "roadbuddy-bench-clips",
                         help="folder for the generated clips, kept between runs (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="also write cpu-<date>-<what>.json and .md here")
@@ -687,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import transformers
 
-    settle = IdleWait(args.quiet_wait) if args.quiet_wait > 0 else None
+    settle = IdleWait(args.quiet_wait, args.quiet_target) if args.quiet_wait > 0 else None
     doc = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "torch": torch.__version__,
            "transformers": transformers.__version__, "python": platform.python_version(),
            "command": "python -m bench.cpu " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -695,9 +712,10 @@ def main(argv: list[str] | None = None) -> int:
     sections = []
     if args.what in ("datapath", "all"):
         clip = road_clip(args.clips, "1440p")
-        doc["datapath"] = measure_datapath(clip, 32, args.rounds, settle=settle)
-        sections.append((f"data path: {clip.name} (H.264 from synth.write_road_clip), 32 frames, 1 tile, "
-                         "decoder threads 0", _table(doc["datapath"])))
+        doc["datapath"] = [row for threads in (int(t) for t in args.decode_threads.split(","))
+                           for row in measure_datapath(clip, 32, args.rounds, threads, settle=settle)]
+        sections.append((f"data path: {clip.name} (H.264 from synth.write_road_clip), 32 frames, 1 tile",
+                         _table(doc["datapath"])))
     if args.what in ("model", "all"):
         lm = mid_model()
         data = write_dataset(args.clips / "model", 4, resolution="640x360", seconds=6)

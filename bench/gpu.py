@@ -32,13 +32,15 @@ class Setting:
     frames: int | None  # None: the adaptive default
     max_num: int = 1
     share_prefix: bool = True
+    decoder_scaling: bool = True
 
     def apply(self, cfg: RunConfig) -> RunConfig:
+        cfg = cfg.replace(share_prefix=self.share_prefix, decoder_scaling=self.decoder_scaling)
         if self.frames is None:
-            return cfg.replace(share_prefix=self.share_prefix)
+            return cfg
         per_frame = frames.tiles_per_frame(2560, 1440, self.max_num, True) * TOKENS_PER_TILE
         return cfg.replace(min_frames=self.frames, max_frames=self.frames, max_num=self.max_num,
-                           max_visual_tokens=self.frames * per_frame, share_prefix=self.share_prefix)
+                           max_visual_tokens=self.frames * per_frame)
 
 
 SETTINGS = [
@@ -46,6 +48,7 @@ SETTINGS = [
     Setting("16f-6t", 16, max_num=6), Setting("adaptive", None),
 ]
 PLAIN_SETTING = Setting("32f-plain", 32, share_prefix=False)  # issue 7: the per-question path beside it
+EXTRA_BF16 = [Setting("32f-card-resize", 32, decoder_scaling=False)]  # issue 7: the card's PIL resize beside it
 QUANTS = [None, "8bit", "4bit"]
 
 # Real RoadBuddy-style questions (train split wording) so text token counts are realistic.
@@ -136,7 +139,8 @@ def measure(lm, cfg: RunConfig, sampler, counts, label: str) -> dict:
     times = [r["time_ms"] / 1000 for r in records]
     prompt_tokens = max(r.get("prompt_tokens", 0) for r in records)
     est = memory.estimate_vram(lm.config, quantization=cfg.quantization, prompt_tokens=prompt_tokens,
-                               vision_batch=cfg.vision_batch, counts=counts)
+                               vision_batch=cfg.vision_batch, prefill_chunk=cfg.prefill_chunk,
+                               embeddings_on_gpu=not cfg.embeddings_on_cpu, counts=counts)
     peak = sampler.peak
     return {
         "label": label,
@@ -165,8 +169,10 @@ def measure(lm, cfg: RunConfig, sampler, counts, label: str) -> dict:
 
 
 def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=QUANTS, settings=SETTINGS,
-          log=print, plain: Setting | None = PLAIN_SETTING) -> dict:
-    """Run every (quantization, setting); returns the results document (environment + rows)."""
+          log=print, plain: Setting | None = PLAIN_SETTING, extra=tuple(EXTRA_BF16), on_row=None) -> dict:
+    """Run every (quantization, setting); returns the results document (environment + rows).
+
+    `on_row(doc)` is called after every row, so a sweep cut short still leaves its figures."""
     import transformers
 
     from roadbuddy.model import load_model
@@ -181,33 +187,7 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
     base = RunConfig(model=str(model_path), test_json=data_json, device=device, progress=False, prefetch=2,
                      support_frames=False)
     rows = []
-    for quant in quants:
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        t = time.perf_counter()
-        lm = load_model(base.replace(quantization=quant))
-        load_s = time.perf_counter() - t
-        counts = memory.count_parameters(lm.config)
-        tag = quant or "bf16"
-        # warm-up: kernels, cuBLAS handles and the decoder, outside the measurements
-        run_settings = list(settings) + ([plain] if quant is None and plain else [])
-        warm = run_settings[0].apply(base).replace(quantization=quant, limit=2, output=work / f"{tag}-warmup" / "s.csv")
-        measure(lm, warm, sampler, counts, "warmup")
-        for setting in run_settings:
-            cfg = setting.apply(base).replace(quantization=quant, output=work / f"{tag}-{setting.name}" / "s.csv")
-            try:
-                row = measure(lm, cfg, sampler, counts, f"{tag} {setting.name}")
-            except torch.cuda.OutOfMemoryError as exc:
-                row = {"label": f"{tag} {setting.name}", "quantization": tag, "error": f"CUDA OOM: {exc}"}
-            row.update(setting=setting.name, load_s=load_s, weights=weights)
-            rows.append(row)
-            log(format_row(row))
-        del lm
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    return {
+    doc = {
         "date": time.strftime("%Y-%m-%d"),
         "gpu": sampler.name,
         "driver": sampler.driver,
@@ -219,6 +199,35 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
         "clips": "2560x1440 30 fps H.264, 6/8/10/12 s, 2-4 questions each (bench.json)",
         "rows": rows,
     }
+    for quant in quants:
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        t = time.perf_counter()
+        lm = load_model(base.replace(quantization=quant))
+        load_s = time.perf_counter() - t
+        counts = memory.count_parameters(lm.config)
+        tag = quant or "bf16"
+        # warm-up: kernels, cuBLAS handles and the decoder, outside the measurements
+        run_settings = list(settings) + ([plain, *extra] if quant is None and plain else [])
+        warm = run_settings[0].apply(base).replace(quantization=quant, limit=2, output=work / f"{tag}-warmup" / "s.csv")
+        measure(lm, warm, sampler, counts, "warmup")
+        for setting in run_settings:
+            cfg = setting.apply(base).replace(quantization=quant, output=work / f"{tag}-{setting.name}" / "s.csv")
+            try:
+                row = measure(lm, cfg, sampler, counts, f"{tag} {setting.name}")
+            except torch.cuda.OutOfMemoryError as exc:
+                row = {"label": f"{tag} {setting.name}", "quantization": tag, "error": f"CUDA OOM: {exc}"}
+            row.update(setting=setting.name, load_s=load_s, weights=weights)
+            rows.append(row)
+            log(format_row(row))
+            if on_row:
+                on_row(doc)
+        del lm
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return doc
 
 
 def format_row(row: dict) -> str:

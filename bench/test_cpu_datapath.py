@@ -7,9 +7,11 @@ clip just before each round. Both times and their ratio go to the benchmark's ex
 (`--benchmark-json`) and to the table printed at the end of the module. Asserts: the frame indices are
 the card's, the shapes and tile counts are right, and the pixel values match the card's.
 
-The full grid is {1280x720, 2560x1440} x {8, 32, 64} frames x {1, 6} tiles x {decord, pyav}. CI (the
-default `-m 'not slow'`) runs 1280x720 x {8, 32} frames x {1, 6} tiles and 2560x1440 x 32 frames x
-1 tile, both backends; the rest is marked slow (`pytest -m slow bench/test_cpu_datapath.py`).
+The full grid is {1280x720, 2560x1440} x {8, 32, 64} frames x {1, 6} tiles x {decord, pyav}, on
+9 s 30 fps H.264 clips from synth.write_road_clip. CI (the default `-m 'not slow'`) runs, with both
+backends, 1280x720 x 8 frames x {1, 6} tiles, 1280x720 x 32 x 1 and 2560x1440 x 32 x 1 (issue 7's
+setting), plus two of the proposed one-tile paths and the decode floor at 2560x1440; the rest is
+marked slow (`pytest -m slow bench/test_cpu_datapath.py`). One round each in CI, three when slow.
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ from bench import cpu
 pytest.importorskip("decord", reason="the model card's path reads frames with decord")
 
 GRID = [(res, k, tiles) for res in cpu.RESOLUTIONS for k in (8, 32, 64) for tiles in (1, 6)]
-CI_SUBSET = {("720p", 8, 1), ("720p", 8, 6), ("720p", 32, 1), ("720p", 32, 6), ("1440p", 32, 1)}
+CI_SUBSET = {("720p", 8, 1), ("720p", 8, 6), ("720p", 32, 1), ("1440p", 32, 1)}
 CI_ROUNDS, SLOW_ROUNDS = 1, 3
-# Our decoders give the card's RGB bit for bit on these clips; a backend that converts colours
-# differently may differ by rounding (1 uint8 level is about 0.017 after normalisation).
+# Full-size frames: our decoders give the card's RGB bit for bit on these clips; a backend that
+# converts colours differently may differ by rounding (1 uint8 level is about 0.017 after
+# normalisation).
 FULL_SIZE_MAD = {"decord": 0.0, "pyav": 0.02}
-# Decoder-scaled frames (swscale from YUV) against PIL's bicubic on full-size RGB: measured about
-# 0.018 (1 level) on these clips; a wrong filter, frame or channel order is far above this.
+# Decoder-scaled frames (swscale from YUV straight to 448x448) against PIL's bicubic on full-size
+# RGB: measured 0.018-0.019 (about 1 level) on these clips; a wrong frame, filter or channel order
+# is far above this. One-tile runs are held to this bound, so that the proposed max_num=1 path
+# (VideoReader.get(size=...), see bench/README.md) passes here when it lands.
 SCALED_MAD = 0.03
 
 
@@ -82,7 +87,8 @@ def test_ours_vs_card(benchmark, request, clips, table, res, k, tiles, backend):
     mad = cpu.mean_abs_diff(ours.pixel_values, card.pixel_values)
     benchmark.extra_info["mad"] = mad
     _row(table, benchmark, "ours", res, k, tiles, backend, mad)
-    assert mad <= FULL_SIZE_MAD[backend], f"{backend}: mean |ours - card| = {mad:.4f} after normalisation"
+    bound = SCALED_MAD if tiles == 1 else FULL_SIZE_MAD[backend]
+    assert mad <= bound, f"{backend}: mean |ours - card| = {mad:.4f} after normalisation"
 
 
 PROPOSED = {  # issue 7: the max_num=1 paths that let the decoder scale (see bench/cpu.py)
@@ -93,8 +99,12 @@ PROPOSED = {  # issue 7: the max_num=1 paths that let the decoder scale (see ben
 }
 
 
-@pytest.mark.parametrize("name", list(PROPOSED))
-@pytest.mark.parametrize("res", [pytest.param("1440p"), pytest.param("720p", marks=pytest.mark.slow)])
+CI_PROPOSED = {("1440p", "scaled-decord"), ("1440p", "proposed-pyav")}
+
+
+@pytest.mark.parametrize("res,name", [
+    pytest.param(res, name, id=f"{res}-{name}", marks=[] if (res, name) in CI_PROPOSED else [pytest.mark.slow])
+    for res in ("1440p", "720p") for name in PROPOSED])
 def test_scaled_vs_card(benchmark, request, clips, table, res, name):
     path, k = clips(res), 32
     benchmark.group = f"data path {res} {k}f 1t"

@@ -138,3 +138,21 @@ def test_overlap_prefetch(lm, request, tmp_path_factory, table):
     cpu.report(request.config, "issue 7.3 overlap (seconds)", cpu._table(figures))
     assert figures["clips"] == 10 and figures["questions"] == 30
     assert figures["same_answers"] and figures["max_prob_diff"] <= 1e-4
+
+
+def test_intro_in_prefix_keeps_prompt_and_answers(lm, work, dataset):
+    """The issue 7 proposal prototyped in bench.cpu.intro_in_prefix: same tokens, same answers, shorter suffix."""
+    q = work.questions[0]
+    frames_block = prompts.frames_text(work.tiles_per_frame, lm.tokens_per_tile)
+    before = (prompts.prompt_prefix(frames_block), prompts.prompt_suffix(prompts.question_text(q.question, q.choices)))
+    with cpu.intro_in_prefix():
+        after = (prompts.prompt_prefix(frames_block), prompts.prompt_suffix(prompts.question_text(q.question, q.choices)))
+        moved = cpu.answer_all(lm, [work], cpu.run_config(dataset, dataset.parent / "unused.csv", FRAMES))
+    assert before[0] + before[1] == after[0] + after[1]
+    ids = [[tokenize(lm, part)[0].tolist() for part in pair] for pair in (before, after)]
+    assert ids[0][0] + ids[0][1] == ids[1][0] + ids[1][1]
+    assert len(ids[1][1]) < 0.6 * len(ids[0][1])
+    plain = cpu.answer_all(lm, [work], cpu.run_config(dataset, dataset.parent / "unused.csv", FRAMES,
+                                                      share_prefix=False))
+    check = cpu.compare_records(moved, plain)
+    assert check["same_answers"] and check["max_prob_diff"] <= 1e-4

@@ -23,27 +23,36 @@ def results(request, tmp_path_factory):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU: the GPU sweep needs one (see bench/run_gpu.sh)")
     pytest.importorskip("pynvml", reason="nvidia-ml-py is needed for NVML peaks")
+    import os
+
     from bench import gpu
     from roadbuddy.memory import NvmlPeakSampler
+
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as roadbuddy-predict sets it
 
     sampler = NvmlPeakSampler()  # before CUDA is touched, so the device baseline excludes us
     opt = request.config.getoption
     data_dir = Path(opt("--bench-data") or tmp_path_factory.mktemp("bench-data"))
     data_json = data_dir / "bench.json" if (data_dir / "bench.json").is_file() else gpu.write_bench_dataset(data_dir)
-    quants = [None if q == "bf16" else q for q in opt("--bench-quant").split(",")]
+    quants = [None if q == "bf16" else q for q in opt("--bench-quant").split(",")]  # in the order given
     if any(quants) and not _has_bitsandbytes():
         pytest.skip("bitsandbytes is not installed: pip install 'roadbuddy[quant]' or pass --bench-quant bf16")
     model = Path(opt("--bench-model")) if opt("--bench-model") else None
+    outs = [HERE / "results"] + ([Path(opt("--bench-out"))] if opt("--bench-out") else [])
+
+    def write(doc):
+        stem = gpu.results_stem(doc)
+        for out in outs:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+            (out / f"{stem}.md").write_text(gpu.markdown_table(doc))
+
     try:
-        doc = gpu.sweep(model, data_json, tmp_path_factory.mktemp("bench-work"), sampler, quants=quants)
+        doc = gpu.sweep(model, data_json, tmp_path_factory.mktemp("bench-work"), sampler, quants=quants,
+                        on_row=write)
     finally:
         sampler.close()
-    stem = gpu.results_stem(doc)
-    outs = [HERE / "results"] + ([Path(opt("--bench-out"))] if opt("--bench-out") else [])
-    for out in outs:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
-        (out / f"{stem}.md").write_text(gpu.markdown_table(doc))
+    write(doc)
     print("\n" + gpu.markdown_table(doc))
     return doc
 

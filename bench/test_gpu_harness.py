@@ -38,10 +38,11 @@ def test_sweep_rows_and_table(tiny_checkpoint, tmp_path):
     sampler = CountingSampler()
     settings = [gpu.Setting("4f", 4), gpu.Setting("4f-6t", 4, max_num=6), gpu.Setting("adaptive", None)]
     doc = gpu.sweep(tiny_checkpoint, data, tmp_path / "work", sampler, quants=[None], settings=settings,
-                    plain=gpu.Setting("4f-plain", 4, share_prefix=False), log=lambda _m: None)
+                    plain=gpu.Setting("4f-plain", 4, share_prefix=False),
+                    extra=[gpu.Setting("4f-card", 4, decoder_scaling=False)], log=lambda _m: None)
     assert doc["weights"] == "trained"
     labels = [r["label"] for r in doc["rows"]]
-    assert labels == ["bf16 4f", "bf16 4f-6t", "bf16 adaptive", "bf16 4f-plain"]
+    assert labels == ["bf16 4f", "bf16 4f-6t", "bf16 adaptive", "bf16 4f-plain", "bf16 4f-card"]
     assert sampler.resets == len(labels) + 1  # plus the warm-up
     by = {r["setting"]: r for r in doc["rows"]}
     n = len(json.loads(data.read_text(encoding="utf-8"))["data"])

@@ -130,32 +130,39 @@ def order_scene(rng: random.Random, seed: int, num_frames: int) -> Scene:
                  ((first, 0, end_first), (second, start_second, num_frames)))
 
 
-def question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool | None = None) -> Item:
-    """One question about the scene; for 2 choices, `truth_yes` (default: a coin) says whether Đúng is right."""
+def question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool | None = None,
+             shuffle: bool = True) -> Item:
+    """One question about the scene; for 2 choices, `truth_yes` (default: a coin) says whether Đúng is right.
+
+    4 choices are shuffled unless `shuffle` is False (the training curriculum starts with them in a fixed order).
+    """
     yes = rng.random() < 0.5 if truth_yes is None else truth_yes
+    order = rng.shuffle if shuffle else (lambda _x: None)
     if scene.kind == "colour":
         truth = COLOURS[scene.colour]
         if num_choices == 4:
             choices = [*COLOURS.values(), NO_LIGHT]
-            rng.shuffle(choices)
+            order(choices)
             return Item("colour", COLOUR_Q4, tuple(choices), choices.index(truth))
         asked = truth if yes else rng.choice([c for c in COLOURS.values() if c != truth])
         return Item("colour", COLOUR_Q2.format(colour=asked.lower()), YES_NO, 0 if yes else 1)
     first, second = scene.shows[0][0], scene.shows[1][0]
     if num_choices == 4:
         choices = [*OBJECTS.values(), NO_OBJECT]
-        rng.shuffle(choices)
+        order(choices)
         return Item("order", ORDER_Q4, tuple(choices), choices.index(OBJECTS[first]))
     a, b = (first, second) if yes else (second, first)
     text = ORDER_Q2.format(first=OBJECTS[a].lower(), second=OBJECTS[b].lower())
     return Item("order", text, YES_NO, 0 if yes else 1)
 
 
-def random_example(rng: random.Random, seed: int) -> tuple[Scene, Item]:
-    """A training example: a random clip length, kind, question form and answer."""
+def random_example(rng: random.Random, seed: int, order_share: float = 0.5,
+                   shuffle_share: float = 1.0) -> tuple[Scene, Item]:
+    """A training example: a random clip length, kind (order with probability `order_share`), question form
+    and answer; 4 choices are shuffled with probability `shuffle_share`."""
     num_frames = rng.randint(16, 40)
-    scene = order_scene(rng, seed, num_frames) if rng.random() < 0.5 else colour_scene(rng, seed, num_frames)
-    return scene, question(scene, rng, rng.choice([2, 4]))
+    scene = order_scene(rng, seed, num_frames) if rng.random() < order_share else colour_scene(rng, seed, num_frames)
+    return scene, question(scene, rng, rng.choice([2, 4]), shuffle=rng.random() < shuffle_share)
 
 
 def eval_config(model: Path | str, split: Path | str, output: Path | str, **changes) -> RunConfig:

@@ -177,7 +177,7 @@ Weights are stored in float16 (the loader upcasts to float32 on CPU).
 
 Regenerate (same weights on the same library versions, `--threads 1`):
 
-    python -m evals.train_tiny --steps {a['steps']} --batch {a['batch']} --lr {a['lr']} --seed {a['seed']}
+    python -m evals.train_tiny --steps {a['steps']} --fixed-steps {a['fixed_steps']} --ramp-steps {a['ramp_steps']} --batch {a['batch']} --lr {a['lr']} --seed {a['seed']}
 
 This run: `{log['command']}`; seed {a['seed']}, {a['steps']} steps of batch {a['batch']}, AdamW lr {a['lr']} \
 (warm-up {a['warmup']}, cosine to 10%), {log['train_seconds'] / 60:.0f} minutes of training on a shared 2-core CPU; \
@@ -198,10 +198,17 @@ Held-out split through the real pipeline (encoded H.264 clips, decode, frames, t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.train_tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=3500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--fixed-steps", type=int, default=300,
+                        help="curriculum: first steps on colour questions only, 4 choices in a fixed order "
+                             "(the model learns to see before it learns to match a choice's text to its letter)")
+    parser.add_argument("--ramp-steps", type=int, default=1200,
+                        help="curriculum: then this many steps over which the share of shuffled choices rises "
+                             "to 1 and the share of order questions to 1/2")
+    parser.add_argument("--decay", type=float, default=0.25, help="share of the steps at the end that decay the lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a shared 2-core box: 2 threads spin-wait)")
@@ -239,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     def lr_at(step: int) -> float:
         if step < args.warmup:
             return (step + 1) / args.warmup
-        t = (step - args.warmup) / max(1, args.steps - args.warmup)
+        decay_from = args.steps * (1 - args.decay)
+        if step < decay_from:
+            return 1.0
+        t = (step - decay_from) / max(1.0, args.steps - decay_from)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
@@ -250,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, args.steps + 1):
         examples = []
         for _ in range(args.batch):
-            examples.append(tiny_task.random_example(rng, seed_counter % tiny_task.HELDOUT_SEED))
+            ramp = min(1.0, max(0.0, (step - args.fixed_steps) / max(1, args.ramp_steps)))
+            examples.append(tiny_task.random_example(rng, seed_counter % tiny_task.HELDOUT_SEED,
+                                                     order_share=0.5 * ramp, shuffle_share=ramp))
             seed_counter += 1
         ids, lengths, pv, targets, _ = make_batch(examples, encoder, image_size, noise)
         logits = answer_logits(model, ids, lengths, pv, image_token_id)

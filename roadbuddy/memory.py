@@ -5,15 +5,22 @@ peak = weights + max(vision activations, KV cache + prefill activations) + overh
 - weights: parameters counted exactly on the meta device, bytes by quantization
   (bf16: 2 B each; 8-bit: 1 B for the language model's linear layers; 4-bit NF4
   with double quantization: about 0.52 B for them). The vision tower, projector,
-  embeddings and lm_head stay bf16, as model.quantization_config leaves them.
+  embeddings and lm_head stay bf16, as model.quantization_config leaves them;
+  the input embedding table is not counted when it lives in host memory
+  (RunConfig.embeddings_on_cpu, the default on CUDA).
 - KV cache: 2 (K, V) x layers x kv_heads x head_dim x 2 B per token of prompt.
 - activations: the larger of the vision tower over one batch of tiles and the
-  language model's prefill over the whole prompt (residual, attention
+  language model's prefill over one chunk of the prompt (residual, attention
   projections and the MLP's three intermediates per token).
+- prompt buffers: per prompt token, the embeddings looked up on the CPU and
+  their GPU copy, the vision features scattered into them, and the allocator's
+  per-clip slack: PROMPT_BUFFERS hidden-size bf16 vectors.
 - overhead: the CUDA context and allocator slack that NVML sees beyond torch.
 
-The constants in OVERHEAD_BYTES and the activation factors are checked against
-measured NVML peaks in bench/results (see bench/ and tests/test_memory.py).
+OVERHEAD_BYTES and PROMPT_BUFFERS were fitted on the NVML peaks of the H200
+sweep in bench/results/2026-11-27-nvidia-h200.json (20 configurations, bf16,
+8-bit and 4-bit, 2k to 17k prompt tokens: largest error 5.1%), and
+tests/test_memory.py checks every committed result against this function.
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from pathlib import Path
 
 GiB = 1024 ** 3
 CONFIG_DIR = Path(__file__).parent / "configs"
-OVERHEAD_BYTES = int(0.6 * GiB)
+OVERHEAD_BYTES = int(0.72 * GiB)  # CUDA context (0.67 GiB seen by NVML on an H200) and allocator slack
+PROMPT_BUFFERS = 4  # hidden-size bf16 vectors per prompt token beside the KV cache (fitted, see below)
 BYTES_PER_PARAM = {None: 2.0, "8bit": 1.0, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
 
 
@@ -51,10 +59,13 @@ def count_parameters(config) -> dict[str, int]:
 
     with torch.device("meta"):
         model = InternVLForConditionalGeneration(config)
-    counts = {"vision": 0, "projector": 0, "lm_linear": 0, "lm_other": 0}
+    counts = {"vision": 0, "projector": 0, "lm_linear": 0, "lm_other": 0, "embed": 0}
+    embed = model.get_input_embeddings()
     for name, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
-            if ".vision_tower." in f".{name}." or name.startswith("model.vision_tower"):
+            if module is embed:
+                counts["embed"] += p.numel()
+            elif ".vision_tower." in f".{name}." or name.startswith("model.vision_tower"):
                 counts["vision"] += p.numel()
             elif "multi_modal_projector" in name:
                 counts["projector"] += p.numel()
@@ -77,31 +88,37 @@ class MemoryEstimate:
     kv_cache: int
     vision_activations: int
     prefill_activations: int
+    prompt_buffers: int
     overhead: int
 
     @property
     def total(self) -> int:
-        return self.weights + max(self.vision_activations, self.kv_cache + self.prefill_activations) + self.overhead
+        language = self.kv_cache + self.prefill_activations + self.prompt_buffers
+        return self.weights + max(self.vision_activations, language) + self.overhead
 
     def describe(self) -> str:
         def g(x):
             return f"{x / GiB:.2f} GiB"
 
         return (f"VRAM estimate {g(self.total)}: weights {g(self.weights)}, KV cache {g(self.kv_cache)}, "
-                f"prefill {g(self.prefill_activations)}, vision {g(self.vision_activations)}, overhead {g(self.overhead)}")
+                f"prefill {g(self.prefill_activations)}, prompt buffers {g(self.prompt_buffers)}, "
+                f"vision {g(self.vision_activations)}, overhead {g(self.overhead)}")
 
 
 def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, vision_batch: int,
+                  prefill_chunk: int = 0, embeddings_on_gpu: bool = True,
                   counts: dict[str, int] | None = None) -> MemoryEstimate:
-    """Peak GPU memory for one question with `prompt_tokens` tokens (visual + text) in bf16 compute."""
+    """Peak GPU memory for one question with `prompt_tokens` tokens (visual + text) in bf16 compute,
+    the prompt prefilled `prefill_chunk` tokens at a time (0: all at once)."""
     counts = counts or count_parameters(config)
-    kept = counts["vision"] + counts["projector"] + counts["lm_other"]
+    kept = counts["vision"] + counts["projector"] + counts["lm_other"] + counts["embed"] * embeddings_on_gpu
     weights = int(kept * 2 + counts["lm_linear"] * BYTES_PER_PARAM[quantization])
 
     text, vision = config.text_config, config.vision_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     qkv = (text.num_attention_heads + 2 * text.num_key_value_heads) * head_dim
-    prefill = prompt_tokens * (6 * text.hidden_size + qkv + 3 * text.intermediate_size) * 2
+    step = min(prompt_tokens, prefill_chunk) if prefill_chunk > 0 else prompt_tokens
+    prefill = step * (6 * text.hidden_size + qkv + 3 * text.intermediate_size) * 2
 
     size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
     patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
@@ -113,6 +130,7 @@ def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, visio
         kv_cache=prompt_tokens * kv_bytes_per_token(config),
         vision_activations=vision_act,
         prefill_activations=prefill,
+        prompt_buffers=prompt_tokens * PROMPT_BUFFERS * text.hidden_size * 2,
         overhead=OVERHEAD_BYTES,
     )
 

@@ -98,7 +98,10 @@ def quantization_config(kind: str | None, device: torch.device):
 
     # The vision tower and projector stay in bf16: quantizing them hurts
     # accuracy for little memory, and 8-bit InternVL has NaN reports.
-    skip = ["vision_tower", "multi_modal_projector", "lm_head"]
+    # transformers 5.x matches these as regexes anchored at the start of the full module name
+    # ("vision_tower" alone silently matched nothing: the bench measured the tower quantized), while
+    # older releases matched substrings; the full prefixes work with both.
+    skip = SKIP_QUANTIZATION
     if kind == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
@@ -108,6 +111,9 @@ def quantization_config(kind: str | None, device: torch.device):
         bnb_4bit_use_double_quant=True,
         llm_int8_skip_modules=skip,
     )
+
+
+SKIP_QUANTIZATION = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def _check_native_format(path: Path) -> None:
@@ -157,6 +163,11 @@ def load_model(cfg: RunConfig) -> LoadedModel:
     if quant is None:
         model.to(device)
     model.eval()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight  # small InternVL3s tie them
+    if cfg.embeddings_on_cpu and device.type == "cuda" and not tied:
+        # The input embedding table (0.73 GiB for the 4B) only serves a lookup, which _embed does on the
+        # CPU; the few MB of looked-up rows then go to the GPU. The lm_head stays on the GPU.
+        model.get_input_embeddings().to("cpu")
     return wrap_model(model, tokenizer, device=device, attn_impl=attn, source=f"trained weights from {name}", notes=notes)
 
 
@@ -211,7 +222,8 @@ def encode_tiles(lm: LoadedModel, pixel_values: torch.Tensor, batch: int = 32) -
 
 
 def _embed(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-    embeds = lm.model.get_input_embeddings()(ids)
+    table = lm.model.get_input_embeddings()
+    embeds = table(ids.to(table.weight.device)).to(lm.device, non_blocking=True)
     mask = ids == lm.image_token_id
     n = int(mask.sum())
     have = 0 if features is None else features.shape[0] * features.shape[1]
@@ -229,16 +241,26 @@ def new_cache(lm: LoadedModel):
 
 
 @torch.inference_mode()
-def forward(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None, cache) -> torch.Tensor:
-    """Run `ids` (1 x T) through the language model after `cache`; returns next-token logits (vocab,)."""
-    out = lm.model(inputs_embeds=_embed(lm, ids, features), use_cache=True, logits_to_keep=1,
-                   **{lm.cache_kwarg: cache})
+def forward(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None, cache,
+            chunk: int = 0) -> torch.Tensor:
+    """Run `ids` (1 x T) through the language model after `cache`; returns next-token logits (vocab,).
+
+    With `chunk` > 0 the tokens go through `chunk` at a time (each chunk attends to the cache and
+    itself), so the prefill's activations scale with the chunk instead of the whole prompt; the KV
+    cache and the result are the same.
+    """
+    embeds = _embed(lm, ids, features)
+    step = chunk if chunk > 0 else embeds.shape[1]
+    for start in range(0, embeds.shape[1], step):
+        out = lm.model(inputs_embeds=embeds[:, start:start + step], use_cache=True, logits_to_keep=1,
+                       **{lm.cache_kwarg: cache})
     return out.logits[0, -1].float()
 
 
 @torch.inference_mode()
 def forward_official(lm: LoadedModel, ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The plain path: the model's own forward with pixel values, no cache, nothing shared."""
+    """The model's own forward with pixel values, no cache, nothing shared: the reference in tests
+    (it looks up embeddings on the model's device, so not with RunConfig.embeddings_on_cpu on CUDA)."""
     out = lm.model(input_ids=ids, pixel_values=pixel_values.to(lm.device, lm.dtype), use_cache=False, logits_to_keep=1)
     return out.logits[0, -1].float()
 

@@ -83,7 +83,10 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, image_s
         with open_video(video, threads=cfg.decode_threads) as reader:
             work.frames_by_question = plan_frames(reader.info, questions, cfg, image_size, tokens_per_tile)
             work.frame_order = sorted({f for idx in work.frames_by_question.values() for f in idx})
-            decoded = reader.get(work.frame_order)
+            # One tile per frame is one resize to SxS: letting the decoder do it skips the full-size RGB
+            # conversion and PIL resize (pixels differ slightly from the card's; see bench/README.md).
+            scale = (image_size, image_size) if cfg.decoder_scaling and cfg.max_num == 1 else None
+            decoded = reader.get(work.frame_order, size=scale)
         work.pixel_values, work.tiles_per_frame = tiles.frames_to_pixel_values(
             decoded, image_size, max_num=cfg.max_num, use_thumbnail=cfg.use_thumbnail)
     except VideoError as exc:
@@ -119,7 +122,7 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
         if cfg.share_prefix:
             t = time.perf_counter()
             cache = new_cache(lm)
-            forward(lm, prefix_ids, features[rows], cache)
+            forward(lm, prefix_ids, features[rows], cache, chunk=cfg.prefill_chunk)
             prefix_len = cache.get_seq_length()
             _sync(lm)
             group_ms = (time.perf_counter() - t) * 1000
@@ -131,7 +134,8 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
             else:  # the plain path: re-encode this question's frames, prefill the whole prompt
                 cache = new_cache(lm)
                 q_features = encode_tiles(lm, work.pixel_values[rows], cfg.vision_batch)
-                logits = forward(lm, torch.cat([prefix_ids, suffix_ids], dim=1), q_features, cache)
+                logits = forward(lm, torch.cat([prefix_ids, suffix_ids], dim=1), q_features, cache,
+                                 chunk=cfg.prefill_chunk)
             record = _answer(lm, q, logits, cache, cfg)
             if cfg.share_prefix:
                 rewind(cache, prefix_len)
@@ -272,7 +276,8 @@ def print_estimate(cfg: RunConfig, say) -> None:
     tokens_per_tile = int((size // patch) ** 2 * config.downsample_ratio ** 2)
     est = memory.estimate_vram(config, quantization=cfg.quantization,
                                prompt_tokens=planned_prompt_tokens(cfg, size, tokens_per_tile),
-                               vision_batch=cfg.vision_batch)
+                               vision_batch=cfg.vision_batch, prefill_chunk=cfg.prefill_chunk,
+                               embeddings_on_gpu=not cfg.embeddings_on_cpu)
     say(est.describe())
     gpu = memory.gpu_memory() if torch.cuda.is_available() else None
     if gpu and est.total > gpu[0]:

@@ -1,6 +1,9 @@
 """The VRAM estimate against the arithmetic in INTERNVL.md."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from roadbuddy import memory
@@ -47,3 +50,23 @@ def test_gpu_memory_is_none_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert memory.gpu_memory() is None
+
+
+RESULTS = sorted((Path(__file__).resolve().parent.parent / "bench" / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("results_file", RESULTS, ids=[p.stem for p in RESULTS])
+def test_estimate_within_10_percent_of_every_measured_peak(results_file, config_4b):
+    """The estimate printed by roadbuddy-predict against the NVML peaks the GPU sweep recorded."""
+    doc = json.loads(results_file.read_text())
+    if doc["weights"] != "random":
+        pytest.skip("measured on a real checkpoint whose config is not shipped")
+    counts = memory.count_parameters(config_4b)
+    rows = [r for r in doc["rows"] if "nvml_peak_gib" in r]
+    assert rows
+    for r in rows:
+        q = None if r["quantization"] == "bf16" else r["quantization"]
+        est = memory.estimate_vram(config_4b, quantization=q, prompt_tokens=r["prompt_tokens_max"], vision_batch=32,
+                                   prefill_chunk=2048, embeddings_on_gpu=False, counts=counts)
+        error = est.total / memory.GiB / r["nvml_peak_gib"] - 1
+        assert abs(error) <= 0.10, f"{r['label']}: estimate {est.total / memory.GiB:.2f} GiB vs NVML {r['nvml_peak_gib']:.2f}"

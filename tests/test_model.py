@@ -104,3 +104,30 @@ def test_image_token_count_mismatch_is_caught(lm):
     features = encode_tiles(lm, torch.randn(3, 3, lm.image_size, lm.image_size))
     with pytest.raises(ValueError, match="image tokens"):
         forward(lm, prefix_ids, features, new_cache(lm))
+
+
+def test_chunked_prefill_gives_the_same_logits_and_cache(lm):
+    torch.manual_seed(2)
+    pixels = torch.randn(5, 3, lm.image_size, lm.image_size)
+    features = encode_tiles(lm, pixels)
+    prefix_ids, suffix_ids = _prompt(lm, 5, "Có bao nhiêu xe?", ["1", "2", "3"])
+    whole, chunked = new_cache(lm), new_cache(lm)
+    a = forward(lm, prefix_ids, features, whole)
+    b = forward(lm, prefix_ids, features, chunked, chunk=7)  # chunk edges fall inside the image tokens
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert whole.get_seq_length() == chunked.get_seq_length() == prefix_ids.shape[1]
+    torch.testing.assert_close(forward(lm, suffix_ids, None, whole), forward(lm, suffix_ids, None, chunked),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_quantization_skips_the_vision_tower_projector_and_lm_head(lm):
+    quantizers_utils = pytest.importorskip("transformers.quantizers.quantizers_utils")
+    from roadbuddy.model import SKIP_QUANTIZATION
+
+    linears = [name for name, m in lm.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    kept = [n for n in linears if not quantizers_utils.should_convert_module(n, SKIP_QUANTIZATION)]
+    converted = [n for n in linears if quantizers_utils.should_convert_module(n, SKIP_QUANTIZATION)]
+    assert any(n.startswith("model.vision_tower.") for n in kept)
+    assert all(n.startswith(("model.vision_tower.", "model.multi_modal_projector.", "lm_head")) for n in kept)
+    assert "lm_head" in kept and any(n.startswith("model.multi_modal_projector.") for n in kept)
+    assert converted and all(n.startswith("model.language_model.") for n in converted)

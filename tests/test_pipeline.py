@@ -22,12 +22,12 @@ def oom_above(monkeypatch, lm, max_image_tokens: int) -> list[int]:
     seen = []
     real = pipeline.forward
 
-    def forward(lm_, ids, features, cache):
+    def forward(lm_, ids, features, cache, **kw):
         n = int((ids == lm.image_token_id).sum())
         seen.append(n)
         if n > max_image_tokens:
             raise torch.cuda.OutOfMemoryError(f"injected: {n} image tokens")
-        return real(lm_, ids, features, cache)
+        return real(lm_, ids, features, cache, **kw)
 
     monkeypatch.setattr(pipeline, "forward", forward)
     return seen
@@ -171,3 +171,19 @@ def test_sample_timeout_degrades_frames_instead_of_exceeding(monkeypatch, lm, tm
     for r in later:
         questions = sum(1 for x in recs if x["timings_ms"]["clip_shared"] == r["timings_ms"]["clip_shared"])
         assert 40 * len(clips[r["timings_ms"]["clip_shared"]]) / questions <= 250 * pipeline.SampleBudget.SAFETY
+
+
+def test_decoder_scaling_gives_the_same_tiles_approximately(lm, synthetic_dataset):
+    questions = load_questions(synthetic_dataset)
+    clip = [q for q in questions if q.video_path == questions[0].video_path]
+    cfg = RunConfig(support_frames=False, decoder_scaling=False)
+    card = pipeline.prepare_clip(clip[0].video_path, clip, cfg, lm.image_size, lm.tokens_per_tile)
+    fast = pipeline.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True), lm.image_size,
+                                 lm.tokens_per_tile)
+    assert fast.frame_order == card.frame_order and fast.tiles_per_frame == card.tiles_per_frame
+    assert fast.pixel_values.shape == card.pixel_values.shape
+    diff = (fast.pixel_values - card.pixel_values).abs().mean().item()
+    assert 0 < diff < 0.25  # normalised units: ~1 uint8 level is 0.017; different resamplers, same picture
+    tiled = pipeline.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True, max_num=6),
+                                  lm.image_size, lm.tokens_per_tile)
+    assert max(tiled.tiles_per_frame) > 1  # scaling only applies to one tile per frame
