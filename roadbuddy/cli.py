@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the input embedding table on the GPU (default on CUDA: in host memory, where "
                         "its lookup runs; saves 0.73 GiB of VRAM for the 4B at no measurable cost)")
     s.add_argument("--no-decoder-scaling", action="store_true",
-                   help="resize full-size frames with PIL bicubic exactly as the model card does (default with "
-                        "--max-num 1: the decoder scales frames to the tile size, 4-6x faster data path on "
-                        "1440p clips, pixels within about 1 level of 255 on average)")
+                   help="read full-size frames (decord first) and resize them with PIL bicubic exactly as the "
+                        "model card does (default with --max-num 1: PyAV decodes and scales frames to the tile "
+                        "size with swscale's bicubic, 2-7x faster on 1440p clips, pixels within about 1 level "
+                        "of 255 on average; see bench/README.md)")
     s.add_argument("--decode-threads", type=int, default=d.decode_threads,
                    help="decoder threads, 0 = the decoder's default (default: 0)")
     s.add_argument("--seed", type=int, default=d.seed, help=f"torch seed (answers are greedy; default: {d.seed})")

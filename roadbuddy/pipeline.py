@@ -80,12 +80,13 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, image_s
         return work
     start = time.perf_counter()
     try:
-        with open_video(video, threads=cfg.decode_threads) as reader:
+        # One tile per frame is one resize to SxS: letting the decoder do it skips the full-size RGB
+        # conversion and PIL resize (pixels differ from the card's by about one uint8 level; see
+        # bench/README.md). PyAV's sequential decode with swscale's bicubic is the faster reader for it.
+        scale = (image_size, image_size) if cfg.decoder_scaling and cfg.max_num == 1 else None
+        with open_video(video, threads=cfg.decode_threads, prefer="pyav" if scale else "decord") as reader:
             work.frames_by_question = plan_frames(reader.info, questions, cfg, image_size, tokens_per_tile)
             work.frame_order = sorted({f for idx in work.frames_by_question.values() for f in idx})
-            # One tile per frame is one resize to SxS: letting the decoder do it skips the full-size RGB
-            # conversion and PIL resize (pixels differ slightly from the card's; see bench/README.md).
-            scale = (image_size, image_size) if cfg.decoder_scaling and cfg.max_num == 1 else None
             decoded = reader.get(work.frame_order, size=scale)
         work.pixel_values, work.tiles_per_frame = tiles.frames_to_pixel_values(
             decoded, image_size, max_num=cfg.max_num, use_thumbnail=cfg.use_thumbnail)
@@ -117,7 +118,7 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
     for frame_idx, group in by_frames.items():
         rows = work.tile_rows(frame_idx)
         tiles_per_frame = work.tiles_of(frame_idx)
-        prefix_ids = tokenize(lm, prompts.prompt_prefix(prompts.frames_text(tiles_per_frame, lm.tokens_per_tile)))
+        prefix_ids = prefix_ids_of(lm, tiles_per_frame, cfg)
         group_ms = 0.0
         if cfg.share_prefix:
             t = time.perf_counter()
@@ -153,9 +154,15 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
             yield record
 
 
+def prefix_ids_of(lm: LoadedModel, tiles_per_frame, cfg: RunConfig) -> torch.Tensor:
+    """The shared prefix: system turn, the frames' image slots and the question-independent intro."""
+    frames_block = prompts.frames_text(tiles_per_frame, lm.tokens_per_tile) + prompts.intro_text(cfg.simple_prompts)
+    return tokenize(lm, prompts.prompt_prefix(frames_block))
+
+
 def question_ids(lm: LoadedModel, q: Question, cfg: RunConfig) -> torch.Tensor:
-    """The suffix: the question block from the file, tokenized as plain text, then the turn's end."""
-    block = tokenize(lm, prompts.question_text(q.question, q.choices, simple=cfg.simple_prompts), as_text=True)
+    """The suffix: the question from the file with its choices, tokenized as plain text, then the turn's end."""
+    block = tokenize(lm, prompts.question_body(q.question, q.choices, simple=cfg.simple_prompts), as_text=True)
     return torch.cat([block, tokenize(lm, prompts.prompt_suffix(""))], dim=1)
 
 

@@ -4,11 +4,13 @@ Layout (Qwen chat template, see shared/INTERNVL.md "Prompt format"):
 
     <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
     Frame1: <img><IMG_CONTEXT>...</img>\\n
-    ...                                            <- prompt_prefix ends here
-    {question block}<|im_end|>\\n<|im_start|>assistant\\n   <- prompt_suffix
+    ...
+    {intro}                                        <- the shared prefix ends here
+    {question body}<|im_end|>\\n<|im_start|>assistant\\n   <- prompt_suffix
 
-The prefix holds only what is shared by every question about a clip, so the
-frames are prefilled once and each question only prefills its suffix.
+The shared prefix holds only what is the same for every question about a clip
+(the system prompt, the frames and the detailed prompt's intro), so the pipeline
+prefills it once and each question only prefills its suffix.
 Letters are positions (A, B, C, ...): the files' printed labels cannot be
 trusted, so callers pass choices already stripped of them.
 """
@@ -76,8 +78,14 @@ def choices_text(choices: Sequence[str]) -> str:
     return "\n".join(f"{letter}. {choice}" for letter, choice in zip(valid, choices))
 
 
-def question_text(question: str, choices: Sequence[str], simple: bool = False) -> str:
-    """The question block: everything question-specific in the user turn."""
+def intro_text(simple: bool = False) -> str:
+    """The question-independent start of the question block: the detailed intro and a newline, or ""
+    with --simple-prompts. It ends the shared prefix, so a clip's questions prefill it once."""
+    return "" if simple else f"{_DETAILED_INTRO}\n"
+
+
+def question_body(question: str, choices: Sequence[str], simple: bool = False) -> str:
+    """The question-specific rest of the question block (what each question prefills on its own)."""
     options = choices_text(choices)
     valid = letters_phrase(len(choices))
     if simple:
@@ -86,11 +94,17 @@ def question_text(question: str, choices: Sequence[str], simple: bool = False) -
     # "Question: ... / <choices> / Answer with ONLY the letter of the correct
     # option (A, B, C or D), no explanation."
     return (
-        f"{_DETAILED_INTRO}\n"
         f"Câu hỏi: {question}\n"
         f"{options}\n"
         f"Chỉ trả lời bằng một chữ cái của phương án đúng ({valid}), không giải thích."
     )
+
+
+def question_text(question: str, choices: Sequence[str], simple: bool = False) -> str:
+    """The question block: everything in the user turn after the frames (intro, question, choices,
+    instruction). The pipeline sends `intro_text` with the frames and `question_body` per question;
+    the text, and so the prompt, is the same."""
+    return intro_text(simple) + question_body(question, choices, simple)
 
 
 def prompt_prefix(frames: str, system: str = SYSTEM_PROMPT) -> str:

@@ -64,11 +64,14 @@ def tile_image(image: Image.Image, image_size: int, max_num: int = 1, min_num: i
 
 
 def _normalize_uint8(stacked: np.ndarray) -> torch.Tensor:
-    """uint8 [N,S,S,3] -> float32 [N,3,S,S]; the same float32 ops as ToTensor + Normalize."""
-    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32).div_(255)
+    """uint8 [N,S,S,3] -> float32 [N,3,S,S]; the same float32 ops as ToTensor + Normalize.
+
+    The uint8 array is made planar first (a quarter of the bytes of transposing the float32 result),
+    so every float pass runs over contiguous memory; the values are the same bit for bit."""
+    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255)
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std).contiguous()
+    return x.sub_(mean).div_(std)
 
 
 def _tile_array(tile: Image.Image, image_size: int) -> np.ndarray:
@@ -92,7 +95,13 @@ def frames_to_pixel_values(frames: np.ndarray | Sequence[np.ndarray], image_size
 
     Returns pixel_values float32 [sum of tiles, 3, S, S] (frame by frame, each frame's tiles
     row-major then its thumbnail) and the number of tiles of each frame.
+
+    Frames that already are one SxS tile (the decoder scaled them, max_num=1) skip PIL: the card's
+    1x1 grid resizes an SxS image to SxS and crops all of it, which are copies.
     """
+    if max_num == 1 and isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 \
+            and frames.shape[1:] == (image_size, image_size, 3):
+        return _normalize_uint8(np.ascontiguousarray(frames)), [1] * len(frames)
     tiles: list[Image.Image] = []
     counts: list[int] = []
     for frame in frames:

@@ -152,6 +152,7 @@ class _PyAVSource:
     def __init__(self, av, path: Path, threads: int):
         self._av, self._path, self._threads = av, path, threads
         self._container = None
+        self._reformatter = None
         self._container = self._open()
         try:
             self.info = self._index(path)
@@ -247,11 +248,18 @@ class _PyAVSource:
 
     def _rgb(self, frame, size: tuple[int, int] | None) -> np.ndarray:
         """The frame as displayed, turned by its display matrix and scaled to size = (W, H), else to the
-        clip's size: a stream can change size midway (joined recordings), and frames must stack."""
+        clip's size: a stream can change size midway (joined recordings), and frames must stack.
+
+        Scaling is swscale's bicubic (the filter the model card's PIL resize uses; PyAV's default is
+        bilinear), through one reformatter kept for the clip, converting YUV straight to RGB at the
+        target size: no full-size RGB frame is made when a smaller size is asked for."""
         width, height = size if size is not None else (self.info.width, self.info.height)
         if self._quarter_turns % 2:
             width, height = height, width
-        array = frame.to_ndarray(format="rgb24", width=width, height=height)
+        if self._reformatter is None:
+            self._reformatter = _new_reformatter(self._av)
+        array = self._reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                           interpolation="BICUBIC").to_ndarray()
         return np.ascontiguousarray(np.rot90(array, self._quarter_turns)) if self._quarter_turns else array
 
     def _read(self, wanted: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -293,6 +301,19 @@ class _PyAVSource:
             self._container = None
 
 
+def _new_reformatter(av):
+    """One swscale context reused for a clip's frames; PyAV without VideoReformatter reformats per frame."""
+    try:
+        from av.video.reformatter import VideoReformatter
+    except ImportError:  # pragma: no cover - very old PyAV
+        class _PerFrame:
+            @staticmethod
+            def reformat(frame, **kwargs):
+                return frame.reformat(**kwargs)
+        return _PerFrame()
+    return VideoReformatter()
+
+
 def _quarter_turns(degrees) -> int:
     """Counter-clockwise quarter turns (0-3) for a display-matrix rotation in degrees; 0 when unusable."""
     try:
@@ -326,6 +347,8 @@ class VideoReader:
         if wanted.size == 0:
             w, h = size if size is not None else (self.info.width, self.info.height)
             return np.zeros((0, h, w, 3), np.uint8)
+        if wanted.size == 1 or bool((wanted[1:] > wanted[:-1]).all()):  # sorted and distinct, as the
+            return self._read(wanted, size)  # pipeline asks: no gather copy of every decoded frame
         unique, order = np.unique(wanted, return_inverse=True)
         return self._read(unique, size)[order.reshape(-1)]
 
@@ -369,10 +392,17 @@ def _open_pyav(path: Path, threads: int) -> _PyAVSource:
     return _PyAVSource(av, path, threads)
 
 
-def open_video(path: Path | str, backend: str = "auto", threads: int = 0) -> VideoReader:
-    """Open a clip for reading. backend: "auto" (decord, else PyAV), "decord" or "pyav"; threads 0 = all cores."""
+def open_video(path: Path | str, backend: str = "auto", threads: int = 0, prefer: str = "decord") -> VideoReader:
+    """Open a clip for reading. backend: "auto", "decord" or "pyav"; threads 0 = all cores.
+
+    "auto" tries decord first and falls back to PyAV per file; with prefer="pyav" it tries PyAV first
+    (the faster reader for sequential, decoder-scaled reads: bench/README.md) and falls back to decord
+    when PyAV is missing or cannot read the file.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if prefer not in ("decord", "pyav"):
+        raise ValueError(f"prefer must be 'decord' or 'pyav', got {prefer!r}")
     path = Path(path)
     if not path.exists():
         raise VideoError(path, "no such file")
@@ -380,6 +410,19 @@ def open_video(path: Path | str, backend: str = "auto", threads: int = 0) -> Vid
         raise VideoError(path, "it is a directory, not a video file")
     if path.stat().st_size == 0:
         raise VideoError(path, "the file is empty (0 bytes)")
+
+    if backend == "auto" and prefer == "pyav" and _import_av() is not None:
+        try:
+            return VideoReader(_open_pyav(path, threads))
+        except VideoError as exc:
+            decord = _import_decord()
+            if decord is None:
+                raise
+            log.warning("PyAV cannot read %s (%s); trying decord", path, exc.reason)
+            try:
+                return VideoReader(_DecordSource(decord, path, threads))
+            except Exception:  # decord's own reason adds nothing: report PyAV's
+                raise exc from None
 
     if backend in ("auto", "decord"):
         decord = _import_decord()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,6 +67,33 @@ def _prompt(lm, frames: int, question: str, choices):
     prefix = prompts.prompt_prefix(prompts.frames_text([1] * frames, lm.tokens_per_tile))
     suffix = prompts.prompt_suffix(prompts.question_text(question, choices))
     return tokenize(lm, prefix), tokenize(lm, suffix)
+
+
+def test_pipeline_split_tokenizes_like_the_whole_prompt(lm):
+    """The shared prefix (frames + intro) and each question's suffix, tokenized apart as the pipeline does,
+    are the tokens of the whole prompt: moving the intro into the prefix changes nothing the model reads.
+    Every real question where ../shared is present, else synthetic ones."""
+    from roadbuddy.config import RunConfig
+    from roadbuddy.data import load_questions
+    from roadbuddy.pipeline import prefix_ids_of, question_ids
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "roadbuddy-data"
+    if (shared / "train.json").is_file():
+        questions = [q for name in ("train.json", "public_test.json", "private_test.json")
+                     for q in load_questions(shared / name)]
+    else:
+        from roadbuddy.data import Question
+        questions = [Question(id=f"q{i}", question=text, choices=choices, raw_choices=choices,
+                              video_path=Path("x.mp4"), video_rel="x.mp4")
+                     for i, (text, choices) in enumerate([("Biển báo nào xuất hiện?", ("Cấm rẽ trái", "Cấm đỗ xe")),
+                                                          ("Xe được đi thẳng không?", ("Đúng", "Sai", "Không rõ", "Có"))])]
+    for simple in (False, True):
+        cfg = RunConfig(simple_prompts=simple)
+        prefix = prefix_ids_of(lm, [1, 2], cfg)[0].tolist()
+        frames_block = prompts.frames_text([1, 2], lm.tokens_per_tile)
+        for q in questions:
+            whole = tokenize(lm, prompts.build_prompt(frames_block, prompts.question_text(q.question, q.choices, simple)))
+            assert prefix + question_ids(lm, q, cfg)[0].tolist() == whole[0].tolist(), q.id
 
 
 def test_shared_prefix_equals_full_prompt_and_official_forward(lm):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from roadbuddy import pipeline
+from roadbuddy import pipeline, video
 from roadbuddy.config import RunConfig
 from roadbuddy.data import load_questions
 from roadbuddy.model import load_model
@@ -173,7 +173,10 @@ def test_sample_timeout_degrades_frames_instead_of_exceeding(monkeypatch, lm, tm
         assert 40 * len(clips[r["timings_ms"]["clip_shared"]]) / questions <= 250 * pipeline.SampleBudget.SAFETY
 
 
-def test_decoder_scaling_gives_the_same_tiles_approximately(lm, synthetic_dataset):
+def test_decoder_scaling_gives_the_same_tiles_approximately(lm, synthetic_dataset, monkeypatch):
+    opened = []
+    real_open = pipeline.open_video
+    monkeypatch.setattr(pipeline, "open_video", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
     questions = load_questions(synthetic_dataset)
     clip = [q for q in questions if q.video_path == questions[0].video_path]
     cfg = RunConfig(support_frames=False, decoder_scaling=False)
@@ -183,7 +186,11 @@ def test_decoder_scaling_gives_the_same_tiles_approximately(lm, synthetic_datase
     assert fast.frame_order == card.frame_order and fast.tiles_per_frame == card.tiles_per_frame
     assert fast.pixel_values.shape == card.pixel_values.shape
     diff = (fast.pixel_values - card.pixel_values).abs().mean().item()
-    assert 0 < diff < 0.25  # normalised units: ~1 uint8 level is 0.017; different resamplers, same picture
+    print(f"mean absolute difference, decoder-scaled vs card: {diff:.4f} (normalised)")
+    assert 0 < diff < 0.06  # normalised units: 1 uint8 level is about 0.017; two bicubic resamplers
+    assert [r.info.backend for r in opened] == ["decord" if video.decoders_available()["decord"] else "pyav",
+                                                "pyav"]  # the scaled read prefers PyAV, the card's decord
     tiled = pipeline.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True, max_num=6),
                                   lm.image_size, lm.tokens_per_tile)
     assert max(tiled.tiles_per_frame) > 1  # scaling only applies to one tile per frame
+

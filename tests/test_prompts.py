@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from roadbuddy import prompts
 from roadbuddy.data import strip_label
 from roadbuddy.prompts import (IMG_CONTEXT, IMG_END, IMG_START, SYSTEM_PROMPT, build_prompt, choices_text,
-                               frames_text, prompt_prefix, prompt_suffix, question_text)
+                               frames_text, intro_text, prompt_prefix, prompt_suffix, question_body,
+                               question_text)
 
 QUESTION = "Trong video, tốc độ tối đa cho phép là bao nhiêu?"
 FOUR = ["50Km/h", "60Km/h", "70Km/h", "80Km/h"]
@@ -126,6 +127,24 @@ def test_prefix_plus_suffix_is_the_whole_prompt(tiles, simple, choices):
     frames = frames_text(tiles, 4)
     block = question_text(QUESTION, choices, simple=simple)
     assert prompt_prefix(frames) + prompt_suffix(block) == build_prompt(frames, block)
+
+
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=8), st.booleans(),
+       st.sampled_from([TWO, FOUR, ["Có", "Không", "Không rõ"]]))
+def test_intro_in_the_shared_prefix_leaves_the_prompt_unchanged(tiles, simple, choices):
+    """The pipeline ends the shared prefix with the intro and sends only the question body per question."""
+    frames = frames_text(tiles, 4)
+    moved = prompt_prefix(frames + intro_text(simple)) + prompt_suffix(question_body(QUESTION, choices, simple))
+    assert moved == build_prompt(frames, question_text(QUESTION, choices, simple=simple))
+
+
+def test_intro_is_question_independent_and_absent_from_the_body():
+    assert intro_text(simple=True) == ""
+    intro = intro_text()
+    assert intro.endswith("\n") and QUESTION not in intro and "A." not in intro
+    body = question_body(QUESTION, FOUR)
+    assert body.startswith(f"Câu hỏi: {QUESTION}\n") and intro.strip() not in body
+    assert question_text(QUESTION, FOUR) == intro + body
 
 
 def test_prefix_holds_frames_and_ends_after_the_last_image():

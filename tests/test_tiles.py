@@ -276,3 +276,18 @@ def test_bad_sizes_are_rejected():
         choose_grid(0, 10, 448)
     with pytest.raises(ValueError):
         choose_grid(10, 10, 448, min_num=5, max_num=4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(image_size=st.sampled_from([14, 28, 56, 448]), count=st.integers(1, 4), thumb=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_frames_already_one_tile_skip_pil_with_the_same_values(image_size, count, thumb, seed):
+    """Decoder-scaled SxS frames with max_num=1 take the no-PIL path; the values are the card's bit for bit."""
+    batch = np.random.default_rng(seed).integers(0, 256, (count, image_size, image_size, 3), dtype=np.uint8)
+    fast, counts = frames_to_pixel_values(batch, image_size, max_num=1, use_thumbnail=thumb)
+    via_pil, pil_counts = frames_to_pixel_values(list(batch), image_size, max_num=1, use_thumbnail=thumb)  # a list: PIL
+    expected, expected_counts = ref_pixel_values(batch, image_size, 1, thumb)
+    assert counts == pil_counts == expected_counts == [1] * count
+    assert fast.is_contiguous() and fast.shape == (count, 3, image_size, image_size)
+    assert torch.equal(fast, via_pil)
+    np.testing.assert_allclose(fast.numpy(), expected, rtol=0, atol=1e-6)

@@ -101,6 +101,55 @@ def test_decoder_scales_to_size(coded_clip, backend):
     assert frame_ids(frames) == [4, 1]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sorted_request_and_shuffled_request_agree(coded_clip, backend):
+    """Sorted distinct indices (what the pipeline asks) skip the gather; any order gives the same frames."""
+    with open_video(coded_clip, backend=backend) as reader:
+        wanted = [0, 3, 4, 9, 17, 23]
+        in_order = reader.get(wanted)
+        shuffled = reader.get([17, 0, 23, 4, 9, 3, 4])
+    assert frame_ids(in_order) == wanted
+    assert np.array_equal(shuffled, in_order[[4, 0, 5, 2, 3, 1, 2]])
+
+
+def test_pyav_scales_with_bicubic_like_pil(road_clip):
+    """PyAV scales with swscale's bicubic (its default is bilinear): within about a level of PIL's bicubic
+    resize of the full frame, what the model card does."""
+    from PIL import Image
+
+    with open_video(road_clip, backend="pyav") as reader:
+        full = reader.get([3, 20])
+        scaled = reader.get([3, 20], size=(56, 56)).astype(float)
+    pil = np.stack([np.asarray(Image.fromarray(f).resize((56, 56), Image.BICUBIC)) for f in full]).astype(float)
+    assert scaled.shape == pil.shape == (2, 56, 56, 3)
+    assert np.abs(scaled - pil).mean() < 2.0
+
+
+def test_prefer_pyav_opens_with_pyav_and_falls_back_to_decord(coded_clip, monkeypatch, caplog):
+    with open_video(coded_clip, prefer="pyav") as reader:
+        assert reader.info.backend == "pyav"
+        assert frame_ids(reader.get([2, 5])) == [2, 5]
+    if not HAS_DECORD:
+        return
+
+    def refuse(*_a, **_k):
+        raise VideoError(coded_clip, "pretend PyAV cannot read it")
+    monkeypatch.setattr(video, "_open_pyav", refuse)
+    with caplog.at_level(logging.WARNING), open_video(coded_clip, prefer="pyav") as reader:
+        assert reader.info.backend == "decord"
+        assert frame_ids(reader.get([2, 5])) == [2, 5]
+    assert "PyAV cannot read" in caplog.text
+
+
+def test_prefer_pyav_reports_pyavs_reason_when_nothing_reads(tmp_path):
+    bad = tmp_path / "text.mp4"
+    bad.write_text("not a video")
+    with pytest.raises(VideoError, match="text.mp4"):
+        open_video(bad, prefer="pyav")
+    with pytest.raises(ValueError, match="prefer"):
+        open_video(bad, prefer="opencv")
+
+
 @needs_decord
 def test_decord_and_pyav_return_the_same_frames(road_clip, coded_clip):
     with open_video(coded_clip, backend="decord") as d, open_video(coded_clip, backend="pyav") as p:
