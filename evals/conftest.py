@@ -2,6 +2,8 @@
 the shipped tiny "seeing" checkpoint and its held-out split of real encoded clips."""
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from evals import harness, tiny_task
 from roadbuddy.config import RunConfig
+from roadbuddy.distributed import Shard
 
 TINY_CHECKPOINT = Path(__file__).resolve().parent / "tiny-seeing"
 
@@ -68,7 +71,8 @@ def config_from_options(config: pytest.Config, split: Path) -> tuple[RunConfig, 
         argv += ["--limit", str(limit)]
     if config.getoption("capture") != "no":
         argv.append("--no-progress")  # a progress bar only when output is shown (-s)
-    return config_from_args(build_parser().parse_args(argv + flags)), flags
+    # under torchrun (RANK, WORLD_SIZE, LOCAL_RANK) each rank answers its share; rank 0 writes the report
+    return config_from_args(build_parser().parse_args(argv + flags), Shard.from_env(os.environ)), flags
 
 
 @pytest.fixture(scope="session")
@@ -90,13 +94,25 @@ def eval_request(pytestconfig) -> EvalRequest:
 
 @pytest.fixture(scope="session")
 def tiny_report_root(eval_request) -> Path:
+    """The tiny-model eval's report folder; skips every tiny-model test (before any clip is written or
+    model loaded) when the user asked for a --split eval or passed predict flags."""
+    if eval_request.split is not None:
+        pytest.skip("--split given: the tiny-model eval and its defect tests do not run")
+    if Shard.from_env(os.environ).distributed:
+        pytest.skip("the tiny-model eval (48 questions) runs in one process; under torchrun give --split")
+    if eval_request.predict_flags:
+        pytest.skip("the tiny-model eval has its own fixed settings; drop "
+                    f"{' '.join(eval_request.predict_flags)} or add --split")
     return eval_request.report_dir or harness.DEFAULT_REPORTS / "tiny-seeing"
 
 
 @pytest.fixture(scope="session")
-def tiny_heldout(tmp_path_factory) -> Path:
-    """The held-out split: 24 clips encoded with H.264, 48 questions (scene seeds unseen in training)."""
-    return tiny_task.write_heldout(tmp_path_factory.mktemp("seeing-heldout"))
+def tiny_heldout(tiny_report_root) -> Path:
+    """The held-out split: 24 clips encoded with H.264, 48 questions (scene seeds unseen in training),
+    written beside the report so its clips can be looked at."""
+    folder = tiny_report_root / "heldout-data"
+    shutil.rmtree(folder, ignore_errors=True)
+    return tiny_task.write_heldout(folder)
 
 
 @pytest.fixture(scope="session")

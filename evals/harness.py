@@ -16,7 +16,7 @@ from pathlib import Path
 from evals import report as rep
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question, load_questions
-from roadbuddy.output import atomic_write_text, load_predictions
+from roadbuddy.output import OutputPaths, atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPORTS = REPO / "runs" / "eval"  # /runs/ is git-ignored
@@ -24,10 +24,16 @@ DEFAULT_REPORTS = REPO / "runs" / "eval"  # /runs/ is git-ignored
 
 @dataclass
 class EvalResult:
-    report: dict
-    paths: dict[str, Path]
+    report: dict | None  # None on a torchrun rank other than 0: rank 0 writes the one report
+    paths: dict[str, Path] | None
     failures: list[str]  # one sentence per failed user assertion
-    table: "rep.pd.DataFrame"  # one row per question (report.question_table)
+    table: "rep.pd.DataFrame | None"  # one row per question (report.question_table)
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def reported(self) -> bool:
+        return self.report is not None
 
     @property
     def accuracy(self) -> float:
@@ -90,8 +96,13 @@ def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = 
 
     `fresh` deletes earlier predictions first (the tiny-model eval and the defect
     runs always start over: their predictions must come from this code).
+
+    Under torchrun (cfg.rank / cfg.world_size, set from the environment) every rank
+    answers its share of the clips into its own predictions shard; rank 0 merges
+    them after the barrier and alone builds and writes the report. The other ranks
+    return a result with no report.
     """
-    from roadbuddy.pipeline import run
+    from roadbuddy.pipeline import load_all_predictions, run
 
     started = time.perf_counter()
     report_dir = Path(report_dir)
@@ -104,15 +115,17 @@ def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = 
     if unlabeled:
         raise rep.UnlabeledSplitError(f"{split.name} has {len(unlabeled)} questions without an answer "
                                       f"(first: {unlabeled[0]}); evaluate a labeled split such as train.json")
-    if fresh:
-        for name in ("predictions.jsonl", "run.json", "submission.csv", "time_submission.csv"):
-            (report_dir / name).unlink(missing_ok=True)
     run_cfg = cfg.replace(output=report_dir / "submission.csv")
+    paths = OutputPaths.for_submission(run_cfg.output, cfg.rank, cfg.world_size)
+    if fresh:
+        _forget_earlier_run(paths, cfg.rank, cfg.world_size)
     if ids:
         subset, root = write_subset(split, questions, report_dir)
         run_cfg = run_cfg.replace(test_json=subset, data_dir=root, limit=None)
     summary = run(run_cfg, model_loader=model_loader, say=say)
-    records = load_predictions(report_dir / "predictions.jsonl")
+    if cfg.rank != 0:
+        return EvalResult(report=None, paths=None, failures=[], table=None, rank=cfg.rank, world_size=cfg.world_size)
+    records = load_all_predictions(paths)
     table = rep.question_table(questions, records)
     settings = {**cfg.answer_settings(), "split": str(split), "data_dir": str(cfg.data_dir) if cfg.data_dir else None,
                 "device": cfg.device, "limit": cfg.limit, "ids": ids, "questions_selected": len(questions),
@@ -122,8 +135,23 @@ def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = 
                               baseline=base, baseline_path=str(baseline) if baseline else None)
     failures = rep.add_checks(report, min_accuracy=min_accuracy, max_fallback_rate=max_fallback_rate,
                               max_prior_accuracy=max_prior_accuracy)
-    paths = rep.write_report(report, report_dir)
-    return EvalResult(report=report, paths=paths, failures=failures, table=table)
+    written = rep.write_report(report, report_dir)
+    return EvalResult(report=report, paths=written, failures=failures, table=table, world_size=cfg.world_size)
+
+
+def _forget_earlier_run(paths: OutputPaths, rank: int, world_size: int) -> None:
+    """Delete what an earlier run left, before this one starts. Each rank deletes only its own shard
+    (another rank may already hold its file open); rank 0 also the CSVs, run.json, a single-process
+    run's predictions and shards of ranks this job does not have."""
+    paths.predictions.unlink(missing_ok=True)
+    if rank != 0:
+        return
+    own = {OutputPaths.for_submission(paths.submission, r, world_size).predictions for r in range(world_size)}
+    for stale in paths.prediction_files():
+        if stale not in own:
+            stale.unlink(missing_ok=True)
+    for name in ("run.json", "submission.csv", "time_submission.csv"):
+        (paths.folder / name).unlink(missing_ok=True)
 
 
 def summary_lines(result: EvalResult) -> list[str]:

@@ -344,7 +344,7 @@ def _md_table(header: list[str], rows: list[list]) -> str:
 def render_markdown(report: dict, chart: str | None = "report.png") -> str:
     acc, prior = report["accuracy"], report["prior"]
     s = report.get("settings", {})
-    out = [f"# Eval report: {s.get('split', 'split')}", ""]
+    out = [f"# Eval report: {Path(s.get('split') or 'split').name}", ""]
     if s:
         keys = ["model", "split", "questions_selected", "min_frames", "max_frames", "max_num", "max_visual_tokens",
                 "support_frames", "simple_prompts", "answer_mode", "quantization", "device"]
@@ -452,7 +452,7 @@ def plot(report: dict, path: Path | str) -> None:
         pos = np.arange(len(rows))
         priors = [r["prior_accuracy"] for r in rows]
         if horizontal:
-            ax.barh(pos, values, xerr=err, color="#4C72B0", capsize=3)
+            ax.barh(pos, values, xerr=err, color="#9DB8DC", capsize=3)
             ax.scatter(priors, pos, marker="|", s=200, color="#C44E52", zorder=3, label="prior")
             ax.axvline(acc, color="grey", ls="--", lw=1, label=f"overall {acc:.1%}")
             ax.set_yticks(pos, labels)
@@ -460,7 +460,7 @@ def plot(report: dict, path: Path | str) -> None:
             ax.set_xlim(0, 1)
             ax.set_xlabel("accuracy (95% CI)")
         else:
-            ax.bar(pos, values, yerr=err, color="#4C72B0", capsize=4)
+            ax.bar(pos, values, yerr=err, color="#9DB8DC", capsize=4)
             ax.scatter(pos, priors, marker="_", s=600, color="#C44E52", zorder=3, label="prior")
             ax.axhline(acc, color="grey", ls="--", lw=1, label=f"overall {acc:.1%}")
             ax.set_xticks(pos, labels)
@@ -500,7 +500,9 @@ def plot(report: dict, path: Path | str) -> None:
     ax.legend(fontsize=8)
 
     s = report.get("settings", {})
-    fig.suptitle(f"{s.get('model', '')} on {s.get('split', '')}: accuracy {acc:.1%} "
+    model = Path(str(s.get("model") or "model").rstrip("/")).name
+    split = Path(str(s.get("split") or "split")).name
+    fig.suptitle(f"{model} on {split} ({report['questions']} questions): accuracy {acc:.1%} "
                  f"(95% CI {report['accuracy']['ci95'][0]:.1%}-{report['accuracy']['ci95'][1]:.1%}), "
                  f"prior {report['prior']['accuracy']:.1%}", fontsize=11)
     fig.tight_layout()

@@ -140,3 +140,41 @@ def test_merge_names_missing_ids_and_keeps_the_good_submission(tiny_checkpoint, 
         merge_and_write(OutputPaths.for_submission(out, 0, 2), load_questions(data))
     assert f"{len(lost)} questions have no answer" in str(err.value) and lost[0] in str(err.value)
     assert out.read_bytes() == good
+
+
+# --- evals under torchrun ------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _eval_cmd(report_dir, data, tiny_checkpoint, nproc: int | None) -> list[str]:
+    launch = [sys.executable] if nproc is None else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                       f"--nproc_per_node={nproc}"]
+    return [*launch, "-m", "pytest", "-m", "eval", "evals/test_eval.py::test_split_accuracy", "-p", "no:cacheprovider",
+            "-q", "-rs", "--split", str(data), "--model", str(tiny_checkpoint), "--device", "cpu",
+            "--report-dir", str(report_dir)]
+
+
+def test_eval_under_torchrun_gives_one_report_equal_to_the_single_process_one(tiny_checkpoint, reference, tmp_path):
+    """`torchrun -m pytest -m eval evals/ --split ...`: ranks answer their clips, rank 0 writes the one report."""
+    data, _ = reference
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    reports = {}
+    for nproc in (None, 2):
+        folder = tmp_path / f"report-{nproc or 1}"
+        res = subprocess.run(_eval_cmd(folder, data, tiny_checkpoint, nproc), cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        reports[nproc] = json.loads((folder / "report.json").read_text())
+        if nproc == 2:
+            out = res.stdout + res.stderr
+            assert "rank 1 of 2: its clips are answered; rank 0 writes the report" in out
+            assert sorted(p.name for p in folder.glob("predictions*.jsonl")) == [
+                "predictions.rank0.jsonl", "predictions.rank1.jsonl"]
+            assert all((folder / f"predictions.rank{r}.jsonl").stat().st_size > 0 for r in (0, 1))
+        assert (folder / "report.md").is_file() and (folder / "report.png").is_file()
+    one, two = reports[None], reports[2]
+    assert two["questions"] == one["questions"] == len(load_questions(data))
+    for key in ("accuracy", "prior", "by_num_choices", "by_category", "by_clip", "confusion", "position_bias"):
+        assert two[key] == one[key], key
+    assert (tmp_path / "report-2" / "submission.csv").read_bytes() == (tmp_path / "report-1" / "submission.csv").read_bytes()
