@@ -4,15 +4,18 @@ Used by bench/test_cpu_datapath.py and bench/test_cpu_model.py (pytest + pytest-
 
     python -m bench.cpu [datapath|model|overlap|all] [--rounds N] [--out DIR]
 
-which measures the issue 7 ratios side by side and writes bench/results/cpu-<date>.{md,json}.
+which measures the issue 7 ratios side by side and, with --out DIR, writes DIR/cpu-<date>-<what>.{md,json}.
 
 Data paths, each returning a `Prepared` (frame indices, pixel_values [tiles,3,S,S] float32, tiles per frame):
-  ours       what pipeline.prepare_clip does: open_video -> frames.select_frames -> VideoReader.get -> tiles
+  ours       pipeline.prepare_clip itself (open_video -> frames.select_frames -> VideoReader.get ->
+             tiles.frames_to_pixel_values), so the benches follow it when it changes; by default with one
+             tile the decoder scales frames to SxS (PyAV first, swscale bicubic, no PIL), and with
+             decoder_scaling=False it is the card's exact path (full-size frames, decord first, PIL bicubic)
   card       the model card's load_video, written out here from the card (not from roadbuddy), minus torchvision
-  scaled     proposed: with max_num=1 the decoder scales each frame to SxS (VideoReader.get(size=(S, S)))
-  bicubic    proposed, prototyped here: PyAV decoding every frame once, with the wanted frames scaled to SxS
-             by swscale's bicubic filter through one reused reformatter
   floor      one sequential decode of every frame with the same threads, no colour conversion (PyAV)
+
+Clips: road_clip (synth.write_road_clip, as the tests use) and footage_clip (the same scene with
+sensor noise, encoded as cameras do, for a realistic decode floor).
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from roadbuddy import frames, tiles
+from roadbuddy import frames, pipeline, tiles
 from roadbuddy.video import open_video
 
 IMAGE_SIZE = 448
@@ -60,6 +63,40 @@ def road_clip(directory: Path, resolution: str, seconds: float = CLIP_SECONDS, f
     return path
 
 
+
+def footage_clip(directory: Path, seconds: float = CLIP_SECONDS, fps: int = CLIP_FPS, seed: int = 0) -> Path:
+    """The 2560x1440 road scene encoded the way cameras encode: 12 Mbit/s class, CABAC, B-frames, GOP 1 s.
+
+    synth.write_road_clip encodes with x264's ultrafast preset (CAVLC, no deblocking, no
+    B-frames) at about 2 Mbit/s, which decodes several times faster per frame than dashcam
+    footage and so makes the decode floor unrealistically low. Here the same frames get a fixed
+    sensor-noise pattern (shifted every frame, so it is not static) and x264 veryfast at CRF 20
+    with a 30-frame GOP: about 12 Mbit/s, near what 1440p dashcams write.
+    """
+    import av
+
+    from roadbuddy.synth import road_frame
+
+    width, height = RESOLUTIONS["1440p"]
+    path = Path(directory) / f"footage_{width}x{height}_{seconds:g}s_{fps}fps_{seed}.mp4"
+    if path.is_file():
+        return path
+    tmp = path.with_suffix(".part.mp4")
+    noise = np.random.default_rng(seed).normal(0, 4, (height, width, 3)).astype(np.float32)
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "20", "g": str(fps)}
+        for i in range(round(seconds * fps)):
+            scene = road_frame(i, width=width, height=height, light="red", seed=seed).astype(np.float32)
+            pixels = np.clip(scene + np.roll(noise, 7 * i, axis=1), 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    tmp.rename(path)
+    return path
+
 # --- data paths ---------------------------------------------------------------------
 
 @dataclass
@@ -70,86 +107,45 @@ class Prepared:
 
 
 def ours(path: Path, k: int, max_num: int = 1, backend: str = "auto", threads: int = 0,
-         image_size: int = IMAGE_SIZE) -> Prepared:
-    """pipeline.prepare_clip's data path for one question without support frames."""
-    with open_video(path, backend=backend, threads=threads) as reader:
-        indices = frames.select_frames(reader.info.num_frames, reader.info.fps, k)
-        decoded = reader.get(indices)
-    pixel_values, counts = tiles.frames_to_pixel_values(decoded, image_size, max_num=max_num)
-    return Prepared(indices, pixel_values, counts)
+         image_size: int = IMAGE_SIZE, decoder_scaling: bool = True) -> Prepared:
+    """pipeline.prepare_clip itself, for one question without support frames: k frames, up to max_num tiles.
 
-
-def scaled(path: Path, k: int, backend: str = "auto", threads: int = 0, image_size: int = IMAGE_SIZE) -> Prepared:
-    """The proposed max_num=1 path on today's video.py: the decoder scales each frame to SxS.
-
-    With one tile the card's grid is always 1x1 with no thumbnail, so its whole tiling is one
-    resize of the frame to SxS; asking the decoder for SxS frames skips the full-size RGB
-    conversion and the full-size PIL resize, and frames_to_pixel_values' resize becomes a no-op.
+    The pipeline has no backend setting (it opens clips with "auto"); backend="pyav" hides decord and
+    backend="decord" hides PyAV for the call, the way video.py documents for a missing decoder.
     """
-    with open_video(path, backend=backend, threads=threads) as reader:
-        indices = frames.select_frames(reader.info.num_frames, reader.info.fps, k)
-        decoded = reader.get(indices, size=(image_size, image_size))
-    pixel_values, counts = tiles.frames_to_pixel_values(decoded, image_size, max_num=1)
-    return Prepared(indices, pixel_values, counts)
+    from roadbuddy.config import RunConfig
+    from roadbuddy.data import Question
+
+    question = Question(id="bench", question="?", choices=("a", "b"), raw_choices=("a", "b"), video_path=path,
+                        video_rel=path.name)
+    cfg = RunConfig(min_frames=k, max_frames=k, max_num=max_num, max_visual_tokens=10**9, support_frames=False,
+                    decode_threads=threads, decoder_scaling=decoder_scaling)
+    with only_backend(backend):
+        work = pipeline.prepare_clip(path, [question], cfg, image_size, tokens_per_tile=256)
+    if work.error:
+        raise RuntimeError(work.error)
+    return Prepared(list(work.frame_order), work.pixel_values, work.tiles_per_frame)
 
 
-def _pyav_scaled_frames(path: Path, k: int, threads: int, image_size: int, interpolation: str):
-    import av
-    from av.video.reformatter import VideoReformatter
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        indices = frames.select_frames(stream.frames, float(stream.average_rate), k)
-        wanted, last = set(indices), max(indices)
-        reformatter = VideoReformatter()  # one swscale context for the clip, not one per frame
-        out: dict[int, np.ndarray] = {}
-        for position, frame in enumerate(container.decode(stream)):
-            if position in wanted:
-                out[position] = reformatter.reformat(frame, width=image_size, height=image_size, format="rgb24",
-                                                     interpolation=interpolation).to_ndarray()
-            if position >= last:
-                break
-    return indices, np.stack([out[i] for i in indices])
-
-
-def bicubic(path: Path, k: int, threads: int = 0, image_size: int = IMAGE_SIZE,
-            interpolation: str = "BICUBIC") -> Prepared:
-    """Prototype of the proposed PyAV change: decode once, scale the wanted frames with swscale.
-
-    One VideoReformatter for the clip (swscale context reused), frame-threaded decoding, and the
-    wanted frames converted straight from YUV to SxS RGB with `interpolation` (today's
-    _PyAVSource passes none, which PyAV takes as BILINEAR). Tiled by today's tiles module.
-    """
-    indices, decoded = _pyav_scaled_frames(path, k, threads, image_size, interpolation)
-    pixel_values, counts = tiles.frames_to_pixel_values(decoded, image_size, max_num=1)
-    return Prepared(indices, pixel_values, counts)
-
-
-def normalize_planar(stacked: np.ndarray) -> torch.Tensor:
-    """Proposed tiles._normalize_uint8: the same float32 ops, bit for bit, on a planar copy made in uint8.
-
-    Today's version converts the channels-last view to float32, normalises it and then makes it
-    contiguous: the last step transposes 4 bytes per value. Transposing the uint8 array first
-    moves a quarter of the bytes and lets every float pass run over contiguous memory.
-    """
-    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255)
-    mean = torch.tensor(tiles.IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(tiles.IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
-
-
-def proposed(path: Path, k: int, backend: str = "auto", threads: int = 0, image_size: int = IMAGE_SIZE) -> Prepared:
-    """Every proposed change for max_num=1 together: decoder-scaled SxS frames (PyAV: bicubic, one
-    reformatter), no PIL round trip for frames that already are one SxS tile, planar normalisation."""
-    if backend == "pyav":
-        indices, decoded = _pyav_scaled_frames(path, k, threads, image_size, "BICUBIC")
-    else:
-        with open_video(path, backend=backend, threads=threads) as reader:
-            indices = frames.select_frames(reader.info.num_frames, reader.info.fps, k)
-            decoded = reader.get(indices, size=(image_size, image_size))
-    return Prepared(indices, normalize_planar(np.ascontiguousarray(decoded)), [1] * len(indices))
+@contextlib.contextmanager
+def only_backend(backend: str):
+    """"auto": as it is; "pyav": decord hidden; "decord": PyAV hidden (video.py then has one decoder)."""
+    if backend not in ("auto", "decord", "pyav"):
+        raise ValueError(f"backend must be auto, decord or pyav, got {backend!r}")
+    if backend == "auto":
+        yield
+        return
+    hidden = "decord" if backend == "pyav" else "av"
+    missing = object()
+    saved = sys.modules.get(hidden, missing)
+    sys.modules[hidden] = None  # video._import_decord / _import_av treat this as "not installed"
+    try:
+        yield
+    finally:
+        if saved is missing:
+            del sys.modules[hidden]
+        else:
+            sys.modules[hidden] = saved
 
 
 def decode_floor(path: Path, threads: int = 0) -> int:
@@ -377,7 +373,6 @@ def run_config(test_json: Path, output: Path, frames_per_clip: int = 16, **chang
 
 def prepare_all(test_json: Path, cfg, lm) -> list:
     """Every clip of the file through pipeline.prepare_clip (the data path alone)."""
-    from roadbuddy import pipeline
     from roadbuddy.data import group_by_video, load_questions
 
     clips = group_by_video(load_questions(test_json))
@@ -394,83 +389,6 @@ def answer_all(lm, works: list, cfg) -> list[dict]:
 
 
 
-def proposed_prepare_clip(video: Path, questions: list, cfg, image_size: int, tokens_per_tile: int):
-    """pipeline.prepare_clip with the proposed max_num=1 changes: decoder-scaled frames, planar normalisation."""
-    from roadbuddy.pipeline import ClipWork, plan_frames
-    from roadbuddy.video import VideoError
-
-    if cfg.max_num != 1:
-        return _PREPARE_CLIP(video, questions, cfg, image_size, tokens_per_tile)
-    work = ClipWork(video=video, questions=questions)
-    start = time.perf_counter()
-    try:
-        with open_video(video, threads=cfg.decode_threads) as reader:
-            work.frames_by_question = plan_frames(reader.info, questions, cfg, image_size, tokens_per_tile)
-            work.frame_order = sorted({f for idx in work.frames_by_question.values() for f in idx})
-            decoded = reader.get(work.frame_order, size=(image_size, image_size))
-        work.pixel_values = normalize_planar(np.ascontiguousarray(decoded))
-        work.tiles_per_frame = [1] * len(work.frame_order)
-    except VideoError as exc:
-        work.error = str(exc)
-    work.prepare_ms = (time.perf_counter() - start) * 1000
-    return work
-
-
-def _original_prepare_clip():
-    from roadbuddy import pipeline
-
-    return pipeline.prepare_clip
-
-
-_PREPARE_CLIP = _original_prepare_clip()
-
-
-@contextlib.contextmanager
-def data_path(which: str):
-    """Run the pipeline with today's prepare_clip ("today") or the prototype above ("proposed")."""
-    from roadbuddy import pipeline
-
-    if which not in ("today", "proposed"):
-        raise ValueError(f"data path must be 'today' or 'proposed', got {which!r}")
-    pipeline.prepare_clip = proposed_prepare_clip if which == "proposed" else _PREPARE_CLIP
-    try:
-        yield
-    finally:
-        pipeline.prepare_clip = _PREPARE_CLIP
-
-
-@contextlib.contextmanager
-def intro_in_prefix():
-    """Prototype of the proposed prompts change: the question-independent intro joins the shared prefix.
-
-    The detailed question block opens with the same two sentences for every question
-    (prompts._DETAILED_INTRO). Today they are in the suffix, so the shared-prefix path runs them
-    once per question; here they end the prefix instead. The prompt text is unchanged byte for
-    byte (the split moves from one newline to the next), so the plain path is unaffected.
-    Patches roadbuddy.prompts for the duration; detailed prompts only.
-    """
-    from roadbuddy import prompts
-
-    original_prefix, original_question = prompts.prompt_prefix, prompts.question_text
-    intro = prompts._DETAILED_INTRO + "\n"
-
-    def prompt_prefix(frames_block, system=prompts.SYSTEM_PROMPT):
-        return original_prefix(frames_block, system) + intro
-
-    def question_text(question, choices, simple=False):
-        if simple:
-            raise ValueError("intro_in_prefix prototypes the detailed prompts only")
-        text = original_question(question, choices)
-        assert text.startswith(intro)
-        return text[len(intro):]
-
-    prompts.prompt_prefix, prompts.question_text = prompt_prefix, question_text
-    try:
-        yield
-    finally:
-        prompts.prompt_prefix, prompts.question_text = original_prefix, original_question
-
-
 def compare_records(a: list[dict], b: list[dict]) -> dict:
     """Same questions, same letters, and the largest letter-probability difference between two runs."""
     by_id = {r["id"]: r for r in b}
@@ -485,6 +403,7 @@ def compare_records(a: list[dict], b: list[dict]) -> dict:
 
 CARD = "card (decord num_threads=1, as on the card)"
 FLOOR = "floor: PyAV decode of every frame, no RGB"
+OURS = "ours (default: decoder-scaled, PyAV first)"
 
 
 def measure_datapath(clip: Path, k: int = 32, rounds: int = 3, threads: int = 0, settle=None) -> list[dict]:
@@ -498,13 +417,12 @@ def measure_datapath(clip: Path, k: int = 32, rounds: int = 3, threads: int = 0,
     if threads != 1:
         paths[f"card (decord num_threads={threads})"] = lambda: card(clip, k, threads=threads)
     paths.update({
-        "ours today, auto = decord": lambda: ours(clip, k, backend="auto", threads=threads),
-        "ours today, pyav": lambda: ours(clip, k, backend="pyav", threads=threads),
-        "scaled: get(size=(448, 448)), decord": lambda: scaled(clip, k, backend="decord", threads=threads),
-        "scaled: get(size=(448, 448)), pyav": lambda: scaled(clip, k, backend="pyav", threads=threads),
-        "scaled, pyav bicubic + one reformatter": lambda: bicubic(clip, k, threads=threads),
-        "proposed (all changes), decord": lambda: proposed(clip, k, backend="decord", threads=threads),
-        "proposed (all changes), pyav": lambda: proposed(clip, k, backend="pyav", threads=threads),
+        OURS: lambda: ours(clip, k, threads=threads),
+        "ours, decoder-scaled, decord only": lambda: ours(clip, k, backend="decord", threads=threads),
+        "ours --no-decoder-scaling (card's pixels), decord": lambda: ours(clip, k, threads=threads,
+                                                                          decoder_scaling=False),
+        "ours --no-decoder-scaling, pyav only": lambda: ours(clip, k, backend="pyav", threads=threads,
+                                                            decoder_scaling=False),
         FLOOR: lambda: decode_floor(clip, threads=threads),
     })
     before = torch.get_num_threads()
@@ -534,53 +452,42 @@ def measure_share_prefix(lm, test_json: Path, work_dir: Path, rounds: int = 3, f
         raise RuntimeError(f"clips failed to decode: {[w.error for w in works if w.error]}")
     shared, plain = cfg.replace(share_prefix=True), cfg.replace(share_prefix=False)
     answer_all(lm, works[:1], shared)  # warm-up: first-call allocations and kernels
-
-    def shared_intro_in_prefix():
-        with intro_in_prefix():
-            return answer_all(lm, works, shared)
-
     times, results = interleaved({"shared": lambda: answer_all(lm, works, shared),
-                                  "plain": lambda: answer_all(lm, works, plain),
-                                  "shared_intro": shared_intro_in_prefix}, rounds, settle)
+                                  "plain": lambda: answer_all(lm, works, plain)}, rounds, settle)
     questions = sum(len(w.questions) for w in works)
-    records, intro_records = results["shared"], results["shared_intro"]
+    records = results["shared"]
     return {
         "clips": len(works), "questions": questions, "frames": frames_per_clip, "threads": torch.get_num_threads(),
         "visual_tokens": records[0]["visual_tokens"],
         "prompt_tokens_mean": statistics.mean(r["prompt_tokens"] for r in records),
         "shared_qps": questions / best(times["shared"]), "plain_qps": questions / best(times["plain"]),
         "shared_over_plain": best(times["plain"]) / best(times["shared"]),
-        "shared_intro_qps": questions / best(times["shared_intro"]),
-        "shared_intro_over_plain": best(times["plain"]) / best(times["shared_intro"]),
         "group_prefill_ms": statistics.mean(r["timings_ms"]["group_prefill"] for r in records),
         "shared_question_ms": statistics.mean(r["timings_ms"]["question"] for r in records),
-        "shared_intro_question_ms": statistics.mean(r["timings_ms"]["question"] for r in intro_records),
         "plain_question_ms": statistics.mean(r["timings_ms"]["question"] for r in results["plain"]),
         **compare_records(records, results["plain"]),
-        "intro_max_prob_diff": compare_records(intro_records, results["plain"])["max_prob_diff"],
-        "intro_same_answers": compare_records(intro_records, results["plain"])["same_answers"],
     }
 
 
 def measure_overlap(lm, test_json: Path, work_dir: Path, rounds: int = 1, frames_per_clip: int = 16,
-                    which: str = "today", settle=None) -> dict:
+                    settle=None, model_threads: int | None = 1, decode_threads: int = 1, **changes) -> dict:
     """Issue 7.3: pipeline.run end to end with prefetch 2 and 0 against the data path and the model alone.
 
-    The model is held to one thread (torch.set_num_threads(1)) and the decoder to one
-    (decode_threads=1), so that with prefetch the two can share the two cores. `which` picks
-    today's prepare_clip or the proposed one (see data_path).
+    On the CPU the model is held to `model_threads` torch threads and the decoder to `decode_threads`,
+    so that with prefetch the two need not compete for cores (on a GPU pass model_threads=None).
+    `changes` go to the RunConfig (device, decoder_scaling, ...).
     """
     from roadbuddy.output import load_predictions
     from roadbuddy.pipeline import run
 
     work_dir = Path(work_dir)
-    cfg = run_config(test_json, work_dir / "unused.csv", frames_per_clip, decode_threads=1)
+    cfg = run_config(test_json, work_dir / "unused.csv", frames_per_clip, decode_threads=decode_threads, **changes)
     runs = itertools.count()
     outputs: dict[int, Path] = {}
     held: dict[str, list] = {}
 
     def end_to_end(prefetch: int):
-        out = work_dir / f"{which}-prefetch{prefetch}-{next(runs)}" / "submission.csv"
+        out = work_dir / f"prefetch{prefetch}-{next(runs)}" / "submission.csv"
         outputs[prefetch] = out
         summary = run(cfg.replace(prefetch=prefetch, output=out), model_loader=lambda _cfg: lm, say=lambda _m: None)
         if summary.errors:
@@ -592,23 +499,23 @@ def measure_overlap(lm, test_json: Path, work_dir: Path, rounds: int = 1, frames
         return held["works"]
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if model_threads:
+        torch.set_num_threads(model_threads)
     try:
-        with data_path(which):
-            answer_all(lm, prepare_all(test_json, cfg, lm)[:1], cfg)  # warm-up
-            times, results = interleaved({
-                "data": data_alone,
-                "model": lambda: answer_all(lm, held["works"], cfg),
-                "prefetch2": lambda: end_to_end(2),
-                "prefetch0": lambda: end_to_end(0),
-            }, rounds, settle)
+        answer_all(lm, prepare_all(test_json, cfg, lm)[:1], cfg)  # warm-up
+        times, results = interleaved({
+            "data": data_alone,
+            "model": lambda: answer_all(lm, held["works"], cfg),
+            "prefetch2": lambda: end_to_end(2),
+            "prefetch0": lambda: end_to_end(0),
+        }, rounds, settle)
     finally:
         torch.set_num_threads(before)
     data_s, model_s = best(times["data"]), best(times["model"])
     bound = max(data_s, model_s)
     p2, p0 = (load_predictions(outputs[n].parent / "predictions.jsonl") for n in (2, 0))
     return {
-        "data_path": which, "clips": len(results["data"]), "questions": len(results["model"]),
+        "decoder_scaling": cfg.decoder_scaling, "clips": len(results["data"]), "questions": len(results["model"]),
         "frames": frames_per_clip, "data_s": data_s, "model_s": model_s, "sum_s": data_s + model_s,
         "e2e_prefetch2_s": best(times["prefetch2"]), "e2e_prefetch0_s": best(times["prefetch0"]),
         "prefetch2_over_bound": best(times["prefetch2"]) / bound,
@@ -677,11 +584,15 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU box ({model}), shared with other users"
 
 
-def _table(rows: list[dict] | dict) -> str:
-    import pandas as pd
-
-    frame = pd.DataFrame(rows if isinstance(rows, list) else [rows])
-    return frame.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+def table_text(rows: list[dict] | dict) -> str:
+    """Rows (or one row) as a plain-text table (one "key: value" block a row where pandas is missing)."""
+    rows = rows if isinstance(rows, list) else [rows]
+    try:
+        import pandas as pd
+    except ImportError:  # e.g. a lent GPU machine's image: the figures still get written
+        return "\n\n".join("\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items())
+                           for r in rows)
+    return pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -711,11 +622,15 @@ def main(argv: list[str] | None = None) -> int:
            "weights": "random", "model": MID_MODEL}
     sections = []
     if args.what in ("datapath", "all"):
-        clip = road_clip(args.clips, "1440p")
-        doc["datapath"] = [row for threads in (int(t) for t in args.decode_threads.split(","))
-                           for row in measure_datapath(clip, 32, args.rounds, threads, settle=settle)]
-        sections.append((f"data path: {clip.name} (H.264 from synth.write_road_clip), 32 frames, 1 tile",
-                         _table(doc["datapath"])))
+        clips = {"synth.write_road_clip (x264 ultrafast, ~2 Mbit/s)": road_clip(args.clips, "1440p"),
+                 "footage_clip (x264 veryfast, CABAC, B-frames, ~12 Mbit/s)": footage_clip(args.clips)}
+        doc["datapath"] = []
+        for label, clip in clips.items():
+            rows = [{"clip": clip.name, **row} for threads in (int(t) for t in args.decode_threads.split(","))
+                    for row in measure_datapath(clip, 32, args.rounds, threads, settle=settle)]
+            doc["datapath"] += rows
+            sections.append((f"data path: {clip.name}, {label}, 32 frames, 1 tile",
+                             table_text([{k: v for k, v in r.items() if k != "clip"} for r in rows])))
     if args.what in ("model", "all"):
         lm = mid_model()
         data = write_dataset(args.clips / "model", 4, resolution="640x360", seconds=6)
@@ -728,16 +643,16 @@ def main(argv: list[str] | None = None) -> int:
                                                                 settle=settle))
         finally:
             torch.set_num_threads(before)
-        sections.append(("model: shared prefix vs plain (and the intro moved into the prefix), 4 clips, "
-                         "16 frames x 1 tile, 3 questions a clip", _table(doc["share_prefix"])))
+        sections.append(("model: shared prefix (frames and intro prefilled once a clip) vs plain, 4 clips, "
+                         "16 frames x 1 tile, 3 questions a clip", table_text(doc["share_prefix"])))
     if args.what in ("overlap", "all"):
         lm = mid_model()
         data = write_dataset(args.clips / "overlap", 10, resolution="1440p", seconds=6)
         work = Path(tempfile.mkdtemp(prefix="roadbuddy-overlap-"))
-        doc["overlap"] = [measure_overlap(lm, data, work, args.rounds, which=which, settle=settle)
-                          for which in ("today", "proposed")]
+        doc["overlap"] = [measure_overlap(lm, data, work, args.rounds, settle=settle, decoder_scaling=scaling)
+                          for scaling in (True, False)]
         sections.append(("overlap: 10 clips 2560x1440 6 s, 3 questions each, 16 frames x 1 tile; model on 1 "
-                         "torch thread, decoder threads 1", _table(doc["overlap"])))
+                         "torch thread, decoder threads 1", table_text(doc["overlap"])))
     if settle is not None:
         doc["idle_at_start"] = {"min": min(settle.seen), "median": statistics.median(settle.seen)}
     text = "\n\n".join(f"## {title}\n\n```\n{body}\n```" for title, body in sections)

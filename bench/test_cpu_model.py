@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from bench import cpu
-from roadbuddy import prompts
-from roadbuddy.model import encode_tiles, forward, new_cache, rewind, tokenize
+from roadbuddy import pipeline
+from roadbuddy.config import RunConfig
+from roadbuddy.model import encode_tiles, forward, new_cache, rewind
 
 FRAMES = 16
 ROUNDS = 2
@@ -42,10 +43,9 @@ def work(lm, dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompt(lm, work):
-    prefix = tokenize(lm, prompts.prompt_prefix(prompts.frames_text(work.tiles_per_frame, lm.tokens_per_tile)))
-    q = work.questions[0]
-    suffix = tokenize(lm, prompts.prompt_suffix(prompts.question_text(q.question, q.choices)))
-    return prefix, suffix
+    """The shared prefix (system, frames, intro) and one question's suffix, as the pipeline makes them."""
+    cfg = RunConfig()
+    return pipeline.prefix_ids_of(lm, work.tiles_per_frame, cfg), pipeline.question_ids(lm, work.questions[0], cfg)
 
 
 @pytest.fixture(scope="module")
@@ -135,24 +135,6 @@ def test_overlap_prefetch(lm, request, tmp_path_factory, table):
     directory = cpu.clip_directory(request.config, tmp_path_factory) / "overlap"
     data = cpu.write_dataset(directory, 10, resolution="1440p", seconds=6)
     figures = cpu.measure_overlap(lm, data, tmp_path_factory.mktemp("overlap"), rounds=1)
-    cpu.report(request.config, "issue 7.3 overlap (seconds)", cpu._table(figures))
+    cpu.report(request.config, "issue 7.3 overlap (seconds)", cpu.table_text(figures))
     assert figures["clips"] == 10 and figures["questions"] == 30
     assert figures["same_answers"] and figures["max_prob_diff"] <= 1e-4
-
-
-def test_intro_in_prefix_keeps_prompt_and_answers(lm, work, dataset):
-    """The issue 7 proposal prototyped in bench.cpu.intro_in_prefix: same tokens, same answers, shorter suffix."""
-    q = work.questions[0]
-    frames_block = prompts.frames_text(work.tiles_per_frame, lm.tokens_per_tile)
-    before = (prompts.prompt_prefix(frames_block), prompts.prompt_suffix(prompts.question_text(q.question, q.choices)))
-    with cpu.intro_in_prefix():
-        after = (prompts.prompt_prefix(frames_block), prompts.prompt_suffix(prompts.question_text(q.question, q.choices)))
-        moved = cpu.answer_all(lm, [work], cpu.run_config(dataset, dataset.parent / "unused.csv", FRAMES))
-    assert before[0] + before[1] == after[0] + after[1]
-    ids = [[tokenize(lm, part)[0].tolist() for part in pair] for pair in (before, after)]
-    assert ids[0][0] + ids[0][1] == ids[1][0] + ids[1][1]
-    assert len(ids[1][1]) < 0.6 * len(ids[0][1])
-    plain = cpu.answer_all(lm, [work], cpu.run_config(dataset, dataset.parent / "unused.csv", FRAMES,
-                                                      share_prefix=False))
-    check = cpu.compare_records(moved, plain)
-    assert check["same_answers"] and check["max_prob_diff"] <= 1e-4

@@ -56,3 +56,26 @@ def test_sweep_rows_and_table(tiny_checkpoint, tmp_path):
     table = gpu.markdown_table(doc)
     assert table.count("\n| bf16 |") == len(labels)
     assert gpu.results_stem(doc).endswith("cpu-stand-in")
+
+
+def test_gpu_overlap_dataset_and_measurement_on_the_cpu(tiny_checkpoint, tmp_path):
+    """bench/gpu_overlap.py's dataset (clips copied up to 10) and bench.cpu.measure_overlap as it calls them."""
+    from bench import cpu, gpu_overlap
+    from roadbuddy.config import RunConfig
+    from roadbuddy.data import group_by_video, load_questions
+    from roadbuddy.model import load_model
+    from roadbuddy.testing import write_synthetic_dataset
+
+    source = write_synthetic_dataset(tmp_path / "src", clips=3)
+    data = gpu_overlap.ten_clip_dataset(source, tmp_path / "ten")
+    questions = load_questions(data)
+    clips = group_by_video(questions)
+    assert len(clips) == 10 and len({q.id for q in questions}) == len(questions)
+    per_source = [len(qs) for _, qs in group_by_video(load_questions(source))]
+    assert [len(qs) for _, qs in clips] == [per_source[c % 3] for c in range(10)]
+    lm = load_model(RunConfig(model=str(tiny_checkpoint), device="cpu"))
+    figures = cpu.measure_overlap(lm, data, tmp_path / "runs", rounds=1, frames_per_clip=4, model_threads=None,
+                                  decode_threads=0, device="cpu")
+    assert figures["clips"] == 10 and figures["questions"] == len(questions)
+    assert figures["same_answers"] and figures["max_prob_diff"] <= 1e-6
+    assert figures["data_s"] > 0 and figures["model_s"] > 0 and figures["e2e_prefetch2_s"] > 0

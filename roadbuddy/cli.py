@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-decoder-scaling", action="store_true",
                    help="read full-size frames (decord first) and resize them with PIL bicubic exactly as the "
                         "model card does (default with --max-num 1: PyAV decodes and scales frames to the tile "
-                        "size with swscale's bicubic, 2-7x faster on 1440p clips, pixels within about 1 level "
+                        "size with swscale's bicubic, 1.5-6x faster on 1440p clips, pixels within about 1 level "
                         "of 255 on average; see bench/README.md)")
     s.add_argument("--decode-threads", type=int, default=d.decode_threads,
                    help="decoder threads, 0 = the decoder's default (default: 0)")
