@@ -118,9 +118,11 @@ def question_table(questions: list[Question], records: dict[str, dict]) -> pd.Da
             "visual_tokens": rec.get("visual_tokens", np.nan) if rec else np.nan,
             "prompt_tokens": rec.get("prompt_tokens", np.nan) if rec else np.nan,
             "time_ms": rec.get("time_ms", np.nan) if rec else np.nan,
+            # the model's probability of the right letter (score mode records every valid letter's)
+            "p_truth": float(rec["probs"][q.answer]) if rec and q.answer in (rec.get("probs") or {}) else np.nan,
         })
     table = pd.DataFrame(rows)
-    for col in ("frames", "tiles", "visual_tokens", "prompt_tokens", "time_ms"):
+    for col in ("frames", "tiles", "visual_tokens", "prompt_tokens", "time_ms", "p_truth"):
         table[col] = pd.to_numeric(table[col], errors="coerce")
     return table
 
@@ -232,6 +234,9 @@ def build_report(table: pd.DataFrame, *, settings: dict | None = None, wall_seco
         "errors": {"count": len(errors), "rate": len(errors) / n,
                    "examples": {r.id: r.error for r in errors.head(20).itertuples()}},
         "inputs": {col: _describe(table[col]) for col in ("frames", "tiles", "visual_tokens", "prompt_tokens")},
+        # mean probability the model gave the right letter: moves with a subtle break before accuracy does
+        "confidence": ({**_describe(table.p_truth), "n": int(table.p_truth.notna().sum())}
+                       if table.p_truth.notna().any() else None),
         "time_ms": ({"mean": float(times.mean()), "median": float(times.median()),
                      "p95": float(np.percentile(times, 95)), "max": float(times.max()),
                      "sum_s": float(times.sum() / 1000)} if not times.empty else None),
@@ -416,7 +421,10 @@ def render_markdown(report: dict, chart: str | None = "report.png") -> str:
             f"Answer modes: {', '.join(f'{k} {v}' for k, v in report['modes'].items())}. "
             f"Fallbacks (generated text unparseable, score answer used): {fb['count']} ({_pct(fb['rate'])}). "
             f"Errors (video unreadable, prior answer used): {err['count']} ({_pct(err['rate'])})."
-            + (f" Missing answers: {report['missing']}." if report.get("missing") else ""), ""]
+            + (f" Missing answers: {report['missing']}." if report.get("missing") else "")
+            + (f" Mean probability of the right letter: {report['confidence']['mean']:.3f} (min "
+               f"{report['confidence']['min']:.3f}, {report['confidence']['n']} questions)."
+               if report.get("confidence") else ""), ""]
     for qid, why in err["examples"].items():
         out.append(f"- {qid}: {why}")
     if err["examples"]:

@@ -26,6 +26,10 @@ from roadbuddy import frames, model, prompts, tiles
 pytestmark = pytest.mark.eval
 
 TINY_MIN_ACCURACY = 0.90
+# The trained tiny model gives the right letter a mean probability of 1.000 (min 0.987) on the held-out
+# clips; normalisation defects barely move its accuracy (a layer-normed ViT with 4 tokens a frame is
+# nearly blind to a global affine change of the pixels) but do lower this (0.94-0.96).
+TINY_MIN_CONFIDENCE = 0.99
 TINY_MAX_PRIOR = 0.50
 
 
@@ -54,8 +58,10 @@ def _kind_accuracy(result) -> dict[str, float]:
     return {k: float(v) for k, v in result.table.groupby(kind).correct.mean().items()}
 
 
+@pytest.mark.tiny_eval
 def test_tiny_model_sees(eval_request, tiny_report_root, tiny_eval_config, tiny_lm):
-    """Clean pipeline: >= 90% on the held-out clips, where the prior baseline scores <= 50%."""
+    """Clean pipeline: >= 90% on the held-out clips, where the prior baseline scores <= 50%, and a mean
+    probability of the right letter of at least 0.99."""
     result = harness.run_eval(tiny_eval_config, tiny_report_root, fresh=True, model_loader=lambda _cfg: tiny_lm,
                               baseline=eval_request.baseline,
                               min_accuracy=eval_request.min_accuracy or TINY_MIN_ACCURACY,
@@ -63,9 +69,10 @@ def test_tiny_model_sees(eval_request, tiny_report_root, tiny_eval_config, tiny_
                               max_prior_accuracy=TINY_MAX_PRIOR, say=lambda _m: None)
     for line in harness.summary_lines(result):
         _say(line)
-    _say(f"by kind: {_kind_accuracy(result)}")
+    _say(f"by kind: {_kind_accuracy(result)}; mean p(right letter) {result.report['confidence']['mean']:.3f}")
     if result.failures:
         pytest.fail("; ".join(result.failures) + f" (report: {result.paths['md']})", pytrace=False)
+    assert result.report["confidence"]["mean"] >= TINY_MIN_CONFIDENCE, result.report["confidence"]
 
 
 # --- planted defects: each is one realistic break of one pipeline step ----------
@@ -77,7 +84,14 @@ def reverse_frame_order(monkeypatch):
 
 
 def skip_normalisation(monkeypatch):
-    """Tiles are scaled to [0, 1] but never normalised with the ImageNet mean and std."""
+    """Normalisation skipped: the tiles reach the model as raw 0-255 values (no /255, no ImageNet mean/std)."""
+    def raw(stacked):
+        return torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32).contiguous()
+    monkeypatch.setattr(tiles, "_normalize_uint8", raw)
+
+
+def skip_mean_std_only(monkeypatch):
+    """A milder variant: tiles scaled to [0, 1] but never normalised with the ImageNet mean and std."""
     def scaled_only(stacked):
         return torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32).div_(255).contiguous()
     monkeypatch.setattr(tiles, "_normalize_uint8", scaled_only)
@@ -93,7 +107,19 @@ def shift_choice_letters(monkeypatch):
 
 
 def misalign_image_tokens(monkeypatch):
-    """Image features land one <IMG_CONTEXT> slot early (the count still matches, so nothing raises)."""
+    """Image features flattened token-major instead of tile-major (a reshape-order bug): the image slots of
+    each frame receive one token position from every tile. The count still matches, so nothing raises."""
+    real = model._embed
+
+    def transposed(lm, ids, features):
+        if features is not None and features.shape[0] > 1:
+            features = features.transpose(0, 1).reshape(features.shape)
+        return real(lm, ids, features)
+    monkeypatch.setattr(model, "_embed", transposed)
+
+
+def shift_image_tokens_by_one(monkeypatch):
+    """A milder variant: image features land one <IMG_CONTEXT> slot early (3 of a tile's 4 tokens stay put)."""
     real = model._embed
 
     def shifted(lm, ids, features):
@@ -109,16 +135,23 @@ DEFECTS = {
     "no-normalisation": skip_normalisation,
     "letters-shifted": shift_choice_letters,
     "image-tokens-misaligned": misalign_image_tokens,
+    # milder variants of the two above
+    "mean-std-skipped": skip_mean_std_only,
+    "image-tokens-shifted-one-slot": shift_image_tokens_by_one,
 }
 
 
+@pytest.mark.tiny_eval
 @pytest.mark.parametrize("defect", list(DEFECTS))
 def test_planted_defect_is_caught(defect, monkeypatch, tiny_report_root, tiny_eval_config, tiny_lm):
+    """Each defect fails the clean run's bar: accuracy below 90% or mean right-letter probability below 0.99."""
     DEFECTS[defect](monkeypatch)
     result = harness.run_eval(tiny_eval_config, tiny_report_root / "defects" / defect, fresh=True,
                               model_loader=lambda _cfg: tiny_lm, say=lambda _m: None)
     by_kind = _kind_accuracy(result)
-    _say(f"{defect}: accuracy {result.accuracy:.1%}, by kind {by_kind}")
-    assert result.accuracy < TINY_MIN_ACCURACY, f"{defect} was not caught: accuracy {result.accuracy:.1%}"
+    confidence = result.report["confidence"]["mean"]
+    _say(f"{defect}: accuracy {result.accuracy:.1%}, mean p(right letter) {confidence:.3f}, by kind {by_kind}")
+    assert result.accuracy < TINY_MIN_ACCURACY or confidence < TINY_MIN_CONFIDENCE, (
+        f"{defect} was not caught: accuracy {result.accuracy:.1%}, mean p(right letter) {confidence:.3f}")
     if defect == "frames-reversed":  # it must break exactly the questions about order
         assert by_kind["colour"] >= TINY_MIN_ACCURACY and by_kind["order"] <= 0.5, by_kind

@@ -3,15 +3,20 @@
 A clip is a drawn dashcam scene (`roadbuddy.synth.road_frame`) with up to two
 salient objects: the traffic light (upper right, one lamp lit red, yellow or
 green) and a road sign (upper left: a blue round sign or a yellow warning
-triangle). Two kinds of clip, two kinds of question, each with 4 shuffled
-choices or 2 (Đúng/Sai), phrased like the real train questions:
+triangle, both called "biển báo"). Two kinds of clip, two kinds of question,
+each with 4 shuffled choices or 2 (Đúng/Sai), phrased like the real train
+questions:
 
 - colour clips: the light shows in every frame (sometimes with a sign beside it);
   "Video đang có đèn giao thông màu gì?" / "Đèn giao thông trong video có màu
   đỏ, đúng hay sai?"
-- order clips: one object shows in the early frames, another in the later ones;
-  "Trong video, đối tượng nào xuất hiện đầu tiên?" / "Trong video, biển báo
-  tròn xuất hiện trước đèn giao thông, đúng hay sai?"
+- order clips: the light shows in the early frames and the sign in the later
+  ones, or the other way round; "Trong video, đối tượng nào xuất hiện đầu
+  tiên?" / "Trong video, biển báo xuất hiện trước đèn giao thông, đúng hay sai?"
+
+(A first version named the two sign shapes apart and had order clips with two
+signs; after 3,500 steps the model still confused the shapes' names, so the
+order task asks only light against sign.)
 
 Colour questions need the pixels and the normalisation; order questions also
 need the frames in order and each frame's features in its own slot. The
@@ -37,9 +42,9 @@ HELDOUT_SEED = 20_000  # scene seeds of the held-out split start here; training 
 
 COLOURS = {"red": "Đỏ", "yellow": "Vàng", "green": "Xanh"}
 NO_LIGHT = "Không có đèn"
-OBJECTS = {"light": "Đèn giao thông", "round": "Biển báo tròn", "triangle": "Biển báo tam giác"}
-NO_OBJECT = "Không có đối tượng nào"
-SIGNS = ("round", "triangle")
+SIGNS = ("round", "triangle")  # drawing styles of the one sign object
+OBJECTS = {"light": "Đèn giao thông", "sign": "Biển báo"}
+ORDER_CHOICES = ("Đèn giao thông", "Biển báo", "Người đi bộ", "Không có đối tượng nào")
 
 COLOUR_Q4 = "Video đang có đèn giao thông màu gì?"
 COLOUR_Q2 = "Đèn giao thông trong video có màu {colour}, đúng hay sai?"
@@ -120,7 +125,8 @@ def colour_scene(rng: random.Random, seed: int, num_frames: int) -> Scene:
 
 def order_scene(rng: random.Random, seed: int, num_frames: int) -> Scene:
     """Two different objects; the first shows only in the first k shown frames, the second only after."""
-    first, second = rng.sample(["light", *SIGNS], 2)  # two signs take turns at the same spot
+    sign = rng.choice(SIGNS)
+    first, second = rng.sample(["light", sign], 2)
     shown = segment_indices(num_frames, FPS, FRAMES_SHOWN)
     k = rng.choice([1, 2, 2, 3])  # how many shown frames see the first object
     cut_lo, cut_hi = shown[k - 1] + 1, shown[k]  # the first object leaves, the second arrives, in between
@@ -128,6 +134,11 @@ def order_scene(rng: random.Random, seed: int, num_frames: int) -> Scene:
     start_second = rng.randint(end_first, cut_hi)
     return Scene(seed, num_frames, rng.choice(list(COLOURS)),
                  ((first, 0, end_first), (second, start_second, num_frames)))
+
+
+def object_name(shown: str) -> str:
+    """What questions call a shown object: the light, or any sign style."""
+    return OBJECTS["sign" if shown in SIGNS else shown]
 
 
 def question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool | None = None,
@@ -148,11 +159,11 @@ def question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool
         return Item("colour", COLOUR_Q2.format(colour=asked.lower()), YES_NO, 0 if yes else 1)
     first, second = scene.shows[0][0], scene.shows[1][0]
     if num_choices == 4:
-        choices = [*OBJECTS.values(), NO_OBJECT]
+        choices = list(ORDER_CHOICES)
         order(choices)
-        return Item("order", ORDER_Q4, tuple(choices), choices.index(OBJECTS[first]))
+        return Item("order", ORDER_Q4, tuple(choices), choices.index(object_name(first)))
     a, b = (first, second) if yes else (second, first)
-    text = ORDER_Q2.format(first=OBJECTS[a].lower(), second=OBJECTS[b].lower())
+    text = ORDER_Q2.format(first=object_name(a).lower(), second=object_name(b).lower())
     return Item("order", text, YES_NO, 0 if yes else 1)
 
 
@@ -179,8 +190,9 @@ def write_heldout(directory: Path | str, *, clips: int = 24, seed: int = HELDOUT
 
     Half the clips are colour clips, half order clips; each clip gets a 4-choice
     and a 2-choice question. Đúng is right for exactly half the 2-choice
-    questions and 4-choice answers are shuffled, so the prior baseline (B for
-    2 choices, A otherwise) scores about 37.5%. Scene seeds start at `seed`,
+    questions, and the shuffled 4 choices are rotated so that right answers
+    cycle through A-D, so the prior baseline (B for 2 choices, A otherwise)
+    scores exactly 37.5%. Scene seeds start at `seed`,
     disjoint from the training seeds.
     """
     rng = random.Random(seed)
@@ -194,6 +206,9 @@ def write_heldout(directory: Path | str, *, clips: int = 24, seed: int = HELDOUT
         write_clip(directory / rel, scene.frame, num_frames=num_frames, fps=FPS)
         for num_choices, yes in ((4, None), (2, (c // 2) % 2 == 0)):
             item = question(scene, rng, num_choices, truth_yes=yes)
+            if num_choices == 4:  # rotate the shuffled choices so right answers cycle through A, B, C, D
+                turn = (item.answer - (c // 2) % 4) % 4
+                item = Item(item.kind, item.question, item.choices[turn:] + item.choices[:turn], (c // 2) % 4)
             choices = [f"{'ABCD'[i]}. {t}" for i, t in enumerate(item.choices)]
             items.append({
                 "id": f"seeing_{len(items) + 1:04d}",

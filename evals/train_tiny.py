@@ -1,6 +1,6 @@
 """Train the tiny InternVL that can see (evals/tiny-seeing/), on CPU, from nothing.
 
-    python -m evals.train_tiny                      # writes evals/tiny-seeing/ (about 20 min on 2 cores)
+    python -m evals.train_tiny                      # writes evals/tiny-seeing/ (about 75 min on one core)
     python -m evals.train_tiny --steps 50 --out /tmp/x   # a smoke run
 
 The model is `roadbuddy.testing.tiny_config` at the size DESIGN.md measured
@@ -59,30 +59,43 @@ class Encoder:
     def __init__(self, tokenizer, tokens_per_tile: int):
         self.tokenizer = tokenizer
         frames = prompts.frames_text([1] * tiny_task.FRAMES_SHOWN, tokens_per_tile)
-        self.prefix = self._ids(prompts.prompt_prefix(frames))
+        self.prefix = self._ids(prompts.prompt_prefix(frames + prompts.intro_text()))  # as pipeline.prefix_ids_of
         self._suffix: dict[tuple, list[int]] = {}
         self.letter_ids = [tokenizer.convert_tokens_to_ids(c) for c in "ABCD"]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def ids(self, item: tiny_task.Item) -> list[int]:
-        key = (item.question, item.choices)
+    def ids(self, item: tiny_task.Item, labels: str | None = None) -> list[int]:
+        """The prompt; with `labels`, the choice lines carry those letters instead of A, B, C, D in order."""
+        key = (item.question, item.choices, labels)
         if key not in self._suffix:
-            self._suffix[key] = self._ids(prompts.prompt_suffix(prompts.question_text(item.question, item.choices)))
+            block = prompts.question_body(item.question, item.choices)
+            if labels:
+                lines = "\n".join(f"{label}. {choice}" for label, choice in zip(labels, item.choices))
+                block = block.replace(prompts.choices_text(item.choices), lines, 1)
+            self._suffix[key] = self._ids(prompts.prompt_suffix(block))
         return self.prefix + self._suffix[key]
 
 
-def make_batch(examples, encoder: Encoder, image_size: int, noise: np.random.Generator | None):
+def make_batch(examples, encoder: Encoder, image_size: int, noise: np.random.Generator | None,
+               labels: list[str | None] | None = None):
+    """Token ids (right-padded), lengths, pixel values and target letter indices of (scene, item) examples.
+
+    `labels[i]`, when given, relabels example i's choice lines; its target is then the label printed on
+    the right line, so the model learns to read the printed letter rather than count lines (a model
+    that counts would not notice choice letters shifted in the prompt, one of the planted defects).
+    """
     ids, pixel_values, targets, sizes = [], [], [], []
-    for scene, item in examples:
+    labels = labels or [None] * len(examples)
+    for (scene, item), relabel in zip(examples, labels):
         frames = [scene.frame(i) for i in scene.shown_frames()]
         if noise is not None:
             frames = [codec_like(f, noise) for f in frames]
         pv, _ = tiles.frames_to_pixel_values(frames, image_size, max_num=1)
         pixel_values.append(pv)
-        ids.append(encoder.ids(item))
-        targets.append(item.answer)
+        ids.append(encoder.ids(item, relabel))
+        targets.append("ABCD".index(relabel[item.answer]) if relabel else item.answer)
         sizes.append(len(item.choices))
     width = max(map(len, ids))
     pad = encoder.tokenizer.pad_token_id
@@ -133,7 +146,7 @@ def letter_accuracy(model, batches, encoder, image_token_id) -> dict[str, float]
         logits = answer_logits(model, ids, lengths, pv, image_token_id)[:, encoder.letter_ids]
         for row, (_, item) in enumerate(examples):
             guess = int(torch.argmax(logits[row, : sizes[row]]))
-            right[item.kind][0] += guess == item.answer
+            right[item.kind][0] += guess == int(targets[row])
             right[item.kind][1] += 1
     model.train()
     total = sum(r for r, _ in right.values()) / sum(n for _, n in right.values())
@@ -163,10 +176,12 @@ def training_markdown(log: dict) -> str:
     """TRAINING.md of a checkpoint folder, from its training_log.json."""
     a, final, held = log["args"], log["final_validation"] or {}, log["heldout_pipeline"]
     rows = "\n".join(f"| {h['step']} | {h['loss']:.4f} | {100 * h['val_all']:.1f}% | {100 * h.get('val_colour', 0):.1f}% "
-                     f"| {100 * h.get('val_order', 0):.1f}% | {h['seconds']} |" for h in log["history"])
+                     f"| {100 * h.get('val_order', 0):.1f}% | {100 * h.get('val_relabeled', 0):.1f}% | {h['seconds']} |"
+                     for h in log["history"])
+    note = f" ({log['heldout_note']})" if log.get("heldout_note") else ""
     held_line = (f"{100 * held['accuracy']:.1f}% on {held['questions']} questions (prior {100 * held['prior']:.1f}%; "
                  + ", ".join(f"{k} {100 * v:.1f}%" for k, v in held.get("by_kind", {}).items()) + ")"
-                 if "accuracy" in held else f"not measured ({held.get('error')})")
+                 if "accuracy" in held else f"not measured ({held.get('error')})") + note
     return f"""# evals/tiny-seeing: how it was trained
 
 A {log['parameters'] / 1e6:.2f} M-parameter InternVL ({log['model_size']['vision_layers']}-layer, \
@@ -175,22 +190,31 @@ A {log['parameters'] / 1e6:.2f} M-parameter InternVL ({log['model_size']['vision
 initialisation, trained on CPU by `evals/train_tiny.py` on the synthetic task of `evals/tiny_task.py`. \
 Weights are stored in float16 (the loader upcasts to float32 on CPU).
 
-Regenerate (same weights on the same library versions, `--threads 1`):
+Regenerate (everything is seeded, so the same command with `--threads 1` on the same library versions should give the same weights; this was not re-run to check it):
 
-    python -m evals.train_tiny --steps {a['steps']} --fixed-steps {a['fixed_steps']} --ramp-steps {a['ramp_steps']} --batch {a['batch']} --lr {a['lr']} --seed {a['seed']}
+    python -m evals.train_tiny --steps {a['steps']} --fixed-steps {a['fixed_steps']} --ramp-steps {a['ramp_steps']} \\
+        --relabel {a['relabel']} --order-share {a['order_share']} --decay {a['decay']} --warmup {a['warmup']} --batch {a['batch']} --lr {a['lr']} --seed {a['seed']}
 
 This run: `{log['command']}`; seed {a['seed']}, {a['steps']} steps of batch {a['batch']}, AdamW lr {a['lr']} \
-(warm-up {a['warmup']}, cosine to 10%), {log['train_seconds'] / 60:.0f} minutes of training on a shared 2-core CPU; \
+(warm-up {a['warmup']}, constant, then cosine to 10% over the last {float(a['decay']):.0%} of the steps), \
+{log['train_seconds'] / 60:.0f} minutes of training on a shared 2-core CPU; \
 python {log['versions']['python']}, torch {log['versions']['torch']}, transformers {log['versions']['transformers']}.
 
+Curriculum: colour questions only, 4 choices in a fixed order, for the first {a['fixed_steps']} steps (the model \
+learns to see before it learns to match a choice's text to its letter); then over {a['ramp_steps']} steps the \
+share of shuffled choices rises to 1, the share of order questions to {a['order_share']}, and the share of examples whose \
+choice lines carry permuted letters to {a['relabel']} (their target is the letter printed on the right line, so the \
+model reads the printed letters instead of counting lines); then the full task.
+
 Final in-memory validation ({a['validation']} examples, rendered frames): {100 * final.get('val_all', 0):.1f}% \
-(colour {100 * final.get('val_colour', 0):.1f}%, order {100 * final.get('val_order', 0):.1f}%).
+(colour {100 * final.get('val_colour', 0):.1f}%, order {100 * final.get('val_order', 0):.1f}%); with the choice letters \
+printed one off, the letter printed on the right line: {100 * final.get('val_relabeled', 0):.1f}%.
 
 Held-out split through the real pipeline (encoded H.264 clips, decode, frames, tiles, prompts, score mode): \
 {held_line}.
 
-| step | train loss | val | val colour | val order | seconds |
-| --- | --- | --- | --- | --- | --- |
+| step | train loss | val | val colour | val order | val relabeled | seconds |
+| --- | --- | --- | --- | --- | --- | --- |
 {rows}
 """
 
@@ -198,7 +222,7 @@ Held-out split through the real pipeline (encoded H.264 clips, decode, frames, t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.train_tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--steps", type=int, default=3500)
+    parser.add_argument("--steps", type=int, default=4500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -207,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(the model learns to see before it learns to match a choice's text to its letter)")
     parser.add_argument("--ramp-steps", type=int, default=1200,
                         help="curriculum: then this many steps over which the share of shuffled choices rises "
-                             "to 1 and the share of order questions to 1/2")
+                             "to 1 and the share of order questions to --order-share")
+    parser.add_argument("--relabel", type=float, default=0.3,
+                        help="after the ramp, share of examples whose choice lines carry permuted letters "
+                             "(target: the letter printed on the right line)")
+    parser.add_argument("--order-share", type=float, default=0.65,
+                        help="after the ramp, share of order questions (the rest are colour questions)")
     parser.add_argument("--decay", type=float, default=0.25, help="share of the steps at the end that decay the lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -240,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     val_noise = np.random.default_rng(VALIDATION_SEED)
     val_batches = [(val_examples[i:i + 64], make_batch(val_examples[i:i + 64], encoder, image_size, val_noise))
                    for i in range(0, len(val_examples), 64)]
+    # the same kind of examples with the choice letters printed in another order: does the model read them?
+    relabeled = val_examples[:128]
+    shifted = ["".join("ABCD"[(i + 1) % len(it.choices)] for i in range(len(it.choices))) for _, it in relabeled]
+    relabeled_batches = [(relabeled[i:i + 64], make_batch(relabeled[i:i + 64], encoder, image_size, val_noise,
+                                                          shifted[i:i + 64])) for i in range(0, len(relabeled), 64)]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
@@ -258,13 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     seed_counter = 0
     losses = []
     for step in range(1, args.steps + 1):
-        examples = []
+        examples, relabels = [], []
         for _ in range(args.batch):
             ramp = min(1.0, max(0.0, (step - args.fixed_steps) / max(1, args.ramp_steps)))
-            examples.append(tiny_task.random_example(rng, seed_counter % tiny_task.HELDOUT_SEED,
-                                                     order_share=0.5 * ramp, shuffle_share=ramp))
+            example = tiny_task.random_example(rng, seed_counter % tiny_task.HELDOUT_SEED,
+                                               order_share=args.order_share * ramp, shuffle_share=ramp)
+            examples.append(example)
+            letters = "ABCD"[: len(example[1].choices)]
+            relabels.append("".join(rng.sample(letters, len(letters))) if rng.random() < args.relabel * ramp else None)
             seed_counter += 1
-        ids, lengths, pv, targets, _ = make_batch(examples, encoder, image_size, noise)
+        ids, lengths, pv, targets, _ = make_batch(examples, encoder, image_size, noise, relabels)
         logits = answer_logits(model, ids, lengths, pv, image_token_id)
         target_ids = torch.tensor(encoder.letter_ids)[targets]
         loss = torch.nn.functional.cross_entropy(logits, target_ids)
@@ -279,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         if step % args.eval_every == 0 or step == args.steps:
             acc = letter_accuracy(model, val_batches, encoder, image_token_id)
+            acc["relabeled"] = letter_accuracy(model, relabeled_batches, encoder, image_token_id)["all"]
             entry = {"step": step, "loss": round(float(np.mean(losses)), 4), "seconds": round(time.perf_counter() - started),
                      **{f"val_{k}": round(v, 4) for k, v in acc.items()}}
             losses = []

@@ -162,6 +162,17 @@ def test_report_numbers():
     json.dumps(r)  # JSON-ready
 
 
+def test_confidence_is_the_mean_probability_of_the_right_letter():
+    questions = [q("a", "A"), q("b", "B"), q("c", "C")]
+    records = {"a": {**rec("a", "A"), "probs": {"A": 0.9, "B": 0.1}}, "b": {**rec("b", "A"), "probs": {"A": 0.7, "B": 0.3}},
+               "c": {k: v for k, v in rec("c", "C").items() if k != "probs"}}  # no probabilities recorded
+    r = rep.build_report(rep.question_table(questions, records))
+    assert r["confidence"]["n"] == 2
+    assert r["confidence"]["mean"] == pytest.approx(0.6) and r["confidence"]["min"] == pytest.approx(0.3)
+    assert "Mean probability of the right letter: 0.600" in rep.render_markdown(r, chart=None)
+    assert rep.build_report(rep.question_table(questions[2:], records))["confidence"] is None
+
+
 def test_missing_record_counts_as_the_prior_answer():
     table = rep.question_table([q("a", "A"), q("b", "B", n=2)], {})
     assert list(table.answer) == ["A", "B"] and table.correct.all() and table.missing.all()
