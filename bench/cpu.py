@@ -487,7 +487,7 @@ def measure_overlap(lm, test_json: Path, work_dir: Path, rounds: int = 1, frames
     held: dict[str, list] = {}
 
     def end_to_end(prefetch: int):
-        out = work_dir / f"prefetch{prefetch}-{next(runs)}" / "submission.csv"
+        out = work_dir / f"scaling{int(cfg.decoder_scaling)}-prefetch{prefetch}-{next(runs)}" / "submission.csv"
         outputs[prefetch] = out
         summary = run(cfg.replace(prefetch=prefetch, output=out), model_loader=lambda _cfg: lm, say=lambda _m: None)
         if summary.errors:
