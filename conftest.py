@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny random-weight InternVL checkpoint and synthetic clips.
 
-Markers (gpu, eval, slow) are declared in pyproject.toml; by default only the
-fast CPU tests run (`-m 'not gpu and not eval and not slow'`).
+Markers (gpu, eval, tiny_eval, slow) are declared in pyproject.toml; by default the
+fast CPU tests and the tiny-model eval run (`-m 'not gpu and not slow and (not eval or tiny_eval)'`).
 """
 from __future__ import annotations
 
@@ -13,9 +13,15 @@ SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "roadbuddy-dat
 
 
 @pytest.fixture(scope="session")
-def real_data_dir() -> Path:
+def real_data_dir_or_none() -> Path | None:
+    """The folder of the real RoadBuddy question files (../shared beside the repo), or None where absent."""
+    return SHARED_DATA if (SHARED_DATA / "train.json").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(real_data_dir_or_none) -> Path:
     """The real RoadBuddy question files, which live outside the repo in ../shared."""
-    if not (SHARED_DATA / "train.json").is_file():
+    if real_data_dir_or_none is None:
         pytest.skip(f"real question files not found at {SHARED_DATA} (they live in ../shared beside the repo)")
     return SHARED_DATA
 

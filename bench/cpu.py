@@ -38,8 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from roadbuddy import frames, pipeline, tiles
-from roadbuddy.video import open_video
+from roadbuddy import pipeline
 
 IMAGE_SIZE = 448
 RESOLUTIONS = {"720p": (1280, 720), "1440p": (2560, 1440)}
@@ -63,7 +62,6 @@ def road_clip(directory: Path, resolution: str, seconds: float = CLIP_SECONDS, f
     return path
 
 
-
 def footage_clip(directory: Path, seconds: float = CLIP_SECONDS, fps: int = CLIP_FPS, seed: int = 0) -> Path:
     """The 2560x1440 road scene encoded the way cameras encode: 12 Mbit/s class, CABAC, B-frames, GOP 1 s.
 
@@ -73,27 +71,20 @@ def footage_clip(directory: Path, seconds: float = CLIP_SECONDS, fps: int = CLIP
     sensor-noise pattern (shifted every frame, so it is not static) and x264 veryfast at CRF 20
     with a 30-frame GOP: about 12 Mbit/s, near what 1440p dashcams write.
     """
-    import av
-
-    from roadbuddy.synth import road_frame
+    from roadbuddy.synth import road_frame, write_clip
 
     width, height = RESOLUTIONS["1440p"]
     path = Path(directory) / f"footage_{width}x{height}_{seconds:g}s_{fps}fps_{seed}.mp4"
     if path.is_file():
         return path
-    tmp = path.with_suffix(".part.mp4")
     noise = np.random.default_rng(seed).normal(0, 4, (height, width, 3)).astype(np.float32)
-    with av.open(str(tmp), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "20", "g": str(fps)}
-        for i in range(round(seconds * fps)):
-            scene = road_frame(i, width=width, height=height, light="red", seed=seed).astype(np.float32)
-            pixels = np.clip(scene + np.roll(noise, 7 * i, axis=1), 0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+
+    def frame(i: int) -> np.ndarray:
+        scene = road_frame(i, width=width, height=height, light="red", seed=seed).astype(np.float32)
+        return np.clip(scene + np.roll(noise, 7 * i, axis=1), 0, 255).astype(np.uint8)
+
+    tmp = write_clip(path.with_suffix(".part.mp4"), frame, num_frames=round(seconds * fps), fps=fps, crf=20,
+                     gop=fps, preset="veryfast")
     tmp.rename(path)
     return path
 

@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench import cpu, gpu
-    from roadbuddy.model import load_model
+    from bench import gpu
     from roadbuddy.config import RunConfig
+    from roadbuddy.model import load_model
 
     if not torch.cuda.is_available():
         print("no CUDA GPU: this measurement needs one", file=sys.stderr)
@@ -78,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or gpu.build_random_checkpoint(work / "random-4b")
     lm = load_model(RunConfig(model=str(model), device="cuda"))
     for threads in (int(t) for t in args.decode_threads.split(",")):
-        measure_one(args, cpu, lm, data, work / f"runs-{threads}", threads, torch)
+        measure_one(args, lm, data, work / f"runs-{threads}", threads)
     return 0
 
 
-def measure_one(args, cpu, lm, data, work, threads, torch) -> None:
+def measure_one(args, lm, data, work: Path, threads: int) -> None:
+    import torch
+
+    from bench import cpu
+
     started = time.perf_counter()
     figures = cpu.measure_overlap(lm, data, work, rounds=args.rounds, frames_per_clip=args.frames,
                                   model_threads=None, decode_threads=threads, device="cuda")

@@ -6,7 +6,6 @@ Skips with a reason where CUDA or NVML is missing.
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 from pathlib import Path
 

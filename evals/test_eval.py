@@ -83,18 +83,21 @@ def reverse_frame_order(monkeypatch):
     monkeypatch.setattr(frames, "select_frames", lambda *a, **k: list(reversed(real(*a, **k))))
 
 
+def _replace_normalisation(monkeypatch, to_float):
+    """tiles._normalize_uint8 replaced: uint8 [N,S,S,3] -> to_float(planar float32 [N,3,S,S] of 0-255)."""
+    monkeypatch.setattr(tiles, "_normalize_uint8",
+                        lambda stacked: to_float(torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32)
+                                                 .contiguous()))
+
+
 def skip_normalisation(monkeypatch):
     """Normalisation skipped: the tiles reach the model as raw 0-255 values (no /255, no ImageNet mean/std)."""
-    def raw(stacked):
-        return torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32).contiguous()
-    monkeypatch.setattr(tiles, "_normalize_uint8", raw)
+    _replace_normalisation(monkeypatch, lambda x: x)
 
 
 def skip_mean_std_only(monkeypatch):
     """A milder variant: tiles scaled to [0, 1] but never normalised with the ImageNet mean and std."""
-    def scaled_only(stacked):
-        return torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32).div_(255).contiguous()
-    monkeypatch.setattr(tiles, "_normalize_uint8", scaled_only)
+    _replace_normalisation(monkeypatch, lambda x: x.div_(255))
 
 
 def shift_choice_letters(monkeypatch):
@@ -106,28 +109,22 @@ def shift_choice_letters(monkeypatch):
     monkeypatch.setattr(prompts, "choices_text", shifted)
 
 
+def _rearrange_features(monkeypatch, change):
+    """model._embed gets change(features [tiles, tokens, dim]) instead of the vision tower's output."""
+    real = model._embed
+    monkeypatch.setattr(model, "_embed", lambda lm, ids, features: real(
+        lm, ids, change(features) if features is not None and features.shape[0] else features))
+
+
 def misalign_image_tokens(monkeypatch):
     """Image features flattened token-major instead of tile-major (a reshape-order bug): the image slots of
     each frame receive one token position from every tile. The count still matches, so nothing raises."""
-    real = model._embed
-
-    def transposed(lm, ids, features):
-        if features is not None and features.shape[0] > 1:
-            features = features.transpose(0, 1).reshape(features.shape)
-        return real(lm, ids, features)
-    monkeypatch.setattr(model, "_embed", transposed)
+    _rearrange_features(monkeypatch, lambda f: f.transpose(0, 1).reshape(f.shape))
 
 
 def shift_image_tokens_by_one(monkeypatch):
     """A milder variant: image features land one <IMG_CONTEXT> slot early (3 of a tile's 4 tokens stay put)."""
-    real = model._embed
-
-    def shifted(lm, ids, features):
-        if features is not None and features.shape[0]:
-            flat = features.reshape(-1, features.shape[-1])
-            features = flat.roll(-1, dims=0).reshape(features.shape)
-        return real(lm, ids, features)
-    monkeypatch.setattr(model, "_embed", shifted)
+    _rearrange_features(monkeypatch, lambda f: f.reshape(-1, f.shape[-1]).roll(-1, dims=0).reshape(f.shape))
 
 
 DEFECTS = {

@@ -44,7 +44,7 @@ COLOURS = {"red": "Đỏ", "yellow": "Vàng", "green": "Xanh"}
 NO_LIGHT = "Không có đèn"
 SIGNS = ("round", "triangle")  # drawing styles of the one sign object
 OBJECTS = {"light": "Đèn giao thông", "sign": "Biển báo"}
-ORDER_CHOICES = ("Đèn giao thông", "Biển báo", "Người đi bộ", "Không có đối tượng nào")
+ORDER_CHOICES = (*OBJECTS.values(), "Người đi bộ", "Không có đối tượng nào")
 
 COLOUR_Q4 = "Video đang có đèn giao thông màu gì?"
 COLOUR_Q2 = "Đèn giao thông trong video có màu {colour}, đúng hay sai?"

@@ -24,13 +24,14 @@ _UNLIT = {"red": (70, 20, 20), "yellow": (70, 60, 10), "green": (15, 60, 25)}
 def write_clip(path: Path | str, frames: Iterable[np.ndarray] | Callable[[int], np.ndarray], *,
                num_frames: int | None = None, fps: float = 10, width: int | None = None,
                height: int | None = None, codec: str = "libx264", crf: int = 23,
-               gop: int | None = None) -> Path:
+               gop: int | None = None, preset: str = "ultrafast") -> Path:
     """Encode uint8 RGB HxWx3 frames (an iterable, or `frames(i)` for i < num_frames) to `path`.
 
     The stream is yuv420p, so width and height must be even; they default to
     the first frame's, and frames of another size are scaled to them. The
     container follows the suffix (.mp4, .mkv, .avi); mp4 gets its index at the
-    front (faststart), as clips served over the web usually have it.
+    front (faststart), as clips served over the web usually have it. x264/x265
+    use `preset` (ultrafast by default: quick to write, and quick to decode).
     """
     import av  # encoding only; decoding lives in roadbuddy.video
 
@@ -57,7 +58,7 @@ def write_clip(path: Path | str, frames: Iterable[np.ndarray] | Callable[[int], 
         stream.codec_context.time_base = 1 / rate
         stream.thread_count = 0  # let the encoder pick (all cores)
         if codec in _X26X:
-            stream.options = {"preset": "ultrafast", "crf": str(crf)}
+            stream.options = {"preset": preset, "crf": str(crf)}
         else:
             stream.bit_rate = max(200_000, width * height * 4)
         if gop is not None:

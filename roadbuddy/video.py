@@ -257,7 +257,8 @@ class _PyAVSource:
         if self._quarter_turns % 2:
             width, height = height, width
         if self._reformatter is None:
-            self._reformatter = _new_reformatter(self._av)
+            from av.video.reformatter import VideoReformatter
+            self._reformatter = VideoReformatter()
         array = self._reformatter.reformat(frame, width=width, height=height, format="rgb24",
                                            interpolation="BICUBIC").to_ndarray()
         return np.ascontiguousarray(np.rot90(array, self._quarter_turns)) if self._quarter_turns else array
@@ -299,19 +300,6 @@ class _PyAVSource:
         if self._container is not None:
             self._container.close()
             self._container = None
-
-
-def _new_reformatter(av):
-    """One swscale context reused for a clip's frames; PyAV without VideoReformatter reformats per frame."""
-    try:
-        from av.video.reformatter import VideoReformatter
-    except ImportError:  # pragma: no cover - very old PyAV
-        class _PerFrame:
-            @staticmethod
-            def reformat(frame, **kwargs):
-                return frame.reformat(**kwargs)
-        return _PerFrame()
-    return VideoReformatter()
 
 
 def _quarter_turns(degrees) -> int:

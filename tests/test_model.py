@@ -69,7 +69,7 @@ def _prompt(lm, frames: int, question: str, choices):
     return tokenize(lm, prefix), tokenize(lm, suffix)
 
 
-def test_pipeline_split_tokenizes_like_the_whole_prompt(lm):
+def test_pipeline_split_tokenizes_like_the_whole_prompt(lm, real_data_dir_or_none):
     """The shared prefix (frames + intro) and each question's suffix, tokenized apart as the pipeline does,
     are the tokens of the whole prompt: moving the intro into the prefix changes nothing the model reads.
     Every real question where ../shared is present, else synthetic ones."""
@@ -77,10 +77,9 @@ def test_pipeline_split_tokenizes_like_the_whole_prompt(lm):
     from roadbuddy.data import load_questions
     from roadbuddy.pipeline import prefix_ids_of, question_ids
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "roadbuddy-data"
-    if (shared / "train.json").is_file():
+    if real_data_dir_or_none is not None:
         questions = [q for name in ("train.json", "public_test.json", "private_test.json")
-                     for q in load_questions(shared / name)]
+                     for q in load_questions(real_data_dir_or_none / name)]
     else:
         from roadbuddy.data import Question
         questions = [Question(id=f"q{i}", question=text, choices=choices, raw_choices=choices,

@@ -186,11 +186,9 @@ def test_decoder_scaling_gives_the_same_tiles_approximately(lm, synthetic_datase
     assert fast.frame_order == card.frame_order and fast.tiles_per_frame == card.tiles_per_frame
     assert fast.pixel_values.shape == card.pixel_values.shape
     diff = (fast.pixel_values - card.pixel_values).abs().mean().item()
-    print(f"mean absolute difference, decoder-scaled vs card: {diff:.4f} (normalised)")
     assert 0 < diff < 0.06  # normalised units: 1 uint8 level is about 0.017; two bicubic resamplers
     assert [r.info.backend for r in opened] == ["decord" if video.decoders_available()["decord"] else "pyav",
                                                 "pyav"]  # the scaled read prefers PyAV, the card's decord
     tiled = pipeline.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True, max_num=6),
                                   lm.image_size, lm.tokens_per_tile)
     assert max(tiled.tiles_per_frame) > 1  # scaling only applies to one tile per frame
-
