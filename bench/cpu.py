@@ -442,8 +442,10 @@ def measure_share_prefix(lm, test_json: Path, work_dir: Path, rounds: int = 3, f
     if any(w.error for w in works):
         raise RuntimeError(f"clips failed to decode: {[w.error for w in works if w.error]}")
     shared, plain = cfg.replace(share_prefix=True), cfg.replace(share_prefix=False)
+    one = shared.replace(batch_questions=False)
     answer_all(lm, works[:1], shared)  # warm-up: first-call allocations and kernels
     times, results = interleaved({"shared": lambda: answer_all(lm, works, shared),
+                                  "one": lambda: answer_all(lm, works, one),
                                   "plain": lambda: answer_all(lm, works, plain)}, rounds, settle)
     questions = sum(len(w.questions) for w in works)
     records = results["shared"]
@@ -452,11 +454,15 @@ def measure_share_prefix(lm, test_json: Path, work_dir: Path, rounds: int = 3, f
         "visual_tokens": records[0]["visual_tokens"],
         "prompt_tokens_mean": statistics.mean(r["prompt_tokens"] for r in records),
         "shared_qps": questions / best(times["shared"]), "plain_qps": questions / best(times["plain"]),
+        "one_at_a_time_qps": questions / best(times["one"]),
         "shared_over_plain": best(times["plain"]) / best(times["shared"]),
+        "shared_over_one_at_a_time": best(times["one"]) / best(times["shared"]),
         "group_prefill_ms": statistics.mean(r["timings_ms"]["group_prefill"] for r in records),
         "shared_question_ms": statistics.mean(r["timings_ms"]["question"] for r in records),
+        "one_at_a_time_question_ms": statistics.mean(r["timings_ms"]["question"] for r in results["one"]),
         "plain_question_ms": statistics.mean(r["timings_ms"]["question"] for r in results["plain"]),
         **compare_records(records, results["plain"]),
+        **{f"one_at_a_time_{k}": v for k, v in compare_records(records, results["one"]).items()},
     }
 
 
@@ -634,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 settle=settle))
         finally:
             torch.set_num_threads(before)
-        sections.append(("model: shared prefix (frames and intro prefilled once a clip) vs plain, 4 clips, "
+        sections.append(("model: shared prefix (frames and intro prefilled once a clip, questions batched) vs one question "
+                         "a forward on the prefix vs plain, 4 clips, "
                          "16 frames x 1 tile, 3 questions a clip", table_text(doc["share_prefix"])))
     if args.what in ("overlap", "all"):
         lm = mid_model()

@@ -33,9 +33,11 @@ class Setting:
     max_num: int = 1
     share_prefix: bool = True
     decoder_scaling: bool = True
+    batch_questions: bool = True
 
     def apply(self, cfg: RunConfig) -> RunConfig:
-        cfg = cfg.replace(share_prefix=self.share_prefix, decoder_scaling=self.decoder_scaling)
+        cfg = cfg.replace(share_prefix=self.share_prefix, decoder_scaling=self.decoder_scaling,
+                          batch_questions=self.batch_questions)
         if self.frames is None:
             return cfg
         per_frame = frames.tiles_per_frame(2560, 1440, self.max_num, True) * TOKENS_PER_TILE
@@ -48,7 +50,8 @@ SETTINGS = [
     Setting("16f-6t", 16, max_num=6), Setting("adaptive", None),
 ]
 PLAIN_SETTING = Setting("32f-plain", 32, share_prefix=False)  # issue 7: the per-question path beside it
-EXTRA_BF16 = [Setting("32f-card-resize", 32, decoder_scaling=False)]  # issue 7: the card's PIL resize beside it
+EXTRA_BF16 = [  # issue 7 beside the default: the card's PIL resize; one forward per question on the shared prefix
+    Setting("32f-card-resize", 32, decoder_scaling=False), Setting("32f-one-at-a-time", 32, batch_questions=False)]
 QUANTS = [None, "8bit", "4bit"]
 
 # Real RoadBuddy-style questions (train split wording) so text token counts are realistic.
@@ -148,6 +151,7 @@ def measure(lm, cfg: RunConfig, sampler, counts, label: str) -> dict:
         "frames": f"{cfg.min_frames}-{cfg.max_frames}" if cfg.min_frames != cfg.max_frames else cfg.min_frames,
         "max_num": cfg.max_num,
         "share_prefix": cfg.share_prefix,
+        "batch_questions": cfg.batch_questions,
         "questions": summary.answered,
         "errors": len(summary.errors),
         "nan_answers": sum(any(v != v for v in r.get("probs", {}).values()) for r in records),

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-share-prefix", action="store_true",
                    help="plain path: every question re-encodes its frames and prefills the whole prompt "
                         "(default: a clip's frames are encoded and prefilled once for all its questions)")
+    s.add_argument("--no-batch-questions", action="store_true",
+                   help="score mode on the shared prefix: one forward pass per question (default: a clip's "
+                        "questions go through together, each seeing only the frames and its own tokens)")
     s.add_argument("--prefetch", type=int, default=d.prefetch,
                    help=f"clips decoded ahead on a worker thread, 0 = none (default: {d.prefetch})")
     s.add_argument("--sample-timeout", type=float, default=None, metavar="SECONDS",
@@ -124,6 +127,7 @@ def config_from_args(args: argparse.Namespace, shard: Shard = Shard()) -> RunCon
         frames_per_second=args.frames_per_second, max_visual_tokens=args.max_visual_tokens,
         support_frames=not args.no_support_frames, max_num=args.max_num, simple_prompts=args.simple_prompts,
         answer_mode=args.answer_mode, max_new_tokens=args.max_new_tokens, share_prefix=not args.no_share_prefix,
+        batch_questions=not args.no_batch_questions,
         prefetch=args.prefetch, sample_timeout=args.sample_timeout, decode_threads=args.decode_threads,
         decoder_scaling=not args.no_decoder_scaling, embeddings_on_cpu=not args.embeddings_on_gpu,
         seed=args.seed, strict=args.strict,

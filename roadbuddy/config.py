@@ -59,6 +59,7 @@ class RunConfig:
 
     # speed
     share_prefix: bool = True  # prefill a clip's frames once for all its questions
+    batch_questions: bool = True  # score mode: a clip's question suffixes in one forward on the shared prefix
     decode_threads: int = 0  # 0 = decoder's default
     decoder_scaling: bool = True  # with max_num=1, the decoder scales frames to the tile size (not the card's PIL bicubic)
     prefetch: int = 2  # clips decoded and tiled ahead on a worker thread (0 = in line)

@@ -3,7 +3,7 @@
 The hot path per clip:
     features = encode_tiles(lm, pixel_values)            # vision tower once per clip
     prefix   = prefill(lm, prefix_ids, features)         # frames once per clip (KV cache)
-    for each question: logits = extend(lm, prefix, suffix_ids)   # only the question's tokens
+    logits   = forward_packed(lm, [suffix_ids, ...], prefix)   # every question's own tokens, one pass
 No remote code is ever enabled and checkpoints load from safetensors only.
 """
 from __future__ import annotations
@@ -255,6 +255,37 @@ def forward(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None, c
         out = lm.model(inputs_embeds=embeds[:, start:start + step], use_cache=True, logits_to_keep=1,
                        **{lm.cache_kwarg: cache})
     return out.logits[0, -1].float()
+
+
+def can_pack(lm: LoadedModel) -> bool:
+    """Whether several question suffixes can share one forward (an explicit 4D mask is needed: SDPA and
+    eager attention take one, flash_attention_2 does not)."""
+    return lm.attn_impl in ("sdpa", "eager")
+
+
+@torch.inference_mode()
+def forward_packed(lm: LoadedModel, suffixes: list[torch.Tensor], cache) -> torch.Tensor:
+    """Several questions' suffixes (each 1 x T_i) after one cached prefix, in one forward pass.
+
+    The suffixes go in side by side as one sequence; a 4D mask lets each token see the whole prefix and
+    the earlier tokens of its own suffix only, and position ids restart after the prefix for each, so
+    every suffix is computed as if it followed the prefix alone. Returns the next-token logits after
+    each suffix ([len(suffixes), vocab]); the cache then holds all the suffixes: rewind it.
+    """
+    prefix_len = cache.get_seq_length()
+    ids = torch.cat(suffixes, dim=1)
+    embeds = _embed(lm, ids, None)
+    lengths = torch.tensor([s.shape[1] for s in suffixes], device=embeds.device)
+    owner = torch.repeat_interleave(torch.arange(len(suffixes), device=embeds.device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    offset = torch.arange(ids.shape[1], device=embeds.device) - starts[owner]  # position inside its suffix
+    sees = (owner[:, None] == owner[None, :]) & (offset[:, None] >= offset[None, :])
+    sees = torch.cat([sees.new_ones(ids.shape[1], prefix_len), sees], dim=1)
+    mask = torch.zeros(sees.shape, dtype=embeds.dtype, device=embeds.device)
+    mask.masked_fill_(~sees, torch.finfo(embeds.dtype).min)
+    out = lm.model(inputs_embeds=embeds, attention_mask=mask[None, None], position_ids=(prefix_len + offset)[None],
+                   use_cache=True, logits_to_keep=starts + lengths - 1, **{lm.cache_kwarg: cache})
+    return out.logits[0].float()
 
 
 @torch.inference_mode()

@@ -21,7 +21,8 @@ from roadbuddy import answers, distributed, frames, memory, prompts, tiles
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question, group_by_video, load_questions, prior_letter
 from roadbuddy.distributed import Shard
-from roadbuddy.model import LoadedModel, encode_tiles, forward, greedy, letter_probs, new_cache, rewind, tokenize
+from roadbuddy.model import (LoadedModel, can_pack, encode_tiles, forward, forward_packed, greedy, letter_probs,
+                             new_cache, rewind, tokenize)
 from roadbuddy.output import (OutputError, OutputPaths, PredictionLog, RunLock, check_run_info, load_predictions,
                               prepare_output, write_submissions)
 from roadbuddy.video import VideoError, open_video
@@ -119,6 +120,7 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
         rows = work.tile_rows(frame_idx)
         tiles_per_frame = work.tiles_of(frame_idx)
         prefix_ids = prefix_ids_of(lm, tiles_per_frame, cfg)
+        suffixes = {q.id: question_ids(lm, q, cfg) for q in group}
         group_ms = 0.0
         if cfg.share_prefix:
             t = time.perf_counter()
@@ -127,10 +129,24 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
             prefix_len = cache.get_seq_length()
             _sync(lm)
             group_ms = (time.perf_counter() - t) * 1000
+        packed: dict[str, tuple[torch.Tensor, float]] = {}  # question id -> (logits, its share of the pass in ms)
+        if cfg.share_prefix and cfg.batch_questions and cfg.answer_mode == "score" and can_pack(lm):
+            for pack in question_packs([suffixes[q.id] for q in group], cfg.prefill_chunk):
+                if len(pack) < 2:
+                    continue
+                t = time.perf_counter()
+                logits = forward_packed(lm, [suffixes[group[i].id] for i in pack], cache)
+                rewind(cache, prefix_len)
+                _sync(lm)
+                share = (time.perf_counter() - t) * 1000 / len(pack)
+                packed.update({group[i].id: (logits[j], share) for j, i in enumerate(pack)})
         for q in group:
             t = time.perf_counter()
-            suffix_ids = question_ids(lm, q, cfg)
-            if cfg.share_prefix:
+            suffix_ids = suffixes[q.id]
+            pass_ms = 0.0
+            if q.id in packed:
+                logits, pass_ms = packed[q.id]
+            elif cfg.share_prefix:
                 logits = forward(lm, suffix_ids, None, cache)
             else:  # the plain path: re-encode this question's frames, prefill the whole prompt
                 cache = new_cache(lm)
@@ -141,7 +157,7 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
             if cfg.share_prefix:
                 rewind(cache, prefix_len)
             _sync(lm)
-            own_ms = (time.perf_counter() - t) * 1000
+            own_ms = (time.perf_counter() - t) * 1000 + pass_ms
             record.update(
                 frames=list(frame_idx),
                 tiles=int(sum(tiles_per_frame)),
@@ -152,6 +168,21 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
                             "question": round(own_ms, 3)},
             )
             yield record
+
+
+def question_packs(suffixes: list[torch.Tensor], max_tokens: int) -> list[list[int]]:
+    """Consecutive questions grouped so each group's suffix tokens stay within `max_tokens` (the prefill
+    chunk, which bounds activation memory; 0 = no bound); a question longer than that goes alone."""
+    packs: list[list[int]] = []
+    tokens = 0
+    for i, suffix in enumerate(suffixes):
+        n = suffix.shape[1]
+        if not packs or (max_tokens > 0 and tokens + n > max_tokens):
+            packs.append([])
+            tokens = 0
+        packs[-1].append(i)
+        tokens += n
+    return packs
 
 
 def prefix_ids_of(lm: LoadedModel, tiles_per_frame, cfg: RunConfig) -> torch.Tensor:

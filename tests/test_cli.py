@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from roadbuddy.cli import build_parser
 from roadbuddy.data import load_questions
 
 
@@ -166,14 +168,17 @@ def test_usage_errors_exit_2(tmp_path):
     assert res.returncode == 2 and "missing.json" in res.stderr
 
 
-def test_help_documents_every_flag():
+def test_help_and_readme_document_every_flag():
     res = subprocess.run([sys.executable, "-m", "roadbuddy", "--help"], capture_output=True, text=True)
     assert res.returncode == 0
-    for flag in ["--model", "--device", "--min-frames", "--max-frames", "--max-num", "--test-json", "--data-dir",
-                 "--output", "--no-support-frames", "--no-flash-attn", "--simple-prompts", "--load-in-8bit",
-                 "--load-in-4bit", "--verbose", "--answer-mode", "--max-visual-tokens", "--limit", "--strict",
-                 "--demo", "--no-share-prefix", "--frames-per-second"]:
+    flags = [o for action in build_parser()._actions for o in action.option_strings if o.startswith("--")]
+    assert len(flags) > 25 and "--no-batch-questions" in flags
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = " ".join(line for line in readme.splitlines() if line.startswith("| `--"))  # the flag table's rows
+    for flag in flags:
         assert flag in res.stdout
+        if flag != "--help":
+            assert re.search(rf"`{re.escape(flag)}[` ]", table), f"README's flag table lacks {flag}"
 
 
 def test_demo_runs_without_downloads(tmp_path):

@@ -1,6 +1,7 @@
 """The model layer on a tiny random-weight InternVL: loading rules, the shared-prefix path, score mode."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,8 +11,8 @@ import torch
 
 from roadbuddy import prompts
 from roadbuddy.config import RunConfig
-from roadbuddy.model import (ModelLoadError, encode_tiles, forward, forward_official, letter_probs, load_model,
-                             new_cache, resolve_model_id, rewind, tokenize)
+from roadbuddy.model import (ModelLoadError, can_pack, encode_tiles, forward, forward_official, forward_packed,
+                             letter_probs, load_model, new_cache, resolve_model_id, rewind, tokenize)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,37 @@ def test_shared_prefix_equals_full_prompt_and_official_forward(lm):
         official = forward_official(lm, full_ids, pixels)
         torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(plain, official, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lengths", [(1, 1), (5, 17, 2), (40, 3, 11, 1, 26, 9)])
+def test_packed_questions_equal_one_at_a_time_and_the_whole_prompt(lm, lengths):
+    """forward_packed: each suffix sees the prefix and its own tokens only, at its own positions."""
+    torch.manual_seed(len(lengths))
+    pixels = torch.randn(4, 3, lm.image_size, lm.image_size)
+    features = encode_tiles(lm, pixels)
+    prefix_ids, _ = _prompt(lm, 4, "?", ["a", "b"])
+    vocab = lm.config.text_config.vocab_size
+    suffixes = [torch.randint(10, vocab - 10, (1, n)) for n in lengths]
+    cache = new_cache(lm)
+    forward(lm, prefix_ids, features, cache)
+    prefix_len = cache.get_seq_length()
+    packed = forward_packed(lm, suffixes, cache)
+    assert packed.shape == (len(lengths), vocab)
+    assert cache.get_seq_length() == prefix_len + sum(lengths)
+    rewind(cache, prefix_len)
+    for i, suffix in enumerate(suffixes):
+        alone = forward(lm, suffix, None, cache)
+        rewind(cache, prefix_len)
+        whole = forward(lm, torch.cat([prefix_ids, suffix], dim=1), features, new_cache(lm))
+        torch.testing.assert_close(packed[i], alone, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(packed[i], whole, rtol=1e-4, atol=1e-4)
+    # a wrong mask would not be caught by equal lengths: the last suffix must not see the others
+    assert not torch.allclose(packed[-1], forward(lm, torch.cat(suffixes, dim=1), None, cache), atol=1e-3)
+
+
+def test_packing_needs_an_attention_that_takes_a_mask(lm):
+    assert can_pack(lm)
+    assert not can_pack(dataclasses.replace(lm, attn_impl="flash_attention_2"))
 
 
 def test_letter_probs_cover_only_valid_letters(lm):

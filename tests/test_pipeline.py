@@ -1,6 +1,7 @@
 """Pipeline behaviour that needs no subprocess: the out-of-memory ladder, prefetch, per-question records."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -99,6 +100,74 @@ def test_support_frames_give_per_question_frames_and_share_the_decode(lm, synthe
     for qid, r in records(plain).items():
         assert r["answer"] == recs[qid]["answer"]
         assert r["probs"] == pytest.approx(recs[qid]["probs"], abs=1e-4)
+
+
+def _drop_support_after_first(src, dst):
+    """The dataset with support frames kept only on each clip's first question: the others share the
+    clip's default frames, so a clip has both a support-frame group and a group of several questions."""
+    doc = json.loads(src.read_text(encoding="utf-8"))
+    seen = set()
+    for item in doc["data"]:
+        if item["video_path"] in seen:
+            item.pop("support_frames", None)
+        seen.add(item["video_path"])
+    dst.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    return dst
+
+
+@pytest.mark.parametrize("support", [False, True])
+def test_batched_questions_answer_as_one_at_a_time_and_plain(monkeypatch, lm, synthetic_dataset, tmp_path, support):
+    packs = []
+    real = pipeline.forward_packed
+
+    def counted(lm_, suffixes, cache):
+        packs.append(len(suffixes))
+        return real(lm_, suffixes, cache)
+
+    monkeypatch.setattr(pipeline, "forward_packed", counted)
+    data = _drop_support_after_first(synthetic_dataset, synthetic_dataset.parent / "mixed.json") if support \
+        else synthetic_dataset
+    base = RunConfig(model="tiny", test_json=data, device="cpu", progress=False, support_frames=support)
+    outs = {}
+    for name, changes in {"batched": {}, "one": {"batch_questions": False}, "plain": {"share_prefix": False}}.items():
+        cfg = base.replace(output=tmp_path / name / "s.csv", **changes)
+        before = len(packs)
+        run(cfg, lm)
+        outs[name] = records(cfg)
+        assert (len(packs) > before) == (name == "batched")
+    # the synthetic clips have 1, 2 and 3 questions: packs of 2 and 3 without support frames; with them,
+    # only the clip whose second and third questions share the default frames packs (2)
+    assert sorted(packs) == ([2] if support else [2, 3])
+    assert set(outs["batched"]) == {q.id for q in load_questions(data)}
+    for name in ("one", "plain"):
+        for qid, r in outs[name].items():
+            assert r["answer"] == outs["batched"][qid]["answer"]
+            assert r["probs"] == pytest.approx(outs["batched"][qid]["probs"], abs=1e-5)
+            assert r["frames"] == outs["batched"][qid]["frames"]
+
+
+@pytest.mark.parametrize("tokens,limit,expected", [
+    ([5, 5, 5], 0, [[0, 1, 2]]),
+    ([5, 5, 5], 10, [[0, 1], [2]]),
+    ([12, 3, 3, 12], 10, [[0], [1, 2], [3]]),
+    ([4], 2, [[0]]),
+])
+def test_question_packs_keep_order_and_the_token_bound(tokens, limit, expected):
+    assert pipeline.question_packs([torch.zeros(1, n) for n in tokens], limit) == expected
+
+
+def test_no_packing_in_generate_mode_or_without_a_mask(monkeypatch, lm, synthetic_dataset, tmp_path):
+    def refuse(*_a, **_k):
+        raise AssertionError("forward_packed should not run here")
+
+    monkeypatch.setattr(pipeline, "forward_packed", refuse)
+    for name, cfg_lm in {"generate": (dict(answer_mode="generate", max_new_tokens=2), lm),
+                         "flash": ({}, dataclasses.replace(lm, attn_impl="flash_attention_2"))}.items():
+        changes, model = cfg_lm
+        cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / name / "s.csv", device="cpu",
+                        progress=False, support_frames=False, **changes)
+        summary = run(cfg, model)
+        assert summary.unexpected == 0 and not summary.errors
 
 
 def test_plan_frames_respects_the_token_budget(lm):
