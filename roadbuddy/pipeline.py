@@ -171,8 +171,10 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
 
 
 def question_packs(suffixes: list[torch.Tensor], max_tokens: int) -> list[list[int]]:
-    """Consecutive questions grouped so each group's suffix tokens stay within `max_tokens` (the prefill
-    chunk, which bounds activation memory; 0 = no bound); a question longer than that goes alone."""
+    """Consecutive questions grouped so each group's suffix tokens stay within `max_tokens` (0 = no bound);
+    a question longer than that goes alone. The pipeline passes the prefill chunk: a pack then attends
+    to at most the prefix plus a chunk's worth of tokens, as the prefill's last chunk did, so its
+    activations and attention scores never exceed the prefill's (the peak the VRAM estimate covers)."""
     packs: list[list[int]] = []
     tokens = 0
     for i, suffix in enumerate(suffixes):
