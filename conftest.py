@@ -87,4 +87,11 @@ def pytest_addoption(parser):
     group.addoption("--load-in-4bit", dest="eval_load_in_4bit", action="store_true")
     group.addoption("--no-flash-attn", dest="eval_no_flash_attn", action="store_true")
     group.addoption("--no-share-prefix", dest="eval_no_share_prefix", action="store_true")
+    group.addoption("--no-batch-questions", dest="eval_no_batch_questions", action="store_true")
+    group.addoption("--no-decoder-scaling", dest="eval_no_decoder_scaling", action="store_true",
+                    help="the card's exact pixels (full-size decode, PIL bicubic)")
+    group.addoption("--embeddings-on-gpu", dest="eval_embeddings_on_gpu", action="store_true")
+    group.addoption("--prefetch", dest="eval_prefetch", type=int, default=None)
+    group.addoption("--decode-threads", dest="eval_decode_threads", type=int, default=None)
+    group.addoption("--sample-timeout", dest="eval_sample_timeout", type=float, default=None, metavar="SECONDS")
     group.addoption("--seed", dest="eval_seed", type=int, default=None)

@@ -8,7 +8,8 @@ which measures the issue 7 ratios side by side and, with --out DIR, writes DIR/c
 
 Data paths, each returning a `Prepared` (frame indices, pixel_values [tiles,3,S,S] float32, tiles per frame):
   ours       pipeline.prepare_clip itself (open_video -> frames.select_frames -> VideoReader.get ->
-             tiles.frames_to_pixel_values), so the benches follow it when it changes; by default with one
+             tiles.frames_to_tiles), then tiles.normalize_tiles on the CPU (the pipeline runs that on the
+             model's device; normalise=False leaves it out), so the benches follow it when it changes; by default with one
              tile the decoder scales frames to SxS (PyAV first, swscale bicubic, no PIL), and with
              decoder_scaling=False it is the card's exact path (full-size frames, decord first, PIL bicubic)
   card       the model card's load_video, written out here from the card (not from roadbuddy), minus torchvision
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from roadbuddy import pipeline
+from roadbuddy import pipeline, tiles
 
 IMAGE_SIZE = 448
 RESOLUTIONS = {"720p": (1280, 720), "1440p": (2560, 1440)}
@@ -98,8 +99,12 @@ class Prepared:
 
 
 def ours(path: Path, k: int, max_num: int = 1, backend: str = "auto", threads: int = 0,
-         image_size: int = IMAGE_SIZE, decoder_scaling: bool = True) -> Prepared:
+         image_size: int = IMAGE_SIZE, decoder_scaling: bool = True, normalise: bool = True) -> Prepared:
     """pipeline.prepare_clip itself, for one question without support frames: k frames, up to max_num tiles.
+
+    prepare_clip hands the model uint8 tiles, which encode_tiles normalises on the model's device;
+    with normalise=True (the default, like for like with the card) the normalisation runs here on the
+    CPU as part of the call and pixel_values are the float32 values; normalise=False stops at the tiles.
 
     The pipeline has no backend setting (it opens clips with "auto"); backend="pyav" hides decord and
     backend="decord" hides PyAV for the call, the way video.py documents for a missing decoder.
@@ -115,7 +120,8 @@ def ours(path: Path, k: int, max_num: int = 1, backend: str = "auto", threads: i
         work = pipeline.prepare_clip(path, [question], cfg, image_size, tokens_per_tile=256)
     if work.error:
         raise RuntimeError(work.error)
-    return Prepared(list(work.frame_order), work.pixel_values, work.tiles_per_frame)
+    pixels = tiles.normalize_tiles(work.tiles) if normalise else work.tiles
+    return Prepared(list(work.frame_order), pixels, work.tiles_per_frame)
 
 
 @contextlib.contextmanager
@@ -240,7 +246,9 @@ def card(path: Path, k: int, max_num: int = 1, threads: int = 1, image_size: int
 
 
 def mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean |a - b| over normalised pixel values (1 uint8 level is about 0.017 after /255 and /std)."""
+    """Mean |a - b| over normalised pixel values (1 uint8 level is about 0.017 after /255 and /std);
+    uint8 tiles are normalised first."""
+    a, b = (tiles.normalize_tiles(x) if x.dtype == torch.uint8 else x for x in (a, b))
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     return float((a.double() - b.double()).abs().mean())
@@ -395,6 +403,7 @@ def compare_records(a: list[dict], b: list[dict]) -> dict:
 CARD = "card (decord num_threads=1, as on the card)"
 FLOOR = "floor: PyAV decode of every frame, no RGB"
 OURS = "ours (default: decoder-scaled, PyAV first)"
+OURS_TILES = "ours, uint8 tiles (normalised later on the model's device)"
 
 
 def measure_datapath(clip: Path, k: int = 32, rounds: int = 3, threads: int = 0, settle=None) -> list[dict]:
@@ -409,6 +418,7 @@ def measure_datapath(clip: Path, k: int = 32, rounds: int = 3, threads: int = 0,
         paths[f"card (decord num_threads={threads})"] = lambda: card(clip, k, threads=threads)
     paths.update({
         OURS: lambda: ours(clip, k, threads=threads),
+        OURS_TILES: lambda: ours(clip, k, threads=threads, normalise=False),
         "ours, decoder-scaled, decord only": lambda: ours(clip, k, backend="decord", threads=threads),
         "ours --no-decoder-scaling (card's pixels), decord": lambda: ours(clip, k, threads=threads,
                                                                           decoder_scaling=False),

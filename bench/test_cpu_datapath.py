@@ -1,7 +1,7 @@
 """Issue 5, CPU part: the data path (decode + frame selection + tiling) beside the model card's.
 
 Every benchmark times our path, pipeline.prepare_clip itself (today open_video -> frames.select_frames ->
-VideoReader.get -> tiles.frames_to_pixel_values), with pytest-benchmark, and runs the model card's
+VideoReader.get -> tiles.frames_to_tiles -> tiles.normalize_tiles), with pytest-benchmark, and runs the model card's
 load_video (bench.cpu.card: per-frame decord access, PIL resizes, ToTensor + Normalize) on the same
 clip just before each round. Both times and their ratio go to the benchmark's extra_info
 (`--benchmark-json`) and to the table printed at the end of the module. Asserts: the frame indices are

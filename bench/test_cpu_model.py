@@ -50,7 +50,7 @@ def prompt(lm, work):
 
 @pytest.fixture(scope="module")
 def features(lm, work):
-    return encode_tiles(lm, work.pixel_values)
+    return encode_tiles(lm, work.tiles)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def _seconds(benchmark) -> float:
 
 def test_encode_tiles(benchmark, lm, work, table):
     benchmark.group = "model 16 frames x 1 tile"
-    out = benchmark.pedantic(encode_tiles, args=(lm, work.pixel_values), rounds=ROUNDS, warmup_rounds=1)
+    out = benchmark.pedantic(encode_tiles, args=(lm, work.tiles), rounds=ROUNDS, warmup_rounds=1)
     assert out.shape == (FRAMES, lm.tokens_per_tile, lm.config.text_config.hidden_size)
     assert torch.isfinite(out).all()
     table.append({"step": "encode 16 tiles", "tokens": FRAMES * lm.tokens_per_tile, "seconds": _seconds(benchmark)})

@@ -21,12 +21,19 @@ PREDICT_FLAGS = {
     "eval_max_frames": "--max-frames", "eval_frames_per_second": "--frames-per-second",
     "eval_max_visual_tokens": "--max-visual-tokens", "eval_max_num": "--max-num",
     "eval_answer_mode": "--answer-mode", "eval_max_new_tokens": "--max-new-tokens", "eval_seed": "--seed",
+    "eval_prefetch": "--prefetch", "eval_decode_threads": "--decode-threads", "eval_sample_timeout": "--sample-timeout",
 }
 PREDICT_SWITCHES = {
     "eval_no_support_frames": "--no-support-frames", "eval_simple_prompts": "--simple-prompts",
     "eval_load_in_8bit": "--load-in-8bit", "eval_load_in_4bit": "--load-in-4bit",
     "eval_no_flash_attn": "--no-flash-attn", "eval_no_share_prefix": "--no-share-prefix",
+    "eval_no_batch_questions": "--no-batch-questions", "eval_no_decoder_scaling": "--no-decoder-scaling",
+    "eval_embeddings_on_gpu": "--embeddings-on-gpu",
 }
+# roadbuddy-predict flags the eval sets itself: the split (--split), its report folder, --limit/--ids, the
+# progress bar (shown with -s); --strict, --demo and --verbose have no meaning for an eval
+HARNESS_FLAGS = {"--test-json", "--data-dir", "--output", "--limit", "--no-progress", "--strict", "--demo",
+                 "--verbose", "--help"}
 
 
 @dataclass

@@ -84,10 +84,8 @@ def reverse_frame_order(monkeypatch):
 
 
 def _replace_normalisation(monkeypatch, to_float):
-    """tiles._normalize_uint8 replaced: uint8 [N,S,S,3] -> to_float(planar float32 [N,3,S,S] of 0-255)."""
-    monkeypatch.setattr(tiles, "_normalize_uint8",
-                        lambda stacked: to_float(torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32)
-                                                 .contiguous()))
+    """tiles.normalize_tiles replaced: uint8 tiles [N,3,S,S] -> to_float(float32 [N,3,S,S] of 0-255)."""
+    monkeypatch.setattr(tiles, "normalize_tiles", lambda uint8: to_float(uint8.to(torch.float32)))
 
 
 def skip_normalisation(monkeypatch):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from roadbuddy import tiles
 from roadbuddy.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -212,10 +213,16 @@ def tokenize(lm: LoadedModel, text: str, *, as_text: bool = False) -> torch.Tens
 
 @torch.inference_mode()
 def encode_tiles(lm: LoadedModel, pixel_values: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    """Vision tower + projector over tiles, `batch` tiles at a time: [tiles, tokens_per_tile, hidden]."""
+    """Vision tower + projector over tiles, `batch` tiles at a time: [tiles, tokens_per_tile, hidden].
+
+    uint8 tiles [N,3,S,S] (what the pipeline prepares) go to the device as they are and are
+    normalised there (`tiles.normalize_tiles`); float pixel values are taken as already normalised."""
     outs = []
     for start in range(0, pixel_values.shape[0], batch):
-        chunk = pixel_values[start:start + batch].to(lm.device, lm.dtype, non_blocking=True)
+        chunk = pixel_values[start:start + batch].to(lm.device, non_blocking=True)
+        if chunk.dtype == torch.uint8:
+            chunk = tiles.normalize_tiles(chunk)
+        chunk = chunk.to(lm.dtype)  # the float32 copy is freed before the tower runs
         out = lm.model.get_image_features(pixel_values=chunk)
         outs.append(out.pooler_output if hasattr(out, "pooler_output") else out)
     return torch.cat(outs)

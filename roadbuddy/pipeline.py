@@ -38,14 +38,14 @@ class ClipWork:
     questions: list[Question]
     frames_by_question: dict[str, tuple[int, ...]] = field(default_factory=dict)
     frame_order: list[int] = field(default_factory=list)  # decoded frame indices, ascending
-    pixel_values: torch.Tensor | None = None  # tiles of frame_order, concatenated
+    tiles: torch.Tensor | None = None  # uint8 [N,3,S,S]: the tiles of frame_order, concatenated (normalised on the device)
     tiles_per_frame: list[int] = field(default_factory=list)
     prepare_ms: float = 0.0
     error: str | None = None
     frame_cap: int | None = None  # set when --sample-timeout lowered this clip's frame count
 
     def tile_rows(self, frame_indices: tuple[int, ...]) -> list[int]:
-        """Rows of pixel_values (and of the encoded features) holding the tiles of these frames, in order."""
+        """Rows of `tiles` (and of the encoded features) holding the tiles of these frames, in order."""
         starts = np.concatenate([[0], np.cumsum(self.tiles_per_frame)])
         pos = {f: i for i, f in enumerate(self.frame_order)}
         return [r for f in frame_indices for r in range(starts[pos[f]], starts[pos[f] + 1])]
@@ -89,7 +89,7 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, image_s
             work.frames_by_question = plan_frames(reader.info, questions, cfg, image_size, tokens_per_tile)
             work.frame_order = sorted({f for idx in work.frames_by_question.values() for f in idx})
             decoded = reader.get(work.frame_order, size=scale)
-        work.pixel_values, work.tiles_per_frame = tiles.frames_to_pixel_values(
+        work.tiles, work.tiles_per_frame = tiles.frames_to_tiles(
             decoded, image_size, max_num=cfg.max_num, use_thumbnail=cfg.use_thumbnail)
     except VideoError as exc:
         work.error = str(exc)
@@ -112,7 +112,7 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
     features = None
     if cfg.share_prefix:
         t = time.perf_counter()
-        features = encode_tiles(lm, work.pixel_values, cfg.vision_batch)
+        features = encode_tiles(lm, work.tiles, cfg.vision_batch)
         _sync(lm)
         clip_ms += (time.perf_counter() - t) * 1000
 
@@ -150,7 +150,7 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
                 logits = forward(lm, suffix_ids, None, cache)
             else:  # the plain path: re-encode this question's frames, prefill the whole prompt
                 cache = new_cache(lm)
-                q_features = encode_tiles(lm, work.pixel_values[rows], cfg.vision_batch)
+                q_features = encode_tiles(lm, work.tiles[rows], cfg.vision_batch)
                 logits = forward(lm, torch.cat([prefix_ids, suffix_ids], dim=1), q_features, cache,
                                  chunk=cfg.prefill_chunk)
             record = _answer(lm, q, logits, cache, cfg)

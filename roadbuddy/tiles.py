@@ -1,7 +1,8 @@
 """Frames to the vision tower's input: the model card's dynamic tiling and ImageNet normalisation.
 
 Pixel-for-pixel the card's `dynamic_preprocess` + `build_transform` (PIL bicubic resizes,
-/255, (x - mean) / std), with the normalisation done once on the stacked tiles.
+/255, (x - mean) / std). Tiling gives uint8 tiles; the normalisation runs once on the stacked
+tiles, where they are used (the pipeline normalises on the model's device).
 """
 from __future__ import annotations
 
@@ -63,15 +64,23 @@ def tile_image(image: Image.Image, image_size: int, max_num: int = 1, min_num: i
     return tiles
 
 
-def _normalize_uint8(stacked: np.ndarray) -> torch.Tensor:
-    """uint8 [N,S,S,3] -> float32 [N,3,S,S]; the same float32 ops as ToTensor + Normalize.
+def _planar(stacked: np.ndarray) -> torch.Tensor:
+    """uint8 [N,S,S,3] -> uint8 [N,3,S,S], contiguous (a quarter of the bytes of transposing floats)."""
+    return torch.from_numpy(np.ascontiguousarray(stacked)).permute(0, 3, 1, 2).contiguous()
 
-    The uint8 array is made planar first (a quarter of the bytes of transposing the float32 result),
-    so every float pass runs over contiguous memory; the values are the same bit for bit."""
-    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+
+def normalize_tiles(tiles: torch.Tensor) -> torch.Tensor:
+    """uint8 tiles [N,3,S,S], on any device -> float32 [N,3,S,S] there: the card's ToTensor + Normalize.
+
+    The same float32 operations in the same order (/255, - mean, / std) over contiguous planes, so
+    the values equal the card's bit for bit. The divisors are tensors, not Python numbers: CUDA
+    divides by a scalar as a multiplication by its reciprocal, which differs in the last bit for
+    about half of the 256 levels."""
+    device = tiles.device
+    scale = torch.full((1, 1, 1, 1), 255.0, dtype=torch.float32, device=device)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return tiles.to(torch.float32).div_(scale).sub_(mean).div_(std)
 
 
 def _tile_array(tile: Image.Image, image_size: int) -> np.ndarray:
@@ -84,24 +93,30 @@ def _tile_array(tile: Image.Image, image_size: int) -> np.ndarray:
 
 def normalize(tiles: list[Image.Image], image_size: int) -> torch.Tensor:
     """The card's `build_transform` on each tile, stacked: float32 [N,3,S,S]."""
+    return normalize_tiles(_stack(tiles, image_size))
+
+
+def _stack(tiles: list[Image.Image], image_size: int) -> torch.Tensor:
     if not tiles:
-        return torch.empty((0, 3, image_size, image_size), dtype=torch.float32)
-    return _normalize_uint8(np.stack([_tile_array(t, image_size) for t in tiles]))
+        return torch.empty((0, 3, image_size, image_size), dtype=torch.uint8)
+    return _planar(np.stack([_tile_array(t, image_size) for t in tiles]))
 
 
-def frames_to_pixel_values(frames: np.ndarray | Sequence[np.ndarray], image_size: int, max_num: int = 1,
-                           use_thumbnail: bool = True) -> tuple[torch.Tensor, list[int]]:
-    """Tile and normalise uint8 RGB frames [K,H,W,3].
+def frames_to_tiles(frames: np.ndarray | Sequence[np.ndarray], image_size: int, max_num: int = 1,
+                    use_thumbnail: bool = True) -> tuple[torch.Tensor, list[int]]:
+    """Tile uint8 RGB frames [K,H,W,3] as the card does, without normalising.
 
-    Returns pixel_values float32 [sum of tiles, 3, S, S] (frame by frame, each frame's tiles
-    row-major then its thumbnail) and the number of tiles of each frame.
+    Returns uint8 tiles [sum of tiles, 3, S, S] (frame by frame, each frame's tiles row-major then
+    its thumbnail) and the number of tiles of each frame. `normalize_tiles` turns them into the
+    card's pixel values; the pipeline does that on the model's device (a quarter of the bytes to
+    move, and no float pass on the CPU).
 
     Frames that already are one SxS tile (the decoder scaled them, max_num=1) skip PIL: the card's
     1x1 grid resizes an SxS image to SxS and crops all of it, which are copies.
     """
     if max_num == 1 and isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 \
             and frames.shape[1:] == (image_size, image_size, 3):
-        return _normalize_uint8(np.ascontiguousarray(frames)), [1] * len(frames)
+        return _planar(frames), [1] * len(frames)
     tiles: list[Image.Image] = []
     counts: list[int] = []
     for frame in frames:
@@ -111,4 +126,11 @@ def frames_to_pixel_values(frames: np.ndarray | Sequence[np.ndarray], image_size
         frame_tiles = tile_image(image, image_size, max_num=max_num, use_thumbnail=use_thumbnail)
         tiles.extend(frame_tiles)
         counts.append(len(frame_tiles))
-    return normalize(tiles, image_size), counts
+    return _stack(tiles, image_size), counts
+
+
+def frames_to_pixel_values(frames: np.ndarray | Sequence[np.ndarray], image_size: int, max_num: int = 1,
+                           use_thumbnail: bool = True) -> tuple[torch.Tensor, list[int]]:
+    """`frames_to_tiles`, normalised on the CPU: float32 [sum of tiles, 3, S, S], the card's pixel values."""
+    tiles, counts = frames_to_tiles(frames, image_size, max_num=max_num, use_thumbnail=use_thumbnail)
+    return normalize_tiles(tiles), counts

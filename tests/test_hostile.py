@@ -313,7 +313,7 @@ def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     # time in test_cli_record_for_each_hostile_clip.
     work = prepare_clip(path, [q], cfg, image_size=56, tokens_per_tile=4)  # the run's own path, "auto"
     assert work.error is None and len(work.frame_order) == cfg.max_frames
-    assert work.pixel_values.shape[0] == cfg.max_frames
+    assert work.tiles.shape[0] == cfg.max_frames
 
 
 # --- the real CLI ------------------------------------------------------------------

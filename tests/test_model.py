@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from roadbuddy import prompts
+from roadbuddy import prompts, tiles
 from roadbuddy.config import RunConfig
 from roadbuddy.model import (ModelLoadError, can_pack, encode_tiles, forward, forward_official, forward_packed,
                              letter_probs, load_model, new_cache, resolve_model_id, rewind, tokenize)
@@ -146,6 +146,18 @@ def test_packed_questions_equal_one_at_a_time_and_the_whole_prompt(lm, lengths):
 def test_packing_needs_an_attention_that_takes_a_mask(lm):
     assert can_pack(lm)
     assert not can_pack(dataclasses.replace(lm, attn_impl="flash_attention_2"))
+
+
+def test_uint8_tiles_are_normalised_where_the_model_runs(lm, monkeypatch):
+    """encode_tiles on uint8 tiles (what the pipeline prepares) equals it on the card's float pixel values,
+    and the normalisation happens per chunk inside encode_tiles, not before."""
+    uint8 = torch.randint(0, 256, (5, 3, lm.image_size, lm.image_size), dtype=torch.uint8)
+    floats = tiles.normalize_tiles(uint8)
+    seen = []
+    real = tiles.normalize_tiles
+    monkeypatch.setattr(tiles, "normalize_tiles", lambda x: seen.append(x.shape[0]) or real(x))
+    torch.testing.assert_close(encode_tiles(lm, uint8, batch=2), encode_tiles(lm, floats, batch=2), rtol=0, atol=0)
+    assert seen == [2, 2, 1]
 
 
 def test_letter_probs_cover_only_valid_letters(lm):

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from roadbuddy import frames, tiles
-from roadbuddy.tiles import candidate_grids, choose_grid, frames_to_pixel_values, normalize, tile_image
+from roadbuddy.tiles import (candidate_grids, choose_grid, frames_to_pixel_values, frames_to_tiles, normalize,
+                             normalize_tiles, tile_image)
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -291,3 +292,33 @@ def test_frames_already_one_tile_skip_pil_with_the_same_values(image_size, count
     assert fast.is_contiguous() and fast.shape == (count, 3, image_size, image_size)
     assert torch.equal(fast, via_pil)
     np.testing.assert_allclose(fast.numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_normalize_tiles_is_the_cards_totensor_and_normalize_bit_for_bit():
+    """Every uint8 level in every channel, against torchvision's ToTensor + Normalize written out in torch."""
+    levels = np.arange(256, dtype=np.uint8)
+    image = np.stack(np.broadcast_arrays(levels[:, None], levels[None, :], levels[::-1, None]), axis=-1)  # 256x256x3
+    card = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(torch.float32).div(255)  # ToTensor
+    mean = torch.as_tensor(tiles.IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.as_tensor(tiles.IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    card = card.sub_(mean).div_(std)  # Normalize
+    ours = normalize_tiles(torch.from_numpy(image).permute(2, 0, 1)[None].contiguous())
+    assert ours.dtype == torch.float32 and torch.equal(ours[0], card)
+
+
+@settings(max_examples=20, deadline=None)
+@given(max_num=st.sampled_from([1, 6]), count=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
+def test_frames_to_tiles_are_uint8_and_normalise_to_the_pixel_values(max_num, count, seed):
+    batch = np.random.default_rng(seed).integers(0, 256, (count, 36, 64, 3), dtype=np.uint8)
+    uint8, counts = frames_to_tiles(batch, 28, max_num=max_num)
+    values, value_counts = frames_to_pixel_values(batch, 28, max_num=max_num)
+    assert uint8.dtype == torch.uint8 and uint8.is_contiguous() and uint8.shape == values.shape
+    assert counts == value_counts
+    assert torch.equal(normalize_tiles(uint8), values)
+
+
+def test_frames_already_one_tile_become_planar_uint8_unchanged():
+    batch = np.random.default_rng(3).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
+    uint8, counts = frames_to_tiles(batch, 28, max_num=1)
+    assert counts == [1, 1]
+    assert np.array_equal(uint8.numpy(), batch.transpose(0, 3, 1, 2))
