@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,6 +81,31 @@ def test_prefetch_and_inline_give_the_same_records(lm, synthetic_dataset, tmp_pa
         run(cfg, lm)
         outs[prefetch] = {k: (v["answer"], v["frames"], v["probs"]) for k, v in records(cfg).items()}
     assert outs[0] == outs[3]
+
+
+@pytest.mark.parametrize("prefetch", [1, 2, 4])
+def test_prefetch_queue_is_bounded_while_the_model_is_slow(monkeypatch, prefetch):
+    """With a slow consumer (the model), no more than `prefetch` clips are prepared ahead of the one being
+    answered, plus the one being prepared: memory stays flat on a long run."""
+    import threading
+
+    started, lock = [], threading.Lock()
+
+    def prepare(video, qs, cfg, image_size, tokens_per_tile):
+        with lock:
+            started.append(video)
+        return pipeline.ClipWork(video=video, questions=qs)
+
+    monkeypatch.setattr(pipeline, "prepare_clip", prepare)
+    clips = [(Path(f"clip{i}.mp4"), []) for i in range(12)]
+    seen, ahead = [], []
+    for work in pipeline.iter_prepared(clips, RunConfig(prefetch=prefetch), 56, 4):
+        seen.append(work.video)
+        time.sleep(0.02)  # the model answering; the worker has time to run ahead if it is allowed to
+        with lock:
+            ahead.append(len(started) - len(seen))
+    assert seen == [c for c, _ in clips] == started
+    assert max(ahead) == prefetch  # it runs ahead (decoding overlaps the model), and no further
 
 
 def test_support_frames_give_per_question_frames_and_share_the_decode(lm, synthetic_dataset, tmp_path):
