@@ -1,7 +1,7 @@
 """InternVL through transformers' native classes: load, encode frames, answer.
 
 The hot path per clip:
-    features = encode_tiles(lm, pixel_values)            # vision tower once per clip
+    features = encode_tiles(lm, tiles)                   # uint8 tiles normalised on the device; vision tower once per clip
     prefix   = prefill(lm, prefix_ids, features)         # frames once per clip (KV cache)
     logits   = forward_packed(lm, [suffix_ids, ...], prefix)   # every question's own tokens, one pass
 No remote code is ever enabled and checkpoints load from safetensors only.
