@@ -18,6 +18,44 @@ ROOT = Path(__file__).resolve().parent.parent
 CARRY = ROOT / ".gpu"
 
 
+def normalise_matches_cpu(device: str) -> str:
+    """tiles.normalize_tiles on `device` equals the CPU's (the card's values) bit for bit, every level."""
+    import torch
+
+    from roadbuddy import tiles
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    rows, cols = torch.meshgrid(levels, levels, indexing="ij")
+    x = torch.stack([rows, cols, 255 - rows])[None].contiguous()  # [1, 3, 256, 256]: each level in each channel
+    on_device = tiles.normalize_tiles(x.to(device)).cpu()
+    differ = int((on_device != tiles.normalize_tiles(x)).sum())
+    assert differ == 0, f"{differ} of {x.numel()} values differ from the CPU's"
+    return "bit for bit with the CPU"
+
+
+def batched_matches_one_at_a_time(model: Path, data: Path, out: Path, device: str, tol: float) -> str:
+    """The CLI with the clip's questions batched (default) and with --no-batch-questions: the same letter
+    probabilities within `tol`, and the same answers wherever the top two letters are further apart."""
+    from roadbuddy.cli import main as predict
+
+    runs = {}
+    for name, flags in {"batched": [], "one": ["--no-batch-questions"]}.items():
+        target = out / f"smoke-{name}" / "submission.csv"
+        rc = predict(["--model", str(model), "--test-json", str(data), "--output", str(target), "--no-progress",
+                      "--device", device, "--no-support-frames"] + flags)
+        assert rc == 0, f"{name}: exit {rc}"
+        runs[name] = {r["id"]: r for r in map(json.loads, (target.parent / "predictions.jsonl").read_text().splitlines())}
+    assert runs["batched"].keys() == runs["one"].keys()
+    worst = 0.0
+    for qid, a in runs["batched"].items():
+        b = runs["one"][qid]
+        worst = max(worst, max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]))
+        top = sorted(a["probs"].values(), reverse=True)
+        assert a["answer"] == b["answer"] or top[0] - top[1] <= tol, (qid, a["probs"], b["probs"])
+    assert worst <= tol, f"letter probabilities differ by {worst:.2g} > {tol}"
+    return f"{len(runs['batched'])} questions, largest probability difference {worst:.2g}"
+
+
 def main(out: Path) -> int:
     import torch
 
@@ -60,6 +98,9 @@ def main(out: Path) -> int:
         assert rc == 0, f"exit {rc}"
 
     check("cli generate", generate)
+    check("normalisation on cuda", lambda: normalise_matches_cpu("cuda"))
+    check("batched questions on cuda (bf16)", lambda: batched_matches_one_at_a_time(
+        CARRY / "tiny", data, out, "cuda", tol=2e-2))
 
     def decode():
         from roadbuddy.video import open_video

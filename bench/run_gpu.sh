@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU sweep as one prepared command, for a machine with no registry:
 #   bench/run_gpu.sh [smoke|sweep|issue7] [extra pytest args]
-# issue7: bench/gpu_overlap.py, the CPU benches (python -m bench.cpu datapath/model) on the
+# issue7: bench/gpu_smoke.py (the CUDA paths, about a minute), bench/gpu_overlap.py, the CPU benches (python -m bench.cpu datapath/model) on the
 # machine's quiet cores, and the bf16 rows of the sweep.
 # Carried packages: .gpu/site (an unpacked, slimmed bitsandbytes) and .gpu/*.whl
 # (decord), prepared by bench/prepare_gpu_carry.sh on a machine with pip.
@@ -30,6 +30,7 @@ for name in ("bitsandbytes", "decord", "av", "pynvml", "flash_attn"):
 PY
 if [ "$mode" = issue7 ]; then  # throughput figures: GPU overlap, CPU data path and model side, bf16 sweep
   rc=0
+  python3 bench/gpu_smoke.py "$out" 2>&1 | tee "$out/smoke.log"; rc=$((rc | PIPESTATUS[0]))
   python3 bench/gpu_overlap.py "$out" 2>&1 | tee "$out/gpu-overlap.log"; rc=$((rc | PIPESTATUS[0]))
   python3 -m bench.cpu datapath --rounds 3 --decode-threads 1 --out "$out" 2>&1 | tee "$out/cpu-datapath.log"; rc=$((rc | PIPESTATUS[0]))
   python3 -m bench.cpu model --rounds 3 --model-threads 1,2 --out "$out" 2>&1 | tee "$out/cpu-model.log"; rc=$((rc | PIPESTATUS[0]))

@@ -79,3 +79,13 @@ def test_gpu_overlap_dataset_and_measurement_on_the_cpu(tiny_checkpoint, tmp_pat
     assert figures["clips"] == 10 and figures["questions"] == len(questions)
     assert figures["same_answers"] and figures["max_prob_diff"] <= 1e-6
     assert figures["data_s"] > 0 and figures["model_s"] > 0 and figures["e2e_prefetch2_s"] > 0
+
+
+def test_smoke_checks_of_this_session_run_on_the_cpu(tiny_checkpoint, synthetic_dataset, tmp_path):
+    """gpu_smoke's checks of the on-device normalisation and of batched questions, run here on the CPU
+    (where they must hold exactly), so the GPU session only has to run them."""
+    from bench import gpu_smoke
+
+    assert gpu_smoke.normalise_matches_cpu("cpu") == "bit for bit with the CPU"
+    detail = gpu_smoke.batched_matches_one_at_a_time(tiny_checkpoint, synthetic_dataset, tmp_path, "cpu", tol=1e-5)
+    assert detail.startswith(f"{len(json.loads(synthetic_dataset.read_text())['data'])} questions")
