@@ -118,11 +118,14 @@ def question_table(questions: list[Question], records: dict[str, dict]) -> pd.Da
             "visual_tokens": rec.get("visual_tokens", np.nan) if rec else np.nan,
             "prompt_tokens": rec.get("prompt_tokens", np.nan) if rec else np.nan,
             "time_ms": rec.get("time_ms", np.nan) if rec else np.nan,
+            **{f"time_{step}_ms": (rec.get("time_split_ms") or {}).get(step, np.nan) if rec else np.nan
+               for step in TIME_STEPS},
             # the model's probability of the right letter (score mode records every valid letter's)
             "p_truth": float(rec["probs"][q.answer]) if rec and q.answer in (rec.get("probs") or {}) else np.nan,
         })
     table = pd.DataFrame(rows)
-    for col in ("frames", "tiles", "visual_tokens", "prompt_tokens", "time_ms", "p_truth"):
+    for col in ("frames", "tiles", "visual_tokens", "prompt_tokens", "time_ms", "p_truth",
+                *(f"time_{step}_ms" for step in TIME_STEPS)):
         table[col] = pd.to_numeric(table[col], errors="coerce")
     return table
 
@@ -202,6 +205,19 @@ def _describe(series: pd.Series) -> dict | None:
     return {"mean": float(s.mean()), "min": float(s.min()), "max": float(s.max()), "median": float(s.median())}
 
 
+# a question's time, split by pipeline step (roadbuddy.pipeline records it; the steps add up to time_ms)
+TIME_STEPS = ("decode_tiles", "vision", "prefill", "question")
+
+
+def _time_split(table: pd.DataFrame) -> dict | None:
+    """Mean ms per question spent in each step, over the questions whose records split their time."""
+    cols = [f"time_{step}_ms" for step in TIME_STEPS]
+    split = table[cols].dropna()
+    if split.empty:
+        return None
+    return {"questions": len(split), **{step: float(split[col].mean()) for step, col in zip(TIME_STEPS, cols)}}
+
+
 def build_report(table: pd.DataFrame, *, settings: dict | None = None, wall_seconds: float | None = None,
                  baseline: dict | None = None, baseline_path: str | None = None) -> dict:
     """Every number of the report, JSON-ready."""
@@ -240,6 +256,7 @@ def build_report(table: pd.DataFrame, *, settings: dict | None = None, wall_seco
         "time_ms": ({"mean": float(times.mean()), "median": float(times.median()),
                      "p95": float(np.percentile(times, 95)), "max": float(times.max()),
                      "sum_s": float(times.sum() / 1000)} if not times.empty else None),
+        "time_split_ms": _time_split(table),
         "wall_seconds": wall_seconds,
         "comparison": compare(table, baseline, baseline_path) if baseline is not None else None,
         "checks": [],
@@ -437,6 +454,13 @@ def render_markdown(report: dict, chart: str | None = "report.png") -> str:
     if t:
         out.append(f"Time per question: mean {t['mean']:.0f} ms, median {t['median']:.0f} ms, p95 {t['p95']:.0f} ms, "
                    f"max {t['max']:.0f} ms (sum {t['sum_s']:.1f} s).")
+    split = report.get("time_split_ms")
+    if split:
+        total = sum(split[step] for step in TIME_STEPS) or 1.0
+        parts = ", ".join(f"{step.replace('_', ' + ')} {split[step]:.0f} ms ({split[step] / total:.0%})"
+                          for step in TIME_STEPS)
+        out.append(f"Where a question's time goes (mean over {split['questions']}): {parts}; decoding runs "
+                   "on a worker thread beside the model, so it only adds to the wall time where it is not hidden.")
     if report.get("wall_seconds") is not None:
         out.append(f"Wall time of the eval (load, decode, answer, report): {report['wall_seconds']:.1f} s.")
     out.append("")

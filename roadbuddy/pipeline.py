@@ -108,13 +108,15 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
     for q in work.questions:
         by_frames.setdefault(work.frames_by_question[q.id], []).append(q)
 
-    clip_ms = work.prepare_ms
+    vision_ms = 0.0
     features = None
     if cfg.share_prefix:
         t = time.perf_counter()
         features = encode_tiles(lm, work.tiles, cfg.vision_batch)
         _sync(lm)
-        clip_ms += (time.perf_counter() - t) * 1000
+        vision_ms = (time.perf_counter() - t) * 1000
+    clip_ms = work.prepare_ms + vision_ms
+    n = len(work.questions)
 
     for frame_idx, group in by_frames.items():
         rows = work.tile_rows(frame_idx)
@@ -163,9 +165,14 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
                 tiles=int(sum(tiles_per_frame)),
                 visual_tokens=int(sum(tiles_per_frame) * lm.tokens_per_tile),
                 prompt_tokens=int(prefix_ids.shape[1] + suffix_ids.shape[1]),
-                time_ms=round(clip_ms / len(work.questions) + group_ms / len(group) + own_ms, 3),
+                time_ms=round(clip_ms / n + group_ms / len(group) + own_ms, 3),
                 timings_ms={"clip_shared": round(clip_ms, 3), "group_prefill": round(group_ms, 3),
                             "question": round(own_ms, 3)},
+                # this question's time_ms, split by step (they add up to it): its share of the clip's decode
+                # and tiling, of the vision tower and of its frame set's prefill, and its own forward (on the
+                # plain path that holds its vision tower and whole prefill)
+                time_split_ms={"decode_tiles": round(work.prepare_ms / n, 3), "vision": round(vision_ms / n, 3),
+                               "prefill": round(group_ms / len(group), 3), "question": round(own_ms, 3)},
             )
             yield record
 

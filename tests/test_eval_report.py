@@ -173,6 +173,20 @@ def test_confidence_is_the_mean_probability_of_the_right_letter():
     assert rep.build_report(rep.question_table(questions[2:], records))["confidence"] is None
 
 
+def test_time_split_is_the_mean_of_the_recorded_steps():
+    questions = [q("a", "A"), q("b", "B"), q("c", "C")]
+    split = {"decode_tiles": 30.0, "vision": 10.0, "prefill": 50.0, "question": 10.0}
+    records = {"a": rec("a", "A", time_split_ms=split),
+               "b": rec("b", "B", time_split_ms={k: 3 * v for k, v in split.items()}),
+               "c": rec("c", "C")}  # an error record or an older run: no split
+    r = rep.build_report(rep.question_table(questions, records))
+    assert r["time_split_ms"] == {"questions": 2, "decode_tiles": 60.0, "vision": 20.0, "prefill": 100.0,
+                                  "question": 20.0}
+    assert "decode + tiles 60 ms (30%), vision 20 ms (10%), prefill 100 ms (50%), question 20 ms (10%)" in \
+        rep.render_markdown(r, chart=None)
+    assert rep.build_report(rep.question_table(questions[2:], records))["time_split_ms"] is None
+
+
 def test_missing_record_counts_as_the_prior_answer():
     table = rep.question_table([q("a", "A"), q("b", "B", n=2)], {})
     assert list(table.answer) == ["A", "B"] and table.correct.all() and table.missing.all()

@@ -108,6 +108,26 @@ def test_prefetch_queue_is_bounded_while_the_model_is_slow(monkeypatch, prefetch
     assert max(ahead) == prefetch  # it runs ahead (decoding overlaps the model), and no further
 
 
+@pytest.mark.parametrize("changes", [{}, {"share_prefix": False}, {"batch_questions": False}])
+def test_time_split_adds_up_to_each_questions_time(lm, synthetic_dataset, tmp_path, changes):
+    cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / "s.csv", device="cpu",
+                    progress=False, support_frames=False, **changes)
+    run(cfg, lm)
+    recs = records(cfg)
+    for r in recs.values():
+        split = r["time_split_ms"]
+        assert set(split) == {"decode_tiles", "vision", "prefill", "question"}
+        assert sum(split.values()) == pytest.approx(r["time_ms"], abs=0.01)
+        assert split["decode_tiles"] > 0 and split["question"] > 0
+        # the plain path encodes and prefills inside each question's own forward
+        assert (split["vision"] > 0 and split["prefill"] > 0) == cfg.share_prefix
+    # a clip's decode is shared equally by its questions
+    by_clip = {}
+    for r in recs.values():
+        by_clip.setdefault(r["timings_ms"]["clip_shared"], set()).add(r["time_split_ms"]["decode_tiles"])
+    assert all(len(v) == 1 for v in by_clip.values())
+
+
 def test_support_frames_give_per_question_frames_and_share_the_decode(lm, synthetic_dataset, tmp_path):
     cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / "s.csv", device="cpu",
                     progress=False)
