@@ -131,17 +131,10 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
             prefix_len = cache.get_seq_length()
             _sync(lm)
             group_ms = (time.perf_counter() - t) * 1000
-        packed: dict[str, tuple[torch.Tensor, float]] = {}  # question id -> (logits, its share of the pass in ms)
+        packed = {}
         if cfg.share_prefix and cfg.batch_questions and cfg.answer_mode == "score" and can_pack(lm):
-            for pack in question_packs([suffixes[q.id] for q in group], cfg.prefill_chunk):
-                if len(pack) < 2:
-                    continue
-                t = time.perf_counter()
-                logits = forward_packed(lm, [suffixes[group[i].id] for i in pack], cache)
-                rewind(cache, prefix_len)
-                _sync(lm)
-                share = (time.perf_counter() - t) * 1000 / len(pack)
-                packed.update({group[i].id: (logits[j], share) for j, i in enumerate(pack)})
+            packed = _packed_logits(lm, [suffixes[q.id] for q in group], [q.id for q in group], cache, prefix_len,
+                                    cfg.prefill_chunk)
         for q in group:
             t = time.perf_counter()
             suffix_ids = suffixes[q.id]
@@ -175,6 +168,23 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
                                "prefill": round(group_ms / len(group), 3), "question": round(own_ms, 3)},
             )
             yield record
+
+
+def _packed_logits(lm: LoadedModel, suffixes: list[torch.Tensor], ids: list[str], cache, prefix_len: int,
+                   max_tokens: int) -> dict[str, tuple[torch.Tensor, float]]:
+    """Next-token logits of every question that shares a forward pass with another, by id, with its share
+    of that pass in ms; a question alone in its pack is left out (it takes the one-question path)."""
+    out = {}
+    for pack in question_packs(suffixes, max_tokens):
+        if len(pack) < 2:
+            continue
+        t = time.perf_counter()
+        logits = forward_packed(lm, [suffixes[i] for i in pack], cache)
+        rewind(cache, prefix_len)
+        _sync(lm)
+        share = (time.perf_counter() - t) * 1000 / len(pack)
+        out.update({ids[i]: (logits[j], share) for j, i in enumerate(pack)})
+    return out
 
 
 def question_packs(suffixes: list[torch.Tensor], max_tokens: int) -> list[list[int]]:
