@@ -11,9 +11,9 @@ report.md and report.png (see evals/README.md); --min-accuracy and
 Without --split, the shipped tiny model (evals/tiny-seeing/, trained by
 evals/train_tiny.py) answers a held-out split of encoded synthetic clips whose
 answers are only in the pixels, through the real pipeline: it must score at
-least 90% where the prior scores at most 50%. Each planted defect (a
-monkeypatch of one pipeline step) must pull it below 90%, which shows the eval
-would catch that break.
+least 90% where the prior scores at most 50%, with a mean probability of the
+right letter of at least 0.99. Each planted defect (a monkeypatch of one
+pipeline step) must fail that bar, which shows the eval would catch that break.
 """
 from __future__ import annotations
 
@@ -26,9 +26,8 @@ from roadbuddy import frames, model, prompts, tiles
 pytestmark = pytest.mark.eval
 
 TINY_MIN_ACCURACY = 0.90
-# The trained tiny model gives the right letter a mean probability of 1.000 (min 0.987) on the held-out
-# clips; normalisation defects barely move its accuracy (a layer-normed ViT with 4 tokens a frame is
-# nearly blind to a global affine change of the pixels) but do lower this (0.94-0.96).
+# The trained tiny model gives the right letter a mean probability of 1.000 (min 0.997) on the held-out
+# clips; the mildest defect (image features one slot early) keeps its accuracy and lowers this to 0.984.
 TINY_MIN_CONFIDENCE = 0.99
 TINY_MAX_PRIOR = 0.50
 
@@ -149,4 +148,7 @@ def test_planted_defect_is_caught(defect, monkeypatch, tiny_report_root, tiny_ev
     assert result.accuracy < TINY_MIN_ACCURACY or confidence < TINY_MIN_CONFIDENCE, (
         f"{defect} was not caught: accuracy {result.accuracy:.1%}, mean p(right letter) {confidence:.3f}")
     if defect == "frames-reversed":  # it must break exactly the questions about order
-        assert by_kind["colour"] >= TINY_MIN_ACCURACY and by_kind["order"] <= 0.5, by_kind
+        assert by_kind["colour"] >= TINY_MIN_ACCURACY and by_kind["time"] >= TINY_MIN_ACCURACY, by_kind
+        assert by_kind["order"] <= 0.5, by_kind
+    if defect in ("no-normalisation", "mean-std-skipped"):  # the pixel levels are lost: day and night look alike
+        assert by_kind["time"] <= 0.5, by_kind

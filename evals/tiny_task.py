@@ -14,12 +14,21 @@ questions:
   ones, or the other way round; "Trong video, đối tượng nào xuất hiện đầu
   tiên?" / "Trong video, biển báo xuất hiện trước đèn giao thông, đúng hay sai?"
 
+- time clips: the same scenes by day or by night (every pixel at about a third
+  of its level); "Video được quay vào thời điểm nào trong ngày?" / "Video được
+  quay vào ban đêm, đúng hay sai?"
+
 (A first version named the two sign shapes apart and had order clips with two
 signs; after 3,500 steps the model still confused the shapes' names, so the
 order task asks only light against sign.)
 
 Colour questions need the pixels and the normalisation; order questions also
-need the frames in order and each frame's features in its own slot. The
+need the frames in order and each frame's features in its own slot; time
+questions need the absolute pixel levels, which only the normalisation keeps:
+the vision tower layer-normalises each patch's embedding, so raw 0-255 values
+scaled by a third embed alike (a night and a day frame: cosine 0.9999 without
+the normalisation, 0.93 with it), and a model given raw values cannot tell day
+from night. The
 training script renders frames in memory (`Scene.frame`); the held-out split
 (`write_heldout`) encodes real H.264 clips that go through the real pipeline.
 """
@@ -46,10 +55,16 @@ SIGNS = ("round", "triangle")  # drawing styles of the one sign object
 OBJECTS = {"light": "Đèn giao thông", "sign": "Biển báo"}
 ORDER_CHOICES = (*OBJECTS.values(), "Người đi bộ", "Không có đối tượng nào")
 
+TIMES = {"day": "Ban ngày", "night": "Ban đêm"}
+TIME_CHOICES = (*TIMES.values(), "Lúc bình minh", "Lúc hoàng hôn")
+NIGHT_LEVEL = (0.28, 0.4)  # a night frame is the day frame times a level drawn from this range
+
 COLOUR_Q4 = "Video đang có đèn giao thông màu gì?"
 COLOUR_Q2 = "Đèn giao thông trong video có màu {colour}, đúng hay sai?"
 ORDER_Q4 = "Trong video, đối tượng nào xuất hiện đầu tiên?"
 ORDER_Q2 = "Trong video, {first} xuất hiện trước {second}, đúng hay sai?"
+TIME_Q4 = "Video được quay vào thời điểm nào trong ngày?"
+TIME_Q2 = "Video được quay vào {time}, đúng hay sai?"
 YES_NO = ("Đúng", "Sai")
 
 
@@ -59,9 +74,13 @@ class Scene:
     num_frames: int
     colour: str  # the light's lit lamp, when the light shows
     shows: tuple[tuple[str, int, int], ...]  # (object, first frame, end frame) of each object shown
+    time: str = ""  # time clips: "day" or "night"
+    level: float = 1.0  # every pixel is multiplied by this (below 1 at night)
 
     @property
     def kind(self) -> str:
+        if self.time:
+            return "time"
         return "order" if len(self.shows) == 2 and self.shows[0][1] != self.shows[1][1] else "colour"
 
     def visible(self, index: int) -> list[str]:
@@ -74,6 +93,8 @@ class Scene:
         for name in objects:
             if name in SIGNS:
                 draw_sign(image, name)
+        if self.level != 1.0:
+            image = (image.astype(np.float32) * self.level).astype(np.uint8)
         return image
 
     def shown_frames(self) -> list[int]:
@@ -83,7 +104,7 @@ class Scene:
 
 @dataclass(frozen=True)
 class Item:
-    kind: str  # "colour" or "order"
+    kind: str  # "colour", "order" or "time"
     question: str
     choices: tuple[str, ...]
     answer: int  # index into choices
@@ -136,6 +157,14 @@ def order_scene(rng: random.Random, seed: int, num_frames: int) -> Scene:
                  ((first, 0, end_first), (second, start_second, num_frames)))
 
 
+def time_scene(rng: random.Random, seed: int, num_frames: int) -> Scene:
+    """A colour clip's objects, by day or by night."""
+    base = colour_scene(rng, seed, num_frames)
+    time = rng.choice(list(TIMES))
+    level = rng.uniform(*NIGHT_LEVEL) if time == "night" else 1.0
+    return Scene(base.seed, base.num_frames, base.colour, base.shows, time=time, level=level)
+
+
 def object_name(shown: str) -> str:
     """What questions call a shown object: the light, or any sign style."""
     return OBJECTS["sign" if shown in SIGNS else shown]
@@ -157,6 +186,14 @@ def question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool
             return Item("colour", COLOUR_Q4, tuple(choices), choices.index(truth))
         asked = truth if yes else rng.choice([c for c in COLOURS.values() if c != truth])
         return Item("colour", COLOUR_Q2.format(colour=asked.lower()), YES_NO, 0 if yes else 1)
+    if scene.kind == "time":
+        truth = TIMES[scene.time]
+        if num_choices == 4:
+            choices = list(TIME_CHOICES)
+            order(choices)
+            return Item("time", TIME_Q4, tuple(choices), choices.index(truth))
+        asked = truth if yes else next(t for t in TIMES.values() if t != truth)
+        return Item("time", TIME_Q2.format(time=asked.lower()), YES_NO, 0 if yes else 1)
     first, second = scene.shows[0][0], scene.shows[1][0]
     if num_choices == 4:
         choices = list(ORDER_CHOICES)
@@ -168,11 +205,14 @@ def question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool
 
 
 def random_example(rng: random.Random, seed: int, order_share: float = 0.5,
-                   shuffle_share: float = 1.0) -> tuple[Scene, Item]:
-    """A training example: a random clip length, kind (order with probability `order_share`), question form
-    and answer; 4 choices are shuffled with probability `shuffle_share`."""
+                   shuffle_share: float = 1.0, time_share: float = 0.0) -> tuple[Scene, Item]:
+    """A training example: a random clip length, kind (order with probability `order_share`, time with
+    `time_share`, else colour), question form and answer; 4 choices are shuffled with probability
+    `shuffle_share`. With time_share 0 the draws are those of the version without time clips."""
     num_frames = rng.randint(16, 40)
-    scene = order_scene(rng, seed, num_frames) if rng.random() < order_share else colour_scene(rng, seed, num_frames)
+    pick = rng.random()
+    make = order_scene if pick < order_share else time_scene if pick < order_share + time_share else colour_scene
+    scene = make(rng, seed, num_frames)
     return scene, question(scene, rng, rng.choice([2, 4]), shuffle=rng.random() < shuffle_share)
 
 
@@ -188,8 +228,8 @@ def eval_config(model: Path | str, split: Path | str, output: Path | str, **chan
 def write_heldout(directory: Path | str, *, clips: int = 24, seed: int = HELDOUT_SEED) -> Path:
     """A labeled split in the RoadBuddy train layout: DIR/train/train.json + DIR/train/videos/*.mp4.
 
-    Half the clips are colour clips, half order clips; each clip gets a 4-choice
-    and a 2-choice question. Đúng is right for exactly half the 2-choice
+    A third of the clips each are colour, order and time clips (in turn); each clip
+    gets a 4-choice and a 2-choice question. Đúng is right for exactly half the 2-choice
     questions, and the shuffled 4 choices are rotated so that right answers
     cycle through A-D, so the prior baseline (B for 2 choices, A otherwise)
     scores exactly 37.5%. Scene seeds start at `seed`,
@@ -200,7 +240,7 @@ def write_heldout(directory: Path | str, *, clips: int = 24, seed: int = HELDOUT
     items = []
     for c in range(clips):
         num_frames = rng.randint(18, 30)
-        make = order_scene if c % 2 else colour_scene
+        make = (colour_scene, order_scene, time_scene)[c % 3]
         scene = make(rng, seed + c, num_frames)
         rel = f"train/videos/seeing_{c:03d}_{scene.kind}.mp4"
         write_clip(directory / rel, scene.frame, num_frames=num_frames, fps=FPS)

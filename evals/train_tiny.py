@@ -2,6 +2,7 @@
 
     python -m evals.train_tiny                      # writes evals/tiny-seeing/ (about 75 min on one core)
     python -m evals.train_tiny --steps 50 --out /tmp/x   # a smoke run
+    python -m evals.train_tiny --init evals/tiny-seeing ...   # fine-tune a checkpoint (see its TRAINING.md)
 
 The model is `roadbuddy.testing.tiny_config` at the size DESIGN.md measured
 (2-layer 64-wide vision tower on 56 px tiles = 4 tokens per tile, 4-layer
@@ -140,14 +141,15 @@ def answer_logits(model, ids, lengths, pixel_values, image_token_id):
 @torch.no_grad()
 def letter_accuracy(model, batches, encoder, image_token_id) -> dict[str, float]:
     model.eval()
-    right = {"colour": [0, 0], "order": [0, 0]}
+    right: dict[str, list[int]] = {}
     for examples, batch in batches:
         ids, lengths, pv, targets, sizes = batch
         logits = answer_logits(model, ids, lengths, pv, image_token_id)[:, encoder.letter_ids]
         for row, (_, item) in enumerate(examples):
             guess = int(torch.argmax(logits[row, : sizes[row]]))
-            right[item.kind][0] += guess == int(targets[row])
-            right[item.kind][1] += 1
+            counts = right.setdefault(item.kind, [0, 0])
+            counts[0] += guess == int(targets[row])
+            counts[1] += 1
     model.train()
     total = sum(r for r, _ in right.values()) / sum(n for _, n in right.values())
     return {"all": total, **{k: r / n for k, (r, n) in right.items() if n}}
@@ -172,19 +174,68 @@ def heldout_accuracy(model_dir: Path) -> dict:
             "by_kind": {k: float(v) for k, v in frame.groupby(frame["clip"].str.extract(r"_([a-z]+)\.mp4$")[0]).correct.mean().items()}}
 
 
-def training_markdown(log: dict) -> str:
-    """TRAINING.md of a checkpoint folder, from its training_log.json."""
-    a, final, held = log["args"], log["final_validation"] or {}, log["heldout_pipeline"]
-    rows = "\n".join(f"| {h['step']} | {h['loss']:.4f} | {100 * h['val_all']:.1f}% | {100 * h.get('val_colour', 0):.1f}% "
-                     f"| {100 * h.get('val_order', 0):.1f}% | {100 * h.get('val_relabeled', 0):.1f}% | {h['seconds']} |"
-                     for h in log["history"])
+def _held_line(log: dict) -> str:
+    held = log["heldout_pipeline"]
     note = f" ({log['heldout_note']})" if log.get("heldout_note") else ""
-    held_line = (f"{100 * held['accuracy']:.1f}% on {held['questions']} questions (prior {100 * held['prior']:.1f}%; "
-                 + ", ".join(f"{k} {100 * v:.1f}%" for k, v in held.get("by_kind", {}).items()) + ")"
-                 if "accuracy" in held else f"not measured ({held.get('error')})") + note
-    return f"""# evals/tiny-seeing: how it was trained
+    return (f"{100 * held['accuracy']:.1f}% on {held['questions']} questions (prior {100 * held['prior']:.1f}%; "
+            + ", ".join(f"{k} {100 * v:.1f}%" for k, v in held.get("by_kind", {}).items()) + ")"
+            if "accuracy" in held else f"not measured ({held.get('error')})") + note
 
-A {log['parameters'] / 1e6:.2f} M-parameter InternVL ({log['model_size']['vision_layers']}-layer, \
+
+def _history_rows(log: dict) -> str:
+    def pct(h, key):
+        return f"{100 * h[key]:.1f}%" if key in h else "-"
+
+    return "\n".join(f"| {h['step']} | {h['loss']:.4f} | {pct(h, 'val_all')} | {pct(h, 'val_colour')} "
+                     f"| {pct(h, 'val_order')} | {pct(h, 'val_time')} | {pct(h, 'val_relabeled')} | {h['seconds']} |"
+                     for h in log["history"])
+
+
+def _fine_tune_markdown(log: dict) -> str:
+    a, final = log["args"], log["final_validation"] or {}
+    return f"""Fine-tuned from the stage 1 checkpoint (below) by `evals/train_tiny.py --init`, every weight trained:
+
+    {log['command']}
+
+{a['steps']} steps of batch {a['batch']}, AdamW lr {a['lr']} (warm-up {a['warmup']}, constant, then cosine to 10% \
+over the last {float(a['decay']):.0%} of the steps), no curriculum; each example is an order question with \
+probability {a['order_share']}, a time question with probability {a['time_share']}, else a colour question; \
+{a['relabel']} of them print permuted choice letters. Seed {a['seed']}, \
+{log['train_seconds'] / 60:.0f} minutes on one core of a 2-core CPU; python {log['versions']['python']}, \
+torch {log['versions']['torch']}, transformers {log['versions']['transformers']}.
+
+Final in-memory validation ({a['validation']} examples): {100 * final.get('val_all', 0):.1f}% (colour \
+{100 * final.get('val_colour', 0):.1f}%, order {100 * final.get('val_order', 0):.1f}%, time \
+{100 * final.get('val_time', 0):.1f}%); with the choice letters printed one off, the letter printed on the right \
+line: {100 * final.get('val_relabeled', 0):.1f}%.
+
+Held-out split through the real pipeline (encoded H.264 clips, decode, frames, tiles, prompts, score mode): \
+{_held_line(log)}.
+
+| step | train loss | val | val colour | val order | val time | val relabeled | seconds |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{_history_rows(log)}
+"""
+
+
+def training_markdown(log: dict) -> str:
+    """TRAINING.md of a checkpoint folder, from its training_log.json (with its base's, when fine-tuned)."""
+    title = "# evals/tiny-seeing: how it was trained\n\n"
+    if not log.get("base"):
+        return title + _from_scratch_markdown(log)
+    return (title + "Two stages: a model trained from random initialisation on colour and order questions "
+            "(stage 1), then fine-tuned with time-of-day questions added (stage 2). Regenerate by running "
+            "stage 1's command, then stage 2's with `--init` pointing at stage 1's output.\n\n"
+            "## Stage 2: time-of-day questions added\n\n" + _fine_tune_markdown(log)
+            + "\n## Stage 1: from random initialisation\n\n(Its held-out figures are on the split of the time, "
+            "half colour and half order clips, without time clips.)\n\n" + _from_scratch_markdown(log["base"]))
+
+
+def _from_scratch_markdown(log: dict) -> str:
+    """The section of TRAINING.md for a run from random initialisation."""
+    a, final = log["args"], log["final_validation"] or {}
+    rows, held_line = _history_rows(log), _held_line(log)
+    return f"""A {log['parameters'] / 1e6:.2f} M-parameter InternVL ({log['model_size']['vision_layers']}-layer, \
 {log['model_size']['vision_hidden']}-wide vision tower on {log['model_size']['image_size']} px tiles, \
 {log['model_size']['text_layers']}-layer, {log['model_size']['text_hidden']}-wide Qwen3 text model), random \
 initialisation, trained on CPU by `evals/train_tiny.py` on the synthetic task of `evals/tiny_task.py`. \
@@ -213,8 +264,8 @@ printed one off, the letter printed on the right line: {100 * final.get('val_rel
 Held-out split through the real pipeline (encoded H.264 clips, decode, frames, tiles, prompts, score mode): \
 {held_line}.
 
-| step | train loss | val | val colour | val order | val relabeled | seconds |
-| --- | --- | --- | --- | --- | --- | --- |
+| step | train loss | val | val colour | val order | val time | val relabeled | seconds |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 """
 
@@ -237,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(target: the letter printed on the right line)")
     parser.add_argument("--order-share", type=float, default=0.65,
                         help="after the ramp, share of order questions (the rest are colour questions)")
+    parser.add_argument("--time-share", type=float, default=0.0,
+                        help="after the ramp, share of time-of-day questions (default 0: stage 1 had none)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this checkpoint instead of random weights (fine-tuning; pass "
+                             "--fixed-steps 0 --ramp-steps 0 to skip the curriculum); its training log is kept")
     parser.add_argument("--decay", type=float, default=0.25, help="share of the steps at the end that decay the lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -255,7 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     noise = np.random.default_rng(args.seed)
     tokenizer = build_tokenizer()
     config = tiny_config(tokenizer, **MODEL_SIZE)
-    model = InternVLForConditionalGeneration(config)
+    if args.init:
+        model = InternVLForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32)
+        fresh = InternVLForConditionalGeneration(config)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if shapes != {k: tuple(v.shape) for k, v in fresh.state_dict().items()}:
+            raise SystemExit(f"{args.init} is not a model of this script's size (MODEL_SIZE) and tokenizer")
+        config = model.config
+    else:
+        model = InternVLForConditionalGeneration(config)
     model.train()
     image_size = MODEL_SIZE["image_size"]
     tokens_per_tile = config.image_seq_length
@@ -265,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{params / 1e6:.3f} M parameters; {tokens_per_tile} tokens per {image_size} px tile", flush=True)
 
     val_rng = random.Random(VALIDATION_SEED)
-    val_examples = [tiny_task.random_example(val_rng, VALIDATION_SEED + i) for i in range(args.validation)]
+    val_examples = [tiny_task.random_example(val_rng, VALIDATION_SEED + i, time_share=args.time_share)
+                    for i in range(args.validation)]
     val_noise = np.random.default_rng(VALIDATION_SEED)
     val_batches = [(val_examples[i:i + 64], make_batch(val_examples[i:i + 64], encoder, image_size, val_noise))
                    for i in range(0, len(val_examples), 64)]
@@ -296,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.batch):
             ramp = min(1.0, max(0.0, (step - args.fixed_steps) / max(1, args.ramp_steps)))
             example = tiny_task.random_example(rng, seed_counter % tiny_task.HELDOUT_SEED,
-                                               order_share=args.order_share * ramp, shuffle_share=ramp)
+                                               order_share=args.order_share * ramp, shuffle_share=ramp,
+                                               time_share=args.time_share * ramp)
             examples.append(example)
             letters = "ABCD"[: len(example[1].choices)]
             relabels.append("".join(rng.sample(letters, len(letters))) if rng.random() < args.relabel * ramp else None)
@@ -343,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                      "transformers": __import__("transformers").__version__},
         "history": history, "final_validation": history[-1] if history else None, "heldout_pipeline": heldout,
     }
+    base_log = args.init / "training_log.json" if args.init else None
+    if base_log is not None and base_log.is_file():
+        log["base"] = json.loads(base_log.read_text(encoding="utf-8"))
     (args.out / "training_log.json").write_text(json.dumps(log, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (args.out / "TRAINING.md").write_text(training_markdown(log), encoding="utf-8")
     return 0
