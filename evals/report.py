@@ -24,6 +24,7 @@ import pandas as pd
 
 from evals import categories
 from roadbuddy.data import Question, prior_letter
+from roadbuddy.pipeline import TIME_STEPS
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 SCHEMA = 1
@@ -203,10 +204,6 @@ def _describe(series: pd.Series) -> dict | None:
     if s.empty:
         return None
     return {"mean": float(s.mean()), "min": float(s.min()), "max": float(s.max()), "median": float(s.median())}
-
-
-# a question's time, split by pipeline step (roadbuddy.pipeline records it; the steps add up to time_ms)
-TIME_STEPS = ("decode_tiles", "vision", "prefill", "question")
 
 
 def _time_split(table: pd.DataFrame) -> dict | None:

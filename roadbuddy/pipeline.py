@@ -102,6 +102,10 @@ def _sync(lm: LoadedModel) -> None:
         torch.cuda.synchronize(lm.device)
 
 
+# a record's time_split_ms: its shares of the clip's decode and tiling, vision tower and prefill, and its own pass
+TIME_STEPS = ("decode_tiles", "vision", "prefill", "question")
+
+
 def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dict]:
     """Answer every question of a prepared clip, yielding each record as soon as it is made."""
     by_frames: dict[tuple[int, ...], list[Question]] = {}
@@ -164,8 +168,8 @@ def answer_clip(lm: LoadedModel, work: ClipWork, cfg: RunConfig) -> Iterator[dic
                 # this question's time_ms, split by step (they add up to it): its share of the clip's decode
                 # and tiling, of the vision tower and of its frame set's prefill, and its own forward (on the
                 # plain path that holds its vision tower and whole prefill)
-                time_split_ms={"decode_tiles": round(work.prepare_ms / n, 3), "vision": round(vision_ms / n, 3),
-                               "prefill": round(group_ms / len(group), 3), "question": round(own_ms, 3)},
+                time_split_ms=dict(zip(TIME_STEPS, (round(work.prepare_ms / n, 3), round(vision_ms / n, 3),
+                                                    round(group_ms / len(group), 3), round(own_ms, 3)))),
             )
             yield record
 
@@ -378,12 +382,13 @@ class SampleBudget:
         return cfg.replace(max_frames=cap, min_frames=min(cfg.min_frames, cap)), cap
 
     def observe(self, work: ClipWork, records: list[dict]) -> None:
-        timed = [r for r in records if "timings_ms" in r]
+        timed = [r["time_split_ms"] for r in records if "time_split_ms" in r]
         if not timed or not work.frame_order:
             return
-        shared = timed[0]["timings_ms"]["clip_shared"] + sum({r["timings_ms"]["group_prefill"] for r in timed})
+        # the records' shares of the clip's decode, vision tower and prefills add up to the clip's shared work
+        shared = sum(t["decode_tiles"] + t["vision"] + t["prefill"] for t in timed)
         per_frame = shared / len(work.frame_order)
-        own = max(r["timings_ms"]["question"] for r in timed)
+        own = max(t["question"] for t in timed)
         # the slower of the latest clip and the running mean, so one fast clip does not lift the cap
         self.ms_per_frame = per_frame if self.ms_per_frame is None else max(per_frame, (self.ms_per_frame + per_frame) / 2)
         self.own_ms = own if self.own_ms is None else max(own, (self.own_ms + own) / 2)

@@ -237,8 +237,9 @@ def test_sample_budget_caps_frames_from_measured_cost():
     budget = pipeline.SampleBudget(timeout_s=1.0)
     assert budget.cap(3) is None  # nothing measured yet: the first clip runs as configured
     work = pipeline.ClipWork(video=None, questions=[], frame_order=list(range(10)))
-    recs = [{"timings_ms": {"clip_shared": 900.0, "group_prefill": 100.0, "question": 50.0}}]
-    budget.observe(work, recs)  # 1000 ms for 10 frames -> 100 ms per frame, 50 ms own
+    recs = [{"time_split_ms": {"decode_tiles": 300.0, "vision": 150.0, "prefill": 50.0, "question": 50.0}},
+            {"time_split_ms": {"decode_tiles": 300.0, "vision": 150.0, "prefill": 50.0, "question": 40.0}}]
+    budget.observe(work, recs)  # 2 x 500 ms shared for 10 frames -> 100 ms per frame, 50 ms own (the slower)
     assert budget.cap(1) == int((800 - 50) / 100)
     assert budget.cap(3) == int((800 - 50) * 3 / 100)
     from roadbuddy.data import Question
