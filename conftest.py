@@ -55,11 +55,6 @@ def pytest_addoption(parser):
     group.addoption("--split", dest="eval_split", default=None,
                     help="labeled question file to evaluate (train.json layout), as a path or relative to "
                          "--data-dir (default: the tiny-model eval on generated clips)")
-    group.addoption("--data-dir", dest="eval_data_dir", default=None,
-                    help="dataset root that the split's video_path values are relative to")
-    group.addoption("--model", dest="eval_model", default=None,
-                    help="checkpoint to evaluate with --split (hub id or local path; default: roadbuddy-predict's)")
-    group.addoption("--limit", dest="eval_limit", type=int, default=None, help="evaluate only the first N questions")
     group.addoption("--ids", dest="eval_ids", default=None,
                     help="evaluate only these question ids: comma-separated, or @FILE with one id per line")
     group.addoption("--baseline", dest="eval_baseline", default=None,
@@ -72,26 +67,10 @@ def pytest_addoption(parser):
     group.addoption("--report-dir", dest="eval_report_dir", default=None,
                     help="report folder (default: runs/eval/<split>-<model>-<settings hash>; the same command "
                          "resumes there)")
-    # the predict flags of roadbuddy-predict, passed through to one RunConfig (defaults: roadbuddy-predict's)
-    group.addoption("--device", dest="eval_device", default=None, help="auto, cpu, cuda, cuda:N")
-    group.addoption("--min-frames", dest="eval_min_frames", type=int, default=None)
-    group.addoption("--max-frames", dest="eval_max_frames", type=int, default=None)
-    group.addoption("--frames-per-second", dest="eval_frames_per_second", type=float, default=None)
-    group.addoption("--max-visual-tokens", dest="eval_max_visual_tokens", type=int, default=None)
-    group.addoption("--max-num", dest="eval_max_num", type=int, default=None, help="tiles per frame")
-    group.addoption("--no-support-frames", dest="eval_no_support_frames", action="store_true")
-    group.addoption("--simple-prompts", dest="eval_simple_prompts", action="store_true")
-    group.addoption("--answer-mode", dest="eval_answer_mode", choices=["score", "generate"], default=None)
-    group.addoption("--max-new-tokens", dest="eval_max_new_tokens", type=int, default=None)
-    group.addoption("--load-in-8bit", dest="eval_load_in_8bit", action="store_true")
-    group.addoption("--load-in-4bit", dest="eval_load_in_4bit", action="store_true")
-    group.addoption("--no-flash-attn", dest="eval_no_flash_attn", action="store_true")
-    group.addoption("--no-share-prefix", dest="eval_no_share_prefix", action="store_true")
-    group.addoption("--no-batch-questions", dest="eval_no_batch_questions", action="store_true")
-    group.addoption("--no-decoder-scaling", dest="eval_no_decoder_scaling", action="store_true",
-                    help="the card's exact pixels (full-size decode, PIL bicubic)")
-    group.addoption("--embeddings-on-gpu", dest="eval_embeddings_on_gpu", action="store_true")
-    group.addoption("--prefetch", dest="eval_prefetch", type=int, default=None)
-    group.addoption("--decode-threads", dest="eval_decode_threads", type=int, default=None)
-    group.addoption("--sample-timeout", dest="eval_sample_timeout", type=float, default=None, metavar="SECONDS")
-    group.addoption("--seed", dest="eval_seed", type=int, default=None)
+    group.addoption("--no-thumbnails", dest="eval_no_thumbnails", action="store_true",
+                    help="write no frame thumbnails for report.html (the page then shows placeholders)")
+    # roadbuddy-predict's flags, declared once beside their RunConfig fields (roadbuddy/config.py)
+    from roadbuddy import flags
+    from roadbuddy.config import RunConfig
+
+    flags.add_to_pytest(group, RunConfig, flags.EVAL)

@@ -7,7 +7,7 @@ Used by bench/test_cpu_datapath.py and bench/test_cpu_model.py (pytest + pytest-
 which measures the issue 7 ratios side by side and, with --out DIR, writes DIR/cpu-<date>-<what>.{md,json}.
 
 Data paths, each returning a `Prepared` (frame indices, pixel_values [tiles,3,S,S] float32, tiles per frame):
-  ours       pipeline.prepare_clip itself (open_video -> frames.select_frames -> VideoReader.get ->
+  ours       inputs.prepare_clip itself (open_video -> frames.select_frames -> VideoReader.get ->
              tiles.frames_to_tiles), then tiles.normalize_tiles on the CPU (the pipeline runs that on the
              model's device; normalise=False leaves it out), so the benches follow it when it changes; by default with one
              tile the decoder scales frames to SxS (PyAV first, swscale bicubic, no PIL), and with
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from roadbuddy import pipeline, tiles
+from roadbuddy import inputs, tiles
 
 IMAGE_SIZE = 448
 RESOLUTIONS = {"720p": (1280, 720), "1440p": (2560, 1440)}
@@ -100,7 +101,7 @@ class Prepared:
 
 def ours(path: Path, k: int, max_num: int = 1, backend: str = "auto", threads: int = 0,
          image_size: int = IMAGE_SIZE, decoder_scaling: bool = True, normalise: bool = True) -> Prepared:
-    """pipeline.prepare_clip itself, for one question without support frames: k frames, up to max_num tiles.
+    """inputs.prepare_clip itself, for one question without support frames: k frames, up to max_num tiles.
 
     prepare_clip hands the model uint8 tiles, which encode_tiles normalises on the model's device;
     with normalise=True (the default, like for like with the card) the normalisation runs here on the
@@ -117,11 +118,19 @@ def ours(path: Path, k: int, max_num: int = 1, backend: str = "auto", threads: i
     cfg = RunConfig(min_frames=k, max_frames=k, max_num=max_num, max_visual_tokens=10**9, support_frames=False,
                     decode_threads=threads, decoder_scaling=decoder_scaling)
     with only_backend(backend):
-        work = pipeline.prepare_clip(path, [question], cfg, image_size, tokens_per_tile=256)
+        work = inputs.prepare_clip(path, [question], cfg, inputs.InputSpec(image_size, 256, test_tokenizer()))
     if work.error:
         raise RuntimeError(work.error)
     pixels = tiles.normalize_tiles(work.tiles) if normalise else work.tiles
     return Prepared(list(work.frame_order), pixels, work.tiles_per_frame)
+
+
+@functools.lru_cache(maxsize=1)
+def test_tokenizer():
+    """The tests' small tokenizer: prepare_clip tokenises the prompts too (a few ms of the data path)."""
+    from roadbuddy.testing import build_tokenizer
+
+    return build_tokenizer()
 
 
 @contextlib.contextmanager
@@ -371,16 +380,16 @@ def run_config(test_json: Path, output: Path, frames_per_clip: int = 16, **chang
 
 
 def prepare_all(test_json: Path, cfg, lm) -> list:
-    """Every clip of the file through pipeline.prepare_clip (the data path alone)."""
+    """Every clip of the file through inputs.prepare_clip (the data path alone)."""
     from roadbuddy.data import group_by_video, load_questions
 
     clips = group_by_video(load_questions(test_json))
-    return [pipeline.prepare_clip(video, qs, cfg, lm.image_size, lm.tokens_per_tile) for video, qs in clips]
+    return [inputs.prepare_clip(video, qs, cfg, inputs.InputSpec.of(lm)) for video, qs in clips]
 
 
 def answer_all(lm, works: list, cfg) -> list[dict]:
-    """Every question of prepared clips through pipeline.answer_clip (the model alone)."""
-    from roadbuddy.pipeline import answer_clip
+    """Every question of prepared clips through answering.answer_clip (the model alone)."""
+    from roadbuddy.answering import answer_clip
 
     return [record for work in works for record in answer_clip(lm, work, cfg)]
 
@@ -467,10 +476,10 @@ def measure_share_prefix(lm, test_json: Path, work_dir: Path, rounds: int = 3, f
         "one_at_a_time_qps": questions / best(times["one"]),
         "shared_over_plain": best(times["plain"]) / best(times["shared"]),
         "shared_over_one_at_a_time": best(times["one"]) / best(times["shared"]),
-        "group_prefill_ms": statistics.mean(r["timings_ms"]["group_prefill"] for r in records),
-        "shared_question_ms": statistics.mean(r["timings_ms"]["question"] for r in records),
-        "one_at_a_time_question_ms": statistics.mean(r["timings_ms"]["question"] for r in results["one"]),
-        "plain_question_ms": statistics.mean(r["timings_ms"]["question"] for r in results["plain"]),
+        "prefill_share_ms": statistics.mean(r["time_split_ms"]["prefill"] for r in records),
+        "shared_question_ms": statistics.mean(r["time_split_ms"]["question"] for r in records),
+        "one_at_a_time_question_ms": statistics.mean(r["time_split_ms"]["question"] for r in results["one"]),
+        "plain_question_ms": statistics.mean(r["time_split_ms"]["question"] for r in results["plain"]),
         **compare_records(records, results["plain"]),
         **{f"one_at_a_time_{k}": v for k, v in compare_records(records, results["one"]).items()},
     }

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench import cpu
-from roadbuddy import pipeline
+from roadbuddy import inputs
 from roadbuddy.config import RunConfig
 from roadbuddy.model import encode_tiles, forward, new_cache, rewind
 
@@ -45,7 +45,8 @@ def work(lm, dataset, tmp_path_factory):
 def prompt(lm, work):
     """The shared prefix (system, frames, intro) and one question's suffix, as the pipeline makes them."""
     cfg = RunConfig()
-    return pipeline.prefix_ids_of(lm, work.tiles_per_frame, cfg), pipeline.question_ids(lm, work.questions[0], cfg)
+    return (inputs.prefix_ids(lm.tokenizer, work.tiles_per_frame, lm.tokens_per_tile, cfg),
+            inputs.question_ids(lm.tokenizer, work.questions[0], cfg))
 
 
 @pytest.fixture(scope="module")

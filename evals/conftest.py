@@ -9,31 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from evals import harness, tiny_task
+from evals import harness
+from roadbuddy import flags, tiny_task
 from roadbuddy.config import RunConfig
 from roadbuddy.distributed import Shard
 
-TINY_CHECKPOINT = Path(__file__).resolve().parent / "tiny-seeing"
-
-# pytest option dest -> roadbuddy-predict flag (the same parser builds the RunConfig, so the flags mean the same)
-PREDICT_FLAGS = {
-    "eval_model": "--model", "eval_device": "--device", "eval_min_frames": "--min-frames",
-    "eval_max_frames": "--max-frames", "eval_frames_per_second": "--frames-per-second",
-    "eval_max_visual_tokens": "--max-visual-tokens", "eval_max_num": "--max-num",
-    "eval_answer_mode": "--answer-mode", "eval_max_new_tokens": "--max-new-tokens", "eval_seed": "--seed",
-    "eval_prefetch": "--prefetch", "eval_decode_threads": "--decode-threads", "eval_sample_timeout": "--sample-timeout",
-}
-PREDICT_SWITCHES = {
-    "eval_no_support_frames": "--no-support-frames", "eval_simple_prompts": "--simple-prompts",
-    "eval_load_in_8bit": "--load-in-8bit", "eval_load_in_4bit": "--load-in-4bit",
-    "eval_no_flash_attn": "--no-flash-attn", "eval_no_share_prefix": "--no-share-prefix",
-    "eval_no_batch_questions": "--no-batch-questions", "eval_no_decoder_scaling": "--no-decoder-scaling",
-    "eval_embeddings_on_gpu": "--embeddings-on-gpu",
-}
-# roadbuddy-predict flags the eval sets itself: the split (--split), its report folder, --limit/--ids, the
-# progress bar (shown with -s); --strict, --demo and --verbose have no meaning for an eval
-HARNESS_FLAGS = {"--test-json", "--data-dir", "--output", "--limit", "--no-progress", "--strict", "--demo",
-                 "--verbose", "--help"}
+TINY_CHECKPOINT = tiny_task.CHECKPOINT
+# flags that choose the questions rather than the configuration
+SELECTION = ("data_dir", "limit")
 
 
 @dataclass
@@ -46,6 +29,7 @@ class EvalRequest:
     min_accuracy: float | None
     max_fallback_rate: float | None
     predict_flags: list[str]
+    thumbnails: bool = True
 
 
 def _ids(value: str | None) -> list[str] | None:
@@ -58,28 +42,15 @@ def _ids(value: str | None) -> list[str] | None:
 
 
 def config_from_options(config: pytest.Config, split: Path) -> tuple[RunConfig, list[str]]:
-    """One RunConfig from the predict flags, parsed by roadbuddy-predict's own parser."""
-    from roadbuddy.cli import build_parser, config_from_args
-
-    argv = ["--test-json", str(split)]
-    data_dir = config.getoption("eval_data_dir")
-    if data_dir:
-        argv += ["--data-dir", str(data_dir)]
-    flags = []
-    for dest, flag in PREDICT_FLAGS.items():
-        value = config.getoption(dest)
-        if value is not None:
-            flags += [flag, str(value)]
-    for dest, flag in PREDICT_SWITCHES.items():
-        if config.getoption(dest):
-            flags.append(flag)
-    limit = config.getoption("eval_limit")
-    if limit:
-        argv += ["--limit", str(limit)]
-    if config.getoption("capture") != "no":
-        argv.append("--no-progress")  # a progress bar only when output is shown (-s)
-    # under torchrun (RANK, WORLD_SIZE, LOCAL_RANK) each rank answers its share; rank 0 writes the report
-    return config_from_args(build_parser().parse_args(argv + flags), Shard.from_env(os.environ)), flags
+    """One RunConfig from the predict flags given to pytest (declared once, beside the RunConfig fields)."""
+    values = flags.values_from_pytest(config, RunConfig, flags.EVAL)
+    given = flags.given_flags({k: v for k, v in values.items() if k not in SELECTION}, RunConfig)
+    # a progress bar only when output is shown (-s); under torchrun (RANK, WORLD_SIZE, LOCAL_RANK) each rank
+    # answers its share and rank 0 writes the report
+    shard = Shard.from_env(os.environ)
+    cfg = RunConfig(**values, test_json=split, progress=config.getoption("capture") == "no",
+                    rank=shard.rank, world_size=shard.world_size, local_rank=shard.local_rank)
+    return cfg, given
 
 
 @pytest.fixture(scope="session")
@@ -89,14 +60,15 @@ def eval_request(pytestconfig) -> EvalRequest:
     baseline = Path(opt("eval_baseline")) if opt("eval_baseline") else None
     report_dir = Path(opt("eval_report_dir")) if opt("eval_report_dir") else None
     common = dict(ids=_ids(opt("eval_ids")), baseline=baseline, min_accuracy=opt("eval_min_accuracy"),
-                  max_fallback_rate=opt("eval_max_fallback_rate"))
+                  max_fallback_rate=opt("eval_max_fallback_rate"), thumbnails=not opt("eval_no_thumbnails"))
     if split is None:
-        flags = [flag for dest, flag in {**PREDICT_FLAGS, **PREDICT_SWITCHES}.items() if opt(dest)]
-        return EvalRequest(split=None, cfg=None, report_dir=report_dir, predict_flags=flags, **common)
-    path = harness.resolve_split(split, opt("eval_data_dir"))
-    cfg, flags = config_from_options(pytestconfig, path)
+        values = flags.values_from_pytest(pytestconfig, RunConfig, flags.EVAL)
+        given = flags.given_flags({k: v for k, v in values.items() if k not in SELECTION}, RunConfig)
+        return EvalRequest(split=None, cfg=None, report_dir=report_dir, predict_flags=given, **common)
+    path = harness.resolve_split(split, opt(flags.pytest_dest("data_dir")))
+    cfg, given = config_from_options(pytestconfig, path)
     return EvalRequest(split=path, cfg=cfg, report_dir=report_dir or harness.default_report_dir(cfg, path),
-                       predict_flags=flags, **common)
+                       predict_flags=given, **common)
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,14 @@ settings. The report is built from predictions.jsonl, never from memory.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from evals import report as rep
 from roadbuddy.config import RunConfig
-from roadbuddy.data import Question, load_questions
-from roadbuddy.output import OutputPaths, atomic_write_text
+from roadbuddy.data import Question, load_questions, write_subset
+from roadbuddy.output import OutputPaths
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPORTS = REPO / "runs" / "eval"  # /runs/ is git-ignored
@@ -59,12 +57,6 @@ def default_report_dir(cfg: RunConfig, split: Path) -> Path:
     return DEFAULT_REPORTS / f"{split.stem}-{model}-{cfg.fingerprint()[:8]}"
 
 
-def _dataset_root(q: Question) -> Path:
-    """The root the question's video_path was resolved against."""
-    depth = len(Path(os.path.normpath(q.video_rel)).parts)
-    return q.video_path.parents[depth - 1]
-
-
 def select_questions(split: Path, data_dir: Path | None, ids: list[str] | None, limit: int | None) -> list[Question]:
     questions = load_questions(split, data_dir)
     if ids:
@@ -75,17 +67,6 @@ def select_questions(split: Path, data_dir: Path | None, ids: list[str] | None, 
         wanted = set(ids)
         questions = [q for q in questions if q.id in wanted]
     return questions[:limit] if limit else questions
-
-
-def write_subset(split: Path, questions: list[Question], folder: Path) -> tuple[Path, Path]:
-    """A question file holding only `questions` (for --ids), and the dataset root its video paths need."""
-    wanted = {q.id for q in questions}
-    doc = json.loads(split.read_text(encoding="utf-8-sig"))
-    items = doc["data"] if isinstance(doc, dict) else doc
-    items = [item for item in items if isinstance(item, dict) and item.get("id") in wanted]
-    path = folder / "subset.json"
-    atomic_write_text(path, json.dumps({"__count__": len(items), "data": items}, ensure_ascii=False, indent=1))
-    return path, _dataset_root(questions[0])
 
 
 def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = None, baseline: Path | str | None = None,
@@ -102,7 +83,8 @@ def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = 
     them after the barrier and alone builds and writes the report. The other ranks
     return a result with no report.
     """
-    from roadbuddy.pipeline import load_all_predictions, run
+    from roadbuddy.output import load_all_predictions
+    from roadbuddy.pipeline import run
 
     started = time.perf_counter()
     report_dir = Path(report_dir)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from evals import categories
 from roadbuddy.data import Question, prior_letter
-from roadbuddy.pipeline import TIME_STEPS
+from roadbuddy.answering import TIME_STEPS
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 SCHEMA = 1

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from evals import tiny_task, train_tiny
-from roadbuddy import pipeline, tiles
+from evals import train_tiny
+from roadbuddy import tiny_task
+from roadbuddy import inputs, tiles
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question
 from roadbuddy.model import load_model
@@ -24,12 +25,12 @@ def test_training_prompt_tokens_are_the_pipelines(lm):
     encoder = train_tiny.Encoder(lm.tokenizer, lm.tokens_per_tile)
     rng = random.Random(3)
     cfg = RunConfig()
-    prefix = pipeline.prefix_ids_of(lm, [1] * tiny_task.FRAMES_SHOWN, cfg)[0].tolist()
+    prefix = inputs.prefix_ids(lm.tokenizer, [1] * tiny_task.FRAMES_SHOWN, lm.tokens_per_tile, cfg)[0].tolist()
     for seed in range(60):
         _, item = tiny_task.random_example(rng, seed, order_share=0.4, time_share=0.3)
         q = Question(id=f"t{seed}", question=item.question, choices=item.choices, raw_choices=item.choices,
                      video_path=None, video_rel="x.mp4")
-        assert encoder.ids(item) == prefix + pipeline.question_ids(lm, q, cfg)[0].tolist(), item
+        assert encoder.ids(item) == prefix + inputs.question_ids(lm.tokenizer, q, cfg)[0].tolist(), item
 
 
 def test_relabeled_prompt_prints_the_given_letters_and_targets_them(lm):

@@ -1,13 +1,13 @@
-"""Train the tiny InternVL that can see (evals/tiny-seeing/), on CPU, from nothing.
+"""Train the tiny InternVL that can see (roadbuddy/tiny_seeing/), on CPU, from nothing.
 
-    python -m evals.train_tiny                      # writes evals/tiny-seeing/ (about 75 min on one core)
+    python -m evals.train_tiny                      # writes roadbuddy/tiny_seeing/ (about 75 min on one core)
     python -m evals.train_tiny --steps 50 --out /tmp/x   # a smoke run
-    python -m evals.train_tiny --init evals/tiny-seeing ...   # fine-tune a checkpoint (see its TRAINING.md)
+    python -m evals.train_tiny --init roadbuddy/tiny_seeing ...   # fine-tune a checkpoint (see its TRAINING.md)
 
 The model is `roadbuddy.testing.tiny_config` at the size DESIGN.md measured
 (2-layer 64-wide vision tower on 56 px tiles = 4 tokens per tile, 4-layer
 128-wide Qwen3 text model) with the tokenizer of `roadbuddy.testing`. It is
-trained on exactly what the pipeline feeds it for `evals.tiny_task` questions:
+trained on exactly what the pipeline feeds it for `roadbuddy.tiny_task` questions:
 the frames the eval shows (uniform segments of the clip), tiled and normalised
 by `roadbuddy.tiles`, the prompt prefix and suffix of `roadbuddy.prompts`
 tokenised separately as the pipeline does, and the loss on the answer letter
@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evals import tiny_task
-from roadbuddy import prompts, tiles
+from roadbuddy import prompts, tiles, tiny_task
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "tiny-seeing"
+DEFAULT_OUT = tiny_task.CHECKPOINT
 MODEL_SIZE = dict(image_size=56, text_hidden=128, text_layers=4, vision_hidden=64, vision_layers=2)
 VALIDATION_SEED = 900_000  # in-memory validation scenes; the held-out clips use tiny_task.HELDOUT_SEED
 
@@ -60,7 +59,7 @@ class Encoder:
     def __init__(self, tokenizer, tokens_per_tile: int):
         self.tokenizer = tokenizer
         frames = prompts.frames_text([1] * tiny_task.FRAMES_SHOWN, tokens_per_tile)
-        self.prefix = self._ids(prompts.prompt_prefix(frames + prompts.intro_text()))  # as pipeline.prefix_ids_of
+        self.prefix = self._ids(prompts.prompt_prefix(frames + prompts.intro_text()))  # as inputs.prefix_ids
         self._suffix: dict[tuple, list[int]] = {}
         self.letter_ids = [tokenizer.convert_tokens_to_ids(c) for c in "ABCD"]
 
@@ -220,7 +219,7 @@ Held-out split through the real pipeline (encoded H.264 clips, decode, frames, t
 
 def training_markdown(log: dict) -> str:
     """TRAINING.md of a checkpoint folder, from its training_log.json (with its base's, when fine-tuned)."""
-    title = "# evals/tiny-seeing: how it was trained\n\n"
+    title = "# roadbuddy/tiny_seeing: how it was trained\n\n"
     if not log.get("base"):
         return title + _from_scratch_markdown(log)
     return (title + "Two stages: a model trained from random initialisation on colour and order questions "
@@ -238,7 +237,7 @@ def _from_scratch_markdown(log: dict) -> str:
     return f"""A {log['parameters'] / 1e6:.2f} M-parameter InternVL ({log['model_size']['vision_layers']}-layer, \
 {log['model_size']['vision_hidden']}-wide vision tower on {log['model_size']['image_size']} px tiles, \
 {log['model_size']['text_layers']}-layer, {log['model_size']['text_hidden']}-wide Qwen3 text model), random \
-initialisation, trained on CPU by `evals/train_tiny.py` on the synthetic task of `evals/tiny_task.py`. \
+initialisation, trained on CPU by `evals/train_tiny.py` on the synthetic task of `roadbuddy/tiny_task.py`. \
 Weights are stored in float16 (the loader upcasts to float32 on CPU).
 
 Regenerate (everything is seeded, so the same command with `--threads 1` on the same library versions should give the same weights; this was not re-run to check it):

@@ -25,7 +25,8 @@ import string
 import unicodedata
 from collections.abc import Sequence
 
-LETTERS = string.ascii_uppercase
+from roadbuddy.data import LETTERS
+
 
 _SPECIAL_TOKEN = re.compile(r"<\|[^|<>]{1,40}\|>")
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"

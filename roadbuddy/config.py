@@ -1,7 +1,9 @@
-"""Every knob of a run, with its default, in one place.
+"""Every knob of a run, with its default and its flag, in one place.
 
-The CLI, evals and bench build a `RunConfig` and pass it down; nothing deeper
-reads argv or the environment.
+The CLI, evals, fine-tuning and bench build a `RunConfig` and pass it down;
+nothing deeper reads argv or the environment. A field a user sets declares its
+flag beside it (roadbuddy.flags), and every command builds its options from
+those declarations.
 """
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from roadbuddy.flags import EVAL, FINETUNE, FRAMES, IO, MODEL, PREDICT, PROMPTS, SPEED, flag
+
 DEFAULT_MODEL = "OpenGVLab/InternVL3_5-4B-HF"
 MAX_FRAMES_LIMIT = 512
 ANSWER_MODES = ("score", "generate")
 QUANTIZATIONS = (None, "8bit", "4bit")
+ANSWERING = frozenset({PREDICT, EVAL})  # flags that only change how questions are answered, not what is learned
 
 
 class ConfigError(ValueError):
@@ -24,46 +29,100 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class RunConfig:
     # what to answer
-    test_json: Path = Path("public_test.json")
-    data_dir: Path | None = None
-    output: Path = Path("output/submission.csv")
-    limit: int | None = None
+    test_json: Path = flag(Path("public_test.json"), "--test-json",
+                           "question file (RoadBuddy JSON: {'data': [...]})", IO, type=Path,
+                           metavar="PATH", commands=frozenset({PREDICT}))
+    data_dir: Path | None = flag(None, "--data-dir",
+                                 "dataset root that video_path is relative to (default: tried in order: the JSON's "
+                                 "folder, then its parent; covers both the train/public and the private layout)",
+                                 IO, type=Path, metavar="DIR")
+    output: Path = flag(Path("output/submission.csv"), "--output",
+                        "submission CSV to write; predictions.jsonl, run.json and time_submission.csv go beside "
+                        "it (default: {default})", IO, type=Path, metavar="CSV", commands=frozenset({PREDICT}))
+    limit: int | None = flag(None, "--limit", "answer only the first N questions (smoke run)", IO, type=int,
+                             commands=ANSWERING)
 
     # model
-    model: str = DEFAULT_MODEL
-    device: str = "auto"  # auto -> cuda if available, else cpu
-    quantization: str | None = None  # None (bf16 on CUDA, fp32 on CPU), "8bit", "4bit"
-    flash_attn: bool = True  # use flash_attention_2 when importable on CUDA; False forces SDPA
+    model: str = flag(DEFAULT_MODEL, "--model",
+                      "hub id or local path of a native InternVL checkpoint (default: {default}); original-format "
+                      "ids such as OpenGVLab/InternVL3_5-4B map to their -HF twin", MODEL, metavar="ID_OR_DIR")
+    adapter: Path | None = flag(None, "--adapter",
+                                "a LoRA adapter folder made by roadbuddy-finetune for this --model; merged into "
+                                "the weights in bf16, kept beside them with --load-in-8bit/4bit (default: none)",
+                                MODEL, type=Path, metavar="DIR", commands=ANSWERING)
+    device: str = flag("auto", "--device", "auto (CUDA if available), cpu, cuda, cuda:N (default: {default})", MODEL,
+                       metavar="DEVICE")
+    quantization: str | None = flag(None, None, "", MODEL, switches=(
+        ("--load-in-8bit", "8bit", "8-bit LLM.int8 language model (bitsandbytes, CUDA)"),
+        ("--load-in-4bit", "4bit", "4-bit NF4 language model (bitsandbytes, CUDA)"),
+    ))  # None: bf16 on CUDA, fp32 on CPU
+    flash_attn: bool = flag(True, "--no-flash-attn",
+                            "use PyTorch SDPA even when flash-attn is installed (default: flash_attention_2 when "
+                            "flash-attn imports and CUDA is present, else SDPA)", MODEL, action="store_false")
 
     # frames: count = clamp(round(duration * frames_per_second), min, max),
     # then capped so frames * tokens_per_frame <= max_visual_tokens
-    min_frames: int = 8
-    max_frames: int = 32
-    frames_per_second: float = 3.0
-    max_visual_tokens: int = 8192
-    support_frames: bool = True
+    min_frames: int = flag(8, "--min-frames", "fewest frames per clip (default: {default})", FRAMES, type=int)
+    max_frames: int = flag(32, "--max-frames", f"most frames per clip, at most {MAX_FRAMES_LIMIT} "
+                           "(default: {default})", FRAMES, type=int)
+    frames_per_second: float = flag(3.0, "--frames-per-second",
+                                    "adaptive rate: a clip gets duration x this many frames, within [min, max] "
+                                    "(default: {default})", FRAMES, type=float)
+    max_visual_tokens: int = flag(8192, "--max-visual-tokens",
+                                  "cap on frames x tiles x tokens per tile, which bounds KV cache and prefill "
+                                  "memory; wins over --min-frames (default: {default}, fits a 12 GB budget in bf16)",
+                                  FRAMES, type=int)
+    support_frames: bool = flag(True, "--no-support-frames",
+                                "ignore support_frames timestamps (train files) and sample uniformly", FRAMES,
+                                action="store_false")
     support_window: float = 1.0  # seconds either side of a support timestamp
     support_share: float = 0.5  # fraction of the frames spent around support timestamps
 
     # tiles
-    max_num: int = 1  # tiles per frame (1 = model card's video setting)
+    max_num: int = flag(1, "--max-num", "tiles per frame for dynamic tiling, plus a thumbnail when >1 "
+                        "(default: {default})", FRAMES, type=int)
     use_thumbnail: bool = True
     vision_batch: int = 32  # tiles per vision-tower forward (bounds activation memory)
-    embeddings_on_cpu: bool = True  # on CUDA, keep the input embedding table in host memory (saves 0.73 GiB for 4B)
+    embeddings_on_cpu: bool = flag(True, "--embeddings-on-gpu",
+                                   "keep the input embedding table on the GPU (default on CUDA: in host memory, "
+                                   "where its lookup runs; saves 0.73 GiB of VRAM for the 4B at no measurable cost)",
+                                   SPEED, action="store_false")
     prefill_chunk: int = 2048  # prompt tokens per language-model forward (bounds activation memory; 0 = all)
 
     # prompts and answers
-    simple_prompts: bool = False
-    answer_mode: str = "score"  # "score" or "generate"
-    max_new_tokens: int = 24
+    simple_prompts: bool = flag(False, "--simple-prompts", "short prompt template instead of the detailed one",
+                                PROMPTS, action="store_true")
+    answer_mode: str = flag("score", "--answer-mode",
+                            "score: one forward pass, argmax over the valid letters' logits (default); generate: "
+                            "greedy text, parsed, falling back to the score answer when unparseable (recorded)",
+                            PROMPTS, choices=ANSWER_MODES, commands=ANSWERING)
+    max_new_tokens: int = flag(24, "--max-new-tokens", "generate mode's token budget (default: {default})",
+                               PROMPTS, type=int, commands=ANSWERING)
 
     # speed
-    share_prefix: bool = True  # prefill a clip's frames once for all its questions
-    batch_questions: bool = True  # score mode: a clip's question suffixes in one forward on the shared prefix
-    decode_threads: int = 0  # 0 = decoder's default
-    decoder_scaling: bool = True  # with max_num=1, the decoder scales frames to the tile size (not the card's PIL bicubic)
-    prefetch: int = 2  # clips decoded and tiled ahead on a worker thread (0 = in line)
-    sample_timeout: float | None = None  # seconds per question; clips get fewer frames to stay under it
+    share_prefix: bool = flag(True, "--no-share-prefix",
+                              "plain path: every question re-encodes its frames and prefills the whole prompt "
+                              "(default: a clip's frames are encoded and prefilled once for all its questions)",
+                              SPEED, action="store_false", commands=ANSWERING)
+    batch_questions: bool = flag(True, "--no-batch-questions",
+                                 "score mode on the shared prefix: one forward pass per question (default: a "
+                                 "clip's questions go through together, each seeing only the frames and its own "
+                                 "tokens)", SPEED, action="store_false", commands=ANSWERING)
+    decode_threads: int = flag(0, "--decode-threads", "decoder threads, 0 = the decoder's default (default: {default})",
+                               SPEED, type=int)
+    decoder_scaling: bool = flag(True, "--no-decoder-scaling",
+                                 "read full-size frames (decord first) and resize them with PIL bicubic exactly as "
+                                 "the model card does (default with --max-num 1: PyAV decodes and scales frames to "
+                                 "the tile size with swscale's bicubic, 1.5-6x faster on 1440p clips, pixels within "
+                                 "about 1 level of 255 on average; see bench/README.md)", SPEED, action="store_false")
+    prefetch: int = flag(2, "--prefetch", "clips decoded ahead on a worker thread, 0 = none (default: {default})",
+                         SPEED, type=int)
+    sample_timeout: float | None = flag(None, "--sample-timeout",
+                                        "keep each question under this many seconds by giving clips fewer frames; "
+                                        "the cost per frame is learned from the clips answered so far, so the first "
+                                        "clip calibrates it (default: off)", SPEED, type=float, metavar="SECONDS",
+                                        commands=ANSWERING)
+    thumbnail_dir: Path | None = None  # evals: small JPEGs of the frames each clip decoded, for report.html
 
     # data parallel (set from torchrun's environment by the CLI)
     rank: int = 0
@@ -71,10 +130,13 @@ class RunConfig:
     local_rank: int = 0
 
     # behaviour
-    strict: bool = False
-    verbose: bool = False
-    progress: bool = True
-    seed: int = 0
+    strict: bool = flag(False, "--strict",
+                        "exit 1 when any video could not be read (its questions still get the prior answer)", IO,
+                        action="store_true", commands=frozenset({PREDICT}))
+    progress: bool = flag(True, "--no-progress", "no progress bar", SPEED, action="store_false",
+                          commands=frozenset({PREDICT, FINETUNE}))
+    seed: int = flag(0, "--seed", "torch seed (answers are greedy; default: {default})", SPEED, type=int,
+                     commands=ANSWERING)
 
     def __post_init__(self) -> None:
         if self.min_frames < 1:
@@ -99,6 +161,8 @@ class RunConfig:
             raise ConfigError(f"--sample-timeout must be > 0 seconds, got {self.sample_timeout}")
         if not 0.0 <= self.support_share <= 1.0:
             raise ConfigError(f"support_share must be in [0, 1], got {self.support_share}")
+        if self.prefetch < 0:
+            raise ConfigError(f"--prefetch must be >= 0, got {self.prefetch}")
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -106,14 +170,19 @@ class RunConfig:
     # Fields that change which answers a run produces. A resumed run must agree
     # on these with the run that wrote predictions.jsonl.
     ANSWER_FIELDS = (
-        "model", "quantization", "min_frames", "max_frames", "frames_per_second",
+        "model", "adapter", "quantization", "min_frames", "max_frames", "frames_per_second",
         "max_visual_tokens", "support_frames", "support_window", "support_share",
         "max_num", "use_thumbnail", "simple_prompts", "answer_mode", "max_new_tokens", "seed", "sample_timeout",
         "decoder_scaling",
     )
 
     def answer_settings(self) -> dict:
-        return {name: getattr(self, name) for name in self.ANSWER_FIELDS}
+        settings = {name: getattr(self, name) for name in self.ANSWER_FIELDS}
+        if self.adapter is not None:  # the same folder with other weights in it gives other answers
+            from roadbuddy.adapters import adapter_digest
+
+            settings["adapter_sha256"] = adapter_digest(self.adapter)
+        return settings
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.answer_settings(), sort_keys=True, default=str)

@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_CHOICES = len(string.ascii_uppercase)
+LETTERS = string.ascii_uppercase  # a choice's letter is its position: A, B, C, ...
+MAX_CHOICES = len(LETTERS)
 
 # A printed label ("A.", "b)", "C:") with optional spaces around it, stripped
 # only when text follows it, so a choice that is just "A." stays whole.
@@ -57,7 +58,7 @@ class Question:
 
     @property
     def letters(self) -> tuple[str, ...]:
-        return tuple(string.ascii_uppercase[: len(self.choices)])
+        return tuple(LETTERS[: len(self.choices)])
 
     @property
     def num_choices(self) -> int:
@@ -224,7 +225,7 @@ def _answer_letter(item: dict, raw_choices: list[str]) -> str | None:
     wanted = _text(value)
     for i, choice in enumerate(raw_choices):
         if _text(choice) == wanted:
-            return string.ascii_uppercase[i]
+            return LETTERS[i]
     shown = value if len(value) <= 60 else value[:57] + "..."
     raise _Invalid("answer", f"must equal one of the choices (got {shown!r})")
 
@@ -327,3 +328,25 @@ def load_questions(json_path: Path | str, data_dir: Path | str | None = None) ->
         except _Invalid as err:
             raise QuestionFileError(f"{name}: item {item_id}: field '{err.field}' {err.reason}.") from None
     return questions
+
+
+def dataset_root(q: Question) -> Path:
+    """The root the question's video_path was resolved against."""
+    depth = len(Path(os.path.normpath(q.video_rel)).parts)
+    return q.video_path.parents[depth - 1]
+
+
+def write_subset(source: Path, questions: list[Question], folder: Path, name: str = "subset.json") -> tuple[Path, Path]:
+    """A question file in `folder` holding the items of `source` that `questions` name, as they are in the
+    file, and the dataset root their video paths need (the subset's own folder is not it)."""
+    from roadbuddy.output import atomic_write_text
+
+    wanted = {q.id for q in questions}
+    doc = json.loads(Path(source).read_text(encoding="utf-8-sig"))
+    items = doc["data"] if isinstance(doc, dict) else doc
+    items = [item for item in items if isinstance(item, dict) and item.get("id") in wanted]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    atomic_write_text(path, json.dumps({"__count__": len(items), "data": items}, ensure_ascii=False, indent=1))
+    return path, dataset_root(questions[0])

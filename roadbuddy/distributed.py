@@ -68,6 +68,15 @@ def barrier(shard: Shard) -> None:
         dist.barrier()
 
 
+def all_reduce_sum(tensors, shard: Shard) -> None:
+    """Sum each tensor over the ranks, in place (fine-tuning's gradients and loss); nothing in one process."""
+    import torch.distributed as dist
+
+    if shard.distributed and dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
 def finish(shard: Shard) -> None:
     import torch.distributed as dist
 

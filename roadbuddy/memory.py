@@ -120,8 +120,9 @@ def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, visio
     step = min(prompt_tokens, prefill_chunk) if prefill_chunk > 0 else prompt_tokens
     prefill = step * (6 * text.hidden_size + qkv + 3 * text.intermediate_size) * 2
 
-    size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
-    patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
+    from roadbuddy.model import vision_geometry
+
+    size, patch, _ = vision_geometry(config)
     seq = (size // patch) ** 2 + 1
     vision_act = vision_batch * seq * (7 * vision.hidden_size + vision.intermediate_size) * 2
 
@@ -133,6 +134,45 @@ def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, visio
         prompt_buffers=prompt_tokens * PROMPT_BUFFERS * text.hidden_size * 2,
         overhead=OVERHEAD_BYTES,
     )
+
+
+TEXT_TOKENS = 400  # system prompt, frame labels, question and choices
+
+
+def planned_prompt_tokens(cfg, image_size: int, tokens_per_tile: int) -> int:
+    """Tokens of the largest prompt a RunConfig allows on a 16:9 clip (what the estimate plans for)."""
+    from roadbuddy.frames import tiles_per_frame
+
+    per_frame = tokens_per_tile * tiles_per_frame(2560, 1440, cfg.max_num, cfg.use_thumbnail, image_size=image_size)
+    visual = min(cfg.max_frames * per_frame, max(per_frame, cfg.max_visual_tokens // per_frame * per_frame))
+    return visual + TEXT_TOKENS
+
+
+def print_estimate(cfg, say, free_memory=None) -> MemoryEstimate | None:
+    """Say the VRAM estimate of a RunConfig before its model loads, and warn when the GPU has less free
+    (`free_memory()` -> (free, total) bytes or None; NVML's by default, on CUDA machines)."""
+    from roadbuddy.model import resolve_model_id, vision_geometry
+
+    try:
+        config = load_config(resolve_model_id(cfg.model)[0])
+    except Exception as exc:  # offline with no cached config: nothing to estimate from
+        say(f"VRAM estimate skipped: no config for {cfg.model} ({str(exc).splitlines()[0]})")
+        return None
+    size, _, tokens_per_tile = vision_geometry(config)
+    est = estimate_vram(config, quantization=cfg.quantization,
+                        prompt_tokens=planned_prompt_tokens(cfg, size, tokens_per_tile),
+                        vision_batch=cfg.vision_batch, prefill_chunk=cfg.prefill_chunk,
+                        embeddings_on_gpu=not cfg.embeddings_on_cpu)
+    say(est.describe())
+    if free_memory is None:
+        import torch
+
+        free_memory = gpu_memory if torch.cuda.is_available() else (lambda: None)
+    gpu = free_memory()
+    if gpu and est.total > gpu[0]:
+        say(f"WARNING: the estimate exceeds the GPU's free memory ({gpu[0] / GiB:.2f} GiB); "
+            "try --load-in-4bit, fewer --max-frames or a lower --max-visual-tokens")
+    return est
 
 
 def gpu_memory(index: int = 0) -> tuple[int, int] | None:

@@ -1,9 +1,9 @@
 """InternVL through transformers' native classes: load, encode frames, answer.
 
-The hot path per clip:
-    features = encode_tiles(lm, tiles)                   # uint8 tiles normalised on the device; vision tower once per clip
-    prefix   = prefill(lm, prefix_ids, features)         # frames once per clip (KV cache)
-    logits   = forward_packed(lm, [suffix_ids, ...], prefix)   # every question's own tokens, one pass
+The hot path per clip (roadbuddy.answering drives it):
+    features = encode_tiles(lm, tiles)                     # uint8 tiles normalised on the device; vision tower once
+    forward(lm, prefix_ids, features, cache, chunk=2048)   # the frames prefilled once per frame set (KV cache)
+    logits   = forward_packed(lm, [suffix_ids, ...], cache)  # every question's own tokens, one pass
 No remote code is ever enabled and checkpoints load from safetensors only.
 """
 from __future__ import annotations
@@ -20,11 +20,10 @@ import torch
 
 from roadbuddy import tiles
 from roadbuddy.config import RunConfig
+from roadbuddy.data import LETTERS
+from roadbuddy.prompts import IMG_CONTEXT
 
 log = logging.getLogger(__name__)
-
-IMG_CONTEXT = "<IMG_CONTEXT>"
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class ModelLoadError(RuntimeError):
@@ -50,6 +49,14 @@ class LoadedModel:
     @property
     def config(self):
         return self.model.config
+
+
+def vision_geometry(config) -> tuple[int, int, int]:
+    """(tile size, patch size, image tokens per tile) of an InternVLConfig: 448, 14, 256 for InternVL3.5."""
+    vision = config.vision_config
+    size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
+    patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
+    return int(size), int(patch), int((size // patch) ** 2 * config.downsample_ratio ** 2)
 
 
 # --- model ids ------------------------------------------------------------
@@ -163,22 +170,25 @@ def load_model(cfg: RunConfig) -> LoadedModel:
         raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
     if quant is None:
         model.to(device)
+    if cfg.adapter is not None:
+        from roadbuddy import adapters
+
+        model = adapters.apply(model, cfg.adapter, merge=quant is None)
+        notes.append(f"adapter {cfg.adapter} ({'merged into the weights' if quant is None else 'beside the quantized weights'})")
     model.eval()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight  # small InternVL3s tie them
     if cfg.embeddings_on_cpu and device.type == "cuda" and not tied:
         # The input embedding table (0.73 GiB for the 4B) only serves a lookup, which _embed does on the
         # CPU; the few MB of looked-up rows then go to the GPU. The lm_head stays on the GPU.
         model.get_input_embeddings().to("cpu")
-    return wrap_model(model, tokenizer, device=device, attn_impl=attn, source=f"trained weights from {name}", notes=notes)
+    kind = "random" if getattr(model.config, "roadbuddy_weights", None) == "random" else "trained"
+    return wrap_model(model, tokenizer, device=device, attn_impl=attn, source=f"{kind} weights from {name}", notes=notes)
 
 
 def wrap_model(model, tokenizer, *, device: torch.device, attn_impl: str, source: str, notes=()) -> LoadedModel:
     """Collect what the pipeline needs from a loaded model and its tokenizer (sizes come from the config)."""
     config = model.config
-    vision = config.vision_config
-    image_size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
-    patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
-    tokens_per_tile = int((image_size // patch) ** 2 * config.downsample_ratio ** 2)
+    image_size, _, tokens_per_tile = vision_geometry(config)
     image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     if image_token_id is None or image_token_id == getattr(tokenizer, "unk_token_id", -1):
         raise ModelLoadError(f"the tokenizer has no {IMG_CONTEXT} token; is this an InternVL checkpoint?")
@@ -203,13 +213,6 @@ def wrap_model(model, tokenizer, *, device: torch.device, attn_impl: str, source
 
 
 # --- the hot path -----------------------------------------------------------
-
-def tokenize(lm: LoadedModel, text: str, *, as_text: bool = False) -> torch.Tensor:
-    """Token ids of `text`; with as_text, special-token strings in it ('<IMG_CONTEXT>', '<|im_end|>')
-    are read as plain text, so a question file cannot inject image slots or end the user turn."""
-    ids = lm.tokenizer(text, add_special_tokens=False, split_special_tokens=as_text, return_tensors="pt").input_ids
-    return ids.to(lm.device)
-
 
 @torch.inference_mode()
 def encode_tiles(lm: LoadedModel, pixel_values: torch.Tensor, batch: int = 32) -> torch.Tensor:

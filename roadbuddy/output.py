@@ -4,7 +4,8 @@ predictions.jsonl is the record of truth: every answered question is one line,
 flushed and fsynced before the next question starts, so a crash or a kill costs
 at most the answer in flight. submission.csv and time_submission.csv are
 derived from it and replaced atomically (write a temp file, fsync, rename), so
-a failed run never leaves a half-written CSV over a good one.
+a failed run never leaves a half-written CSV over a good one. Under torchrun each
+rank appends to its own shard, and rank 0 merges every shard into the CSVs.
 """
 from __future__ import annotations
 
@@ -187,6 +188,33 @@ def _csv_text(rows: Iterable[Iterable], header: list[str]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _merge_records(records: dict[str, dict], more: dict[str, dict]) -> None:
+    """Fold `more` into `records`; an answer always wins over an error record for the same id."""
+    for qid, record in more.items():
+        if qid not in records or records[qid].get("error") or not record.get("error"):
+            records[qid] = record
+
+
+def load_all_predictions(paths: OutputPaths) -> dict[str, dict]:
+    """Every record in the folder (this run's file and any other rank's shard), own torn tail cut."""
+    records = load_predictions(paths.predictions)
+    for other in paths.prediction_files():
+        if other != paths.predictions:
+            _merge_records(records, load_predictions(other, truncate=False))
+    return records
+
+
+def merge_and_write(paths: OutputPaths, questions: list[Question]) -> None:
+    """Write the CSVs from every predictions file; refuse, naming the ids, if any question has no record."""
+    records = load_all_predictions(paths)
+    missing = [q.id for q in questions if q.id not in records]
+    if missing:
+        raise OutputError(
+            f"{len(missing)} questions have no answer in any predictions file in {paths.folder} "
+            f"(first: {', '.join(missing[:5])}); run the same command again to finish them")
+    write_submissions(paths, questions, records)
 
 
 def answer_for(question: Question, record: dict | None) -> str:

@@ -16,8 +16,9 @@ trusted, so callers pass choices already stripped of them.
 """
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
+
+from roadbuddy.data import LETTERS
 
 IMG_START = "<img>"
 IMG_END = "</img>"
@@ -47,9 +48,9 @@ _DETAILED_INTRO = (
 
 def letters(num_choices: int) -> str:
     """The valid position letters for a question with this many choices."""
-    if not 1 <= num_choices <= len(string.ascii_uppercase):
-        raise ValueError(f"a question needs 1 to {len(string.ascii_uppercase)} choices (got {num_choices})")
-    return string.ascii_uppercase[:num_choices]
+    if not 1 <= num_choices <= len(LETTERS):
+        raise ValueError(f"a question needs 1 to {len(LETTERS)} choices (got {num_choices})")
+    return LETTERS[:num_choices]
 
 
 def letters_phrase(num_choices: int) -> str:

@@ -112,6 +112,7 @@ def write_tiny_checkpoint(directory: Path | str, *, seed: int = 0, **config_over
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     config = tiny_config(tokenizer, **config_overrides)
+    config.roadbuddy_weights = "random"  # the loader says "random weights" about this checkpoint
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
     model.save_pretrained(directory, safe_serialization=True)

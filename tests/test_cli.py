@@ -168,19 +168,6 @@ def test_usage_errors_exit_2(tmp_path):
     assert res.returncode == 2 and "missing.json" in res.stderr
 
 
-def test_help_and_readme_document_every_flag():
-    res = subprocess.run([sys.executable, "-m", "roadbuddy", "--help"], capture_output=True, text=True)
-    assert res.returncode == 0
-    flags = [o for action in build_parser()._actions for o in action.option_strings if o.startswith("--")]
-    assert len(flags) > 25 and "--no-batch-questions" in flags
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    table = " ".join(line for line in readme.splitlines() if line.startswith("| `--"))  # the flag table's rows
-    for flag in flags:
-        assert flag in res.stdout
-        if flag != "--help":
-            assert re.search(rf"`{re.escape(flag)}[` ]", table), f"README's flag table lacks {flag}"
-
-
 def test_demo_runs_without_downloads(tmp_path):
     res = predict("--demo", "--output", tmp_path / "demo" / "submission.csv")
     assert res.returncode == 0, res.stderr

@@ -125,7 +125,7 @@ def test_a_dead_rank_costs_nothing_and_a_rerun_finishes(tiny_checkpoint, referen
 
 def test_merge_names_missing_ids_and_keeps_the_good_submission(tiny_checkpoint, reference, tmp_path):
     from roadbuddy.output import OutputError, OutputPaths
-    from roadbuddy.pipeline import merge_and_write
+    from roadbuddy.output import merge_and_write
 
     data, _ = reference
     out = tmp_path / "submission.csv"

@@ -283,7 +283,7 @@ def test_each_hostile_clip_decodes_correctly_or_raises_video_error(hostile_root,
 def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     """Ten minutes at 5 fps: the plan stays at max_frames, and decoding seeks rather than reading every frame."""
     from roadbuddy import video
-    from roadbuddy.pipeline import plan_frames, prepare_clip
+    from roadbuddy.inputs import InputSpec, plan_frames, prepare_clip
 
     root, rel = hostile_root
     path = root / rel["ten-minutes-long"]
@@ -311,7 +311,9 @@ def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     # decord's decoding cannot be counted from outside, and timing cannot stand in for a count here: at 32x32
     # one seek costs as much as decoding ~80 frames. The run's own path is bounded below, and by the record's
     # time in test_cli_record_for_each_hostile_clip.
-    work = prepare_clip(path, [q], cfg, image_size=56, tokens_per_tile=4)  # the run's own path, "auto"
+    from roadbuddy.testing import build_tokenizer
+
+    work = prepare_clip(path, [q], cfg, InputSpec(56, 4, build_tokenizer()))  # the run's own path, "auto"
     assert work.error is None and len(work.frame_order) == cfg.max_frames
     assert work.tiles.shape[0] == cfg.max_frames
 
@@ -388,7 +390,7 @@ def test_cli_goes_on_past_every_hostile_clip(hostile_run):
 
 @pytest.mark.parametrize("clip", [pytest.param(c, id=c.name, marks=c.marks) for c in CLIPS])
 def test_cli_record_for_each_hostile_clip(hostile_run, clip):
-    from roadbuddy.pipeline import plan_frames
+    from roadbuddy.inputs import plan_frames
 
     res = hostile_run["res"]
     assert res.returncode == 0, res.stderr
@@ -468,7 +470,8 @@ def test_special_token_strings_in_a_question_are_text(tiny_checkpoint, hostile_r
     """A question holding the model's special-token strings is answered like any other, its text read as text
     (read as tokens, '<IMG_CONTEXT>' would add an image slot with no features and stop the run)."""
     from roadbuddy.model import load_model
-    from roadbuddy.pipeline import answer_clip, prepare_clip
+    from roadbuddy.answering import answer_clip
+    from roadbuddy.inputs import InputSpec, prepare_clip
 
     root, rel = hostile_root
     cfg = RunConfig(model=str(tiny_checkpoint), device="cpu")
@@ -476,7 +479,7 @@ def test_special_token_strings_in_a_question_are_text(tiny_checkpoint, hostile_r
     path = root / rel["moov-at-end"]
     q = Question(id="q", question=question, choices=("Đỏ", "Xanh"), raw_choices=("A. Đỏ", "B. Xanh"),
                  video_path=path, video_rel=rel["moov-at-end"])
-    record, = answer_clip(lm, prepare_clip(path, [q], cfg, lm.image_size, lm.tokens_per_tile), cfg)
+    record, = answer_clip(lm, prepare_clip(path, [q], cfg, InputSpec.of(lm)), cfg)
     assert record["mode"] == "score" and record["answer"] in ("A", "B")
     assert record["prompt_tokens"] == prompt_tokens_as_text(lm.tokenizer, q, len(record["frames"]),
                                                             lm.tokens_per_tile)
@@ -643,11 +646,11 @@ def test_symlink_leaving_the_data_root_is_never_opened(tiny_checkpoint, tmp_path
     questions_json.write_text(json.dumps({"data": [
         {"id": "q_sym", "question": "?", "choices": ["A. x", "B. y"], "video_path": "videos/link.mp4"},
         {"id": "q_ok", "question": "?", "choices": ["A. x", "B. y"], "video_path": "videos/good.mp4"}]}))
-    import roadbuddy.pipeline as pipeline
+    import roadbuddy.inputs as inputs
 
     opened = []
-    real_open = pipeline.open_video
-    monkeypatch.setattr(pipeline, "open_video", lambda path, **kw: opened.append(Path(path)) or real_open(path, **kw))
+    real_open = inputs.open_video
+    monkeypatch.setattr(inputs, "open_video", lambda path, **kw: opened.append(Path(path)) or real_open(path, **kw))
     code, err = run_main("--model", tiny_checkpoint, "--test-json", questions_json, "--device", "cpu",
                          "--output", tmp_path / "out" / "submission.csv")
     assert code == 0, err

@@ -12,7 +12,13 @@ import torch
 from roadbuddy import prompts, tiles
 from roadbuddy.config import RunConfig
 from roadbuddy.model import (ModelLoadError, can_pack, encode_tiles, forward, forward_official, forward_packed,
-                             letter_probs, load_model, new_cache, resolve_model_id, rewind, tokenize)
+                             letter_probs, load_model, new_cache, resolve_model_id, rewind)
+
+
+def tokenize(lm, text):
+    from roadbuddy.inputs import tokenize as ids
+
+    return ids(lm.tokenizer, text)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +82,7 @@ def test_pipeline_split_tokenizes_like_the_whole_prompt(lm, real_data_dir_or_non
     Every real question where ../shared is present, else synthetic ones."""
     from roadbuddy.config import RunConfig
     from roadbuddy.data import load_questions
-    from roadbuddy.pipeline import prefix_ids_of, question_ids
+    from roadbuddy.inputs import prefix_ids, question_ids
 
     if real_data_dir_or_none is not None:
         questions = [q for name in ("train.json", "public_test.json", "private_test.json")
@@ -89,11 +95,11 @@ def test_pipeline_split_tokenizes_like_the_whole_prompt(lm, real_data_dir_or_non
                                                           ("Xe được đi thẳng không?", ("Đúng", "Sai", "Không rõ", "Có"))])]
     for simple in (False, True):
         cfg = RunConfig(simple_prompts=simple)
-        prefix = prefix_ids_of(lm, [1, 2], cfg)[0].tolist()
+        prefix = prefix_ids(lm.tokenizer, [1, 2], lm.tokens_per_tile, cfg)[0].tolist()
         frames_block = prompts.frames_text([1, 2], lm.tokens_per_tile)
         for q in questions:
             whole = tokenize(lm, prompts.build_prompt(frames_block, prompts.question_text(q.question, q.choices, simple)))
-            assert prefix + question_ids(lm, q, cfg)[0].tolist() == whole[0].tolist(), q.id
+            assert prefix + question_ids(lm.tokenizer, q, cfg)[0].tolist() == whole[0].tolist(), q.id
 
 
 def test_shared_prefix_equals_full_prompt_and_official_forward(lm):

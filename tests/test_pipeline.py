@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from roadbuddy import pipeline, tiles, video
+from roadbuddy import answering, inputs, pipeline, sample_budget, tiles, video
+from roadbuddy.prefetch import iter_prepared
 from roadbuddy.config import RunConfig
 from roadbuddy.data import load_questions
 from roadbuddy.model import load_model
@@ -23,7 +24,7 @@ def lm(tiny_checkpoint):
 def oom_above(monkeypatch, lm, max_image_tokens: int) -> list[int]:
     """Make forward() raise CUDA OOM whenever a prompt carries more image tokens than the threshold."""
     seen = []
-    real = pipeline.forward
+    real = answering.forward
 
     def forward(lm_, ids, features, cache, **kw):
         n = int((ids == lm.image_token_id).sum())
@@ -32,7 +33,7 @@ def oom_above(monkeypatch, lm, max_image_tokens: int) -> list[int]:
             raise torch.cuda.OutOfMemoryError(f"injected: {n} image tokens")
         return real(lm_, ids, features, cache, **kw)
 
-    monkeypatch.setattr(pipeline, "forward", forward)
+    monkeypatch.setattr(answering, "forward", forward)
     return seen
 
 
@@ -91,15 +92,15 @@ def test_prefetch_queue_is_bounded_while_the_model_is_slow(monkeypatch, prefetch
 
     started, lock = [], threading.Lock()
 
-    def prepare(video, qs, cfg, image_size, tokens_per_tile):
+    def prepare(video, qs, cfg, spec):
         with lock:
             started.append(video)
-        return pipeline.ClipWork(video=video, questions=qs)
+        return inputs.PreparedClip(video=video, questions=qs)
 
-    monkeypatch.setattr(pipeline, "prepare_clip", prepare)
+    monkeypatch.setattr(inputs, "prepare_clip", prepare)
     clips = [(Path(f"clip{i}.mp4"), []) for i in range(12)]
     seen, ahead = [], []
-    for work in pipeline.iter_prepared(clips, RunConfig(prefetch=prefetch), 56, 4):
+    for work in iter_prepared(clips, RunConfig(prefetch=prefetch), inputs.InputSpec(56, 4, None)):
         seen.append(work.video)
         time.sleep(0.02)  # the model answering; the worker has time to run ahead if it is allowed to
         with lock:
@@ -123,8 +124,8 @@ def test_time_split_adds_up_to_each_questions_time(lm, synthetic_dataset, tmp_pa
         assert (split["vision"] > 0 and split["prefill"] > 0) == cfg.share_prefix
     # a clip's decode is shared equally by its questions
     by_clip = {}
-    for r in recs.values():
-        by_clip.setdefault(r["timings_ms"]["clip_shared"], set()).add(r["time_split_ms"]["decode_tiles"])
+    for q in load_questions(synthetic_dataset):
+        by_clip.setdefault(q.video_path, set()).add(recs[q.id]["time_split_ms"]["decode_tiles"])
     assert all(len(v) == 1 for v in by_clip.values())
 
 
@@ -165,13 +166,13 @@ def _drop_support_after_first(src, dst):
 @pytest.mark.parametrize("support", [False, True])
 def test_batched_questions_answer_as_one_at_a_time_and_plain(monkeypatch, lm, synthetic_dataset, tmp_path, support):
     packs = []
-    real = pipeline.forward_packed
+    real = answering.forward_packed
 
     def counted(lm_, suffixes, cache):
         packs.append(len(suffixes))
         return real(lm_, suffixes, cache)
 
-    monkeypatch.setattr(pipeline, "forward_packed", counted)
+    monkeypatch.setattr(answering, "forward_packed", counted)
     data = _drop_support_after_first(synthetic_dataset, synthetic_dataset.parent / "mixed.json") if support \
         else synthetic_dataset
     base = RunConfig(model="tiny", test_json=data, device="cpu", progress=False, support_frames=support)
@@ -200,14 +201,14 @@ def test_batched_questions_answer_as_one_at_a_time_and_plain(monkeypatch, lm, sy
     ([4], 2, [[0]]),
 ])
 def test_question_packs_keep_order_and_the_token_bound(tokens, limit, expected):
-    assert pipeline.question_packs([torch.zeros(1, n) for n in tokens], limit) == expected
+    assert answering.question_packs([torch.zeros(1, n) for n in tokens], limit) == expected
 
 
 def test_no_packing_in_generate_mode_or_without_a_mask(monkeypatch, lm, synthetic_dataset, tmp_path):
     def refuse(*_a, **_k):
         raise AssertionError("forward_packed should not run here")
 
-    monkeypatch.setattr(pipeline, "forward_packed", refuse)
+    monkeypatch.setattr(answering, "forward_packed", refuse)
     for name, cfg_lm in {"generate": (dict(answer_mode="generate", max_new_tokens=2), lm),
                          "flash": ({}, dataclasses.replace(lm, attn_impl="flash_attention_2"))}.items():
         changes, model = cfg_lm
@@ -226,17 +227,17 @@ def test_plan_frames_respects_the_token_budget(lm):
     question = Question(id="x", question="?", choices=("a", "b"), raw_choices=("a", "b"), video_path=None,
                         video_rel="v.mp4")
     cfg = RunConfig(max_visual_tokens=40, max_frames=32, min_frames=8)
-    frames = pipeline.plan_frames(info, [question], cfg, lm.image_size, lm.tokens_per_tile)["x"]
+    frames = inputs.plan_frames(info, [question], cfg, lm.image_size, lm.tokens_per_tile)["x"]
     assert len(frames) == 10  # 10 s at 3 fps = 30 frames, cut to 40 // 4 tokens per frame
     cfg = RunConfig(max_visual_tokens=20, max_frames=32, min_frames=8)
-    frames = pipeline.plan_frames(info, [question], cfg, lm.image_size, lm.tokens_per_tile)["x"]
+    frames = inputs.plan_frames(info, [question], cfg, lm.image_size, lm.tokens_per_tile)["x"]
     assert len(frames) == 5  # the budget wins over --min-frames
 
 
 def test_sample_budget_caps_frames_from_measured_cost():
-    budget = pipeline.SampleBudget(timeout_s=1.0)
+    budget = sample_budget.SampleBudget(timeout_s=1.0)
     assert budget.cap(3) is None  # nothing measured yet: the first clip runs as configured
-    work = pipeline.ClipWork(video=None, questions=[], frame_order=list(range(10)))
+    work = inputs.PreparedClip(video=None, questions=[], frame_order=list(range(10)))
     recs = [{"time_split_ms": {"decode_tiles": 300.0, "vision": 150.0, "prefill": 50.0, "question": 50.0}},
             {"time_split_ms": {"decode_tiles": 300.0, "vision": 150.0, "prefill": 50.0, "question": 40.0}}]
     budget.observe(work, recs)  # 2 x 500 ms shared for 10 frames -> 100 ms per frame, 50 ms own (the slower)
@@ -263,13 +264,13 @@ def test_sample_timeout_degrades_frames_instead_of_exceeding(monkeypatch, lm, tm
     from roadbuddy.testing import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", clips=5)
-    real = pipeline.encode_tiles
+    real = answering.encode_tiles
 
     def slow_encode(lm_, pixel_values, batch=32):
         _time.sleep(0.04 * pixel_values.shape[0])  # 40 ms per tile: a slow GPU stand-in
         return real(lm_, pixel_values, batch)
 
-    monkeypatch.setattr(pipeline, "encode_tiles", slow_encode)
+    monkeypatch.setattr(answering, "encode_tiles", slow_encode)
     cfg = RunConfig(model="tiny", test_json=data, output=tmp_path / "s.csv", device="cpu", progress=False,
                     prefetch=0, min_frames=8, max_frames=8, sample_timeout=0.25)
     run(cfg, lm)
@@ -278,34 +279,34 @@ def test_sample_timeout_degrades_frames_instead_of_exceeding(monkeypatch, lm, tm
     assert len(first_clip) == 8 and "frame_cap" not in recs[0]  # calibration clip, as configured
     later = [r for r in recs if "frame_cap" in r]
     assert later, "no clip was degraded"
+    clip_of = {q.id: q.video_path for q in load_questions(data)}
     clips = {}
     for r in later:
         assert len(r["frames"]) <= r["frame_cap"] < 8
-        clips.setdefault(r["timings_ms"]["clip_shared"], set()).update(r["frames"])
+        clips.setdefault(clip_of[r["id"]], set()).update(r["frames"])
     # the injected 40 ms per tile dominates every clip's cost: what the degraded clips decoded must fit the
     # timeout with the budget's safety margin (asserted on the cost model, not the wall clock, which
     # other processes on a busy machine can stretch)
     for r in later:
-        questions = sum(1 for x in recs if x["timings_ms"]["clip_shared"] == r["timings_ms"]["clip_shared"])
-        assert 40 * len(clips[r["timings_ms"]["clip_shared"]]) / questions <= 250 * pipeline.SampleBudget.SAFETY
+        questions = sum(1 for x in recs if clip_of[x["id"]] == clip_of[r["id"]])
+        assert 40 * len(clips[clip_of[r["id"]]]) / questions <= 250 * sample_budget.SampleBudget.SAFETY
 
 
 def test_decoder_scaling_gives_the_same_tiles_approximately(lm, synthetic_dataset, monkeypatch):
     opened = []
-    real_open = pipeline.open_video
-    monkeypatch.setattr(pipeline, "open_video", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+    real_open = inputs.open_video
+    monkeypatch.setattr(inputs, "open_video", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
     questions = load_questions(synthetic_dataset)
     clip = [q for q in questions if q.video_path == questions[0].video_path]
     cfg = RunConfig(support_frames=False, decoder_scaling=False)
-    card = pipeline.prepare_clip(clip[0].video_path, clip, cfg, lm.image_size, lm.tokens_per_tile)
-    fast = pipeline.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True), lm.image_size,
-                                 lm.tokens_per_tile)
+    card = inputs.prepare_clip(clip[0].video_path, clip, cfg, inputs.InputSpec.of(lm))
+    fast = inputs.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True), inputs.InputSpec.of(lm))
     assert fast.frame_order == card.frame_order and fast.tiles_per_frame == card.tiles_per_frame
     assert fast.tiles.shape == card.tiles.shape and fast.tiles.dtype == card.tiles.dtype == torch.uint8
     diff = (tiles.normalize_tiles(fast.tiles) - tiles.normalize_tiles(card.tiles)).abs().mean().item()
     assert 0 < diff < 0.06  # normalised units: 1 uint8 level is about 0.017; two bicubic resamplers
     assert [r.info.backend for r in opened] == ["decord" if video.decoders_available()["decord"] else "pyav",
                                                 "pyav"]  # the scaled read prefers PyAV, the card's decord
-    tiled = pipeline.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True, max_num=6),
-                                  lm.image_size, lm.tokens_per_tile)
+    tiled = inputs.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True, max_num=6),
+                                inputs.InputSpec.of(lm))
     assert max(tiled.tiles_per_frame) > 1  # scaling only applies to one tile per frame

@@ -29,8 +29,10 @@ the vision tower layer-normalises each patch's embedding, so raw 0-255 values
 scaled by a third embed alike (a night and a day frame: cosine 0.9999 without
 the normalisation, 0.93 with it), and a model given raw values cannot tell day
 from night. The
-training script renders frames in memory (`Scene.frame`); the held-out split
-(`write_heldout`) encodes real H.264 clips that go through the real pipeline.
+training script (evals/train_tiny.py) renders frames in memory (`Scene.frame`);
+the held-out split (`write_heldout`) encodes real H.264 clips that go through
+the real pipeline. The trained checkpoint ships in the package (`CHECKPOINT`),
+so `roadbuddy-predict --demo` and the evals use the same model.
 """
 from __future__ import annotations
 
@@ -45,9 +47,11 @@ from roadbuddy.config import RunConfig
 from roadbuddy.frames import segment_indices
 from roadbuddy.synth import road_frame, write_clip
 
+CHECKPOINT = Path(__file__).resolve().parent / "tiny_seeing"  # the trained tiny model (evals/train_tiny.py)
 WIDTH, HEIGHT, FPS = 128, 72, 10.0  # 16:9, like the real 2560x1440 clips
 FRAMES_SHOWN = 4  # the eval's min_frames = max_frames
 HELDOUT_SEED = 20_000  # scene seeds of the held-out split start here; training uses seeds below it
+HELDOUT_CLIPS = 24
 
 COLOURS = {"red": "Đỏ", "yellow": "Vàng", "green": "Xanh"}
 NO_LIGHT = "Không có đèn"
@@ -225,7 +229,7 @@ def eval_config(model: Path | str, split: Path | str, output: Path | str, **chan
     return RunConfig(**settings)
 
 
-def write_heldout(directory: Path | str, *, clips: int = 24, seed: int = HELDOUT_SEED) -> Path:
+def write_heldout(directory: Path | str, *, clips: int = HELDOUT_CLIPS, seed: int = HELDOUT_SEED) -> Path:
     """A labeled split in the RoadBuddy train layout: DIR/train/train.json + DIR/train/videos/*.mp4.
 
     A third of the clips each are colour, order and time clips (in turn); each clip

@@ -1,0 +1,148 @@
+"""The model side of answering: a prepared clip's questions -> one record per question.
+
+Three paths, the same answers (tests compare them):
+- shared prefix (default): the vision tower runs once per clip, each frame set's prefix is prefilled once,
+  and in score mode the questions' suffixes go through one packed forward on that cache;
+- one question at a time on the shared prefix (`--no-batch-questions`, generate mode, flash attention);
+- plain (`--no-share-prefix`): every question re-encodes its frames and prefills its whole prompt.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+
+from roadbuddy import answers
+from roadbuddy.config import RunConfig
+from roadbuddy.data import Question, prior_letter
+from roadbuddy.inputs import PreparedClip
+from roadbuddy.model import (LoadedModel, can_pack, encode_tiles, forward, forward_packed, greedy, letter_probs,
+                             new_cache, rewind)
+
+# a record's time_split_ms: its shares of the clip's decode and tiling, vision tower and prefill, and its own pass
+TIME_STEPS = ("decode_tiles", "vision", "prefill", "question")
+
+
+def _sync(lm: LoadedModel) -> None:
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+
+
+def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig) -> Iterator[dict]:
+    """Answer every question of a prepared clip, yielding each record as soon as it is made."""
+    vision_ms = 0.0
+    features = None
+    if cfg.share_prefix:
+        t = time.perf_counter()
+        features = encode_tiles(lm, clip.tiles, cfg.vision_batch)
+        _sync(lm)
+        vision_ms = (time.perf_counter() - t) * 1000
+    n = len(clip.questions)
+
+    for group in clip.groups:
+        prefix_ids = group.prefix_ids.to(lm.device)
+        suffixes = {qid: ids.to(lm.device) for qid, ids in group.suffix_ids.items()}
+        group_ms = 0.0
+        if cfg.share_prefix:
+            t = time.perf_counter()
+            cache = new_cache(lm)
+            forward(lm, prefix_ids, features[group.tile_rows], cache, chunk=cfg.prefill_chunk)
+            prefix_len = cache.get_seq_length()
+            _sync(lm)
+            group_ms = (time.perf_counter() - t) * 1000
+        packed = {}
+        if cfg.share_prefix and cfg.batch_questions and cfg.answer_mode == "score" and can_pack(lm):
+            packed = _packed_logits(lm, [suffixes[q.id] for q in group.questions], [q.id for q in group.questions],
+                                    cache, prefix_len, cfg.prefill_chunk)
+        for q in group.questions:
+            t = time.perf_counter()
+            suffix_ids = suffixes[q.id]
+            pass_ms = 0.0
+            if q.id in packed:
+                logits, pass_ms = packed[q.id]
+            elif cfg.share_prefix:
+                logits = forward(lm, suffix_ids, None, cache)
+            else:  # the plain path: re-encode this question's frames, prefill the whole prompt
+                cache = new_cache(lm)
+                q_features = encode_tiles(lm, clip.tiles[group.tile_rows], cfg.vision_batch)
+                logits = forward(lm, torch.cat([prefix_ids, suffix_ids], dim=1), q_features, cache,
+                                 chunk=cfg.prefill_chunk)
+            record = answer_record(lm, q, logits, cache, cfg)
+            if cfg.share_prefix:
+                rewind(cache, prefix_len)
+            _sync(lm)
+            own_ms = (time.perf_counter() - t) * 1000 + pass_ms
+            # this question's time, split by step (the shares add up to time_ms): its share of the clip's decode
+            # and tiling, of the vision tower and of its frame set's prefill, and its own forward (on the plain
+            # path that holds its vision tower and whole prefill)
+            split = dict(zip(TIME_STEPS, (round(clip.prepare_ms / n, 3), round(vision_ms / n, 3),
+                                          round(group_ms / len(group.questions), 3), round(own_ms, 3))))
+            record.update(
+                frames=list(group.frames),
+                frame_seconds=clip.seconds(group.frames),
+                tiles_per_frame=list(group.tiles_per_frame),
+                tiles=group.tiles,
+                visual_tokens=group.tiles * lm.tokens_per_tile,
+                prompt_tokens=int(prefix_ids.shape[1] + suffix_ids.shape[1]),
+                time_ms=round(sum(split.values()), 3),
+                time_split_ms=split,
+            )
+            yield record
+
+
+def _packed_logits(lm: LoadedModel, suffixes: list[torch.Tensor], ids: list[str], cache, prefix_len: int,
+                   max_tokens: int) -> dict[str, tuple[torch.Tensor, float]]:
+    """Next-token logits of every question that shares a forward pass with another, by id, with its share
+    of that pass in ms; a question alone in its pack is left out (it takes the one-question path)."""
+    out = {}
+    for pack in question_packs(suffixes, max_tokens):
+        if len(pack) < 2:
+            continue
+        t = time.perf_counter()
+        logits = forward_packed(lm, [suffixes[i] for i in pack], cache)
+        rewind(cache, prefix_len)
+        _sync(lm)
+        share = (time.perf_counter() - t) * 1000 / len(pack)
+        out.update({ids[i]: (logits[j], share) for j, i in enumerate(pack)})
+    return out
+
+
+def question_packs(suffixes: list[torch.Tensor], max_tokens: int) -> list[list[int]]:
+    """Consecutive questions grouped so each group's suffix tokens stay within `max_tokens` (0 = no bound);
+    a question longer than that goes alone. The pipeline passes the prefill chunk: a pack then attends
+    to at most the prefix plus a chunk's worth of tokens, as the prefill's last chunk did, so its
+    activations and attention scores never exceed the prefill's (the peak the VRAM estimate covers)."""
+    packs: list[list[int]] = []
+    tokens = 0
+    for i, suffix in enumerate(suffixes):
+        n = suffix.shape[1]
+        if not packs or (max_tokens > 0 and tokens + n > max_tokens):
+            packs.append([])
+            tokens = 0
+        packs[-1].append(i)
+        tokens += n
+    return packs
+
+
+def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg: RunConfig) -> dict:
+    """The record of one answer: the scored letter and its probabilities; in generate mode the greedy
+    text, parsed, with the scored letter as the recorded fallback when it names no letter."""
+    probs = letter_probs(lm, logits, q.letters)
+    scored = max(probs, key=probs.get)
+    record = {"id": q.id, "answer": scored, "mode": "score", "probs": {k: round(v, 6) for k, v in probs.items()}}
+    if cfg.answer_mode == "generate":
+        text = greedy(lm, logits, cache, cfg.max_new_tokens)
+        parsed = answers.parse_answer(text, q.choices)
+        record.update(raw=text, mode="generate")
+        if parsed is None:
+            record.update(mode="generate-fallback-score", fallback=True)
+        else:
+            record["answer"] = parsed
+    return record
+
+
+def error_records(clip: PreparedClip) -> list[dict]:
+    """The prior answer for each of the clip's questions, with the reason it could not be answered."""
+    return [{"id": q.id, "answer": prior_letter(q.num_choices), "mode": "error-prior", "error": clip.error,
+             "time_ms": round(clip.prepare_ms / len(clip.questions), 3)} for q in clip.questions]

@@ -1,0 +1,186 @@
+"""The CPU side of answering: a clip and its questions -> the frames, tiles and token ids the model is sent.
+
+    clip = prepare_clip(video, questions, cfg, spec)     # decode once, tile, tokenise (a worker thread)
+    for group in clip.groups:                            # questions that share a frame set share a prefix
+        group.prefix_ids, group.suffix_ids[q.id], clip.tiles[group.tile_rows]
+
+Prediction builds its inputs here on the prefetch thread and fine-tuning builds
+its training examples here too, so a training example is what prediction sends,
+by construction (tests/test_finetune.py compares them).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from roadbuddy import frames, prompts, tiles
+from roadbuddy.config import RunConfig
+from roadbuddy.data import Question
+from roadbuddy.video import VideoError, open_video
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's inputs depend on: its tile size, image tokens per tile and tokenizer."""
+
+    image_size: int
+    tokens_per_tile: int
+    tokenizer: object
+
+    @classmethod
+    def of(cls, lm) -> "InputSpec":
+        """The spec of a roadbuddy.model.LoadedModel."""
+        return cls(lm.image_size, lm.tokens_per_tile, lm.tokenizer)
+
+
+@dataclass
+class FrameGroup:
+    """Questions of a clip that see the same frames: one prefix (system turn, frames, intro) for all."""
+
+    frames: tuple[int, ...]
+    questions: list[Question]
+    tile_rows: list[int]  # rows of the clip's tiles (and of its encoded features) for these frames, in order
+    tiles_per_frame: list[int]
+    prefix_ids: torch.Tensor  # [1, T] int64, CPU
+    suffix_ids: dict[str, torch.Tensor]  # question id -> [1, T] int64, CPU
+
+    @property
+    def tiles(self) -> int:
+        return int(sum(self.tiles_per_frame))
+
+
+@dataclass
+class PreparedClip:
+    """A decoded, tiled and tokenised clip: everything CPU-side that its questions need."""
+
+    video: Path
+    questions: list[Question]
+    fps: float = 0.0
+    frame_order: list[int] = field(default_factory=list)  # decoded frame indices, ascending
+    tiles: torch.Tensor | None = None  # uint8 [N,3,S,S]: the tiles of frame_order, concatenated (normalised on the device)
+    tiles_per_frame: list[int] = field(default_factory=list)
+    groups: list[FrameGroup] = field(default_factory=list)
+    prepare_ms: float = 0.0
+    error: str | None = None
+    frame_cap: int | None = None  # set when --sample-timeout lowered this clip's frame count
+
+    @property
+    def frames_by_question(self) -> dict[str, tuple[int, ...]]:
+        return {q.id: g.frames for g in self.groups for q in g.questions}
+
+    def seconds(self, frame_indices) -> list[float]:
+        return [round(i / self.fps, 3) if self.fps > 0 else 0.0 for i in frame_indices]
+
+
+def plan_frames(info, questions: list[Question], cfg: RunConfig, image_size: int,
+                tokens_per_tile: int) -> dict[str, tuple[int, ...]]:
+    """Frame indices per question: the adaptive count, plus windows around support timestamps."""
+    per_frame = tokens_per_tile * frames.tiles_per_frame(info.width, info.height, cfg.max_num, cfg.use_thumbnail,
+                                                         image_size=image_size)
+    count = frames.frame_count(info.duration, min_frames=cfg.min_frames, max_frames=cfg.max_frames,
+                               frames_per_second=cfg.frames_per_second, max_visual_tokens=cfg.max_visual_tokens,
+                               tokens_per_frame=per_frame)
+    planned = {}
+    for q in questions:
+        support = q.support_frames if cfg.support_frames else ()
+        planned[q.id] = tuple(frames.select_frames(info.num_frames, info.fps, count, support,
+                                                   support_window=cfg.support_window,
+                                                   support_share=cfg.support_share))
+    return planned
+
+
+def tokenize(tokenizer, text: str, *, as_text: bool = False) -> torch.Tensor:
+    """Token ids [1, T] of `text`; with as_text, special-token strings in it ('<IMG_CONTEXT>', '<|im_end|>')
+    are read as plain text, so a question file cannot inject image slots or end the user turn."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=as_text, return_tensors="pt").input_ids
+
+
+def prefix_ids(tokenizer, tiles_per_frame, tokens_per_tile: int, cfg: RunConfig) -> torch.Tensor:
+    """The shared prefix: system turn, the frames' image slots and the question-independent intro."""
+    frames_block = prompts.frames_text(tiles_per_frame, tokens_per_tile) + prompts.intro_text(cfg.simple_prompts)
+    return tokenize(tokenizer, prompts.prompt_prefix(frames_block))
+
+
+def question_ids(tokenizer, q: Question, cfg: RunConfig) -> torch.Tensor:
+    """The suffix: the question from the file with its choices, tokenized as plain text, then the turn's end."""
+    block = tokenize(tokenizer, prompts.question_body(q.question, q.choices, simple=cfg.simple_prompts), as_text=True)
+    return torch.cat([block, tokenize(tokenizer, prompts.prompt_suffix(""))], dim=1)
+
+
+def frame_groups(planned: dict[str, tuple[int, ...]], questions: list[Question], frame_order: list[int],
+                 tiles_per_frame: list[int], cfg: RunConfig, spec: InputSpec) -> list[FrameGroup]:
+    """The clip's questions grouped by frame set, in order of first appearance, each with its token ids."""
+    starts = np.concatenate([[0], np.cumsum(tiles_per_frame)]).astype(int)
+    position = {f: i for i, f in enumerate(frame_order)}
+    by_frames: dict[tuple[int, ...], list[Question]] = {}
+    for q in questions:
+        by_frames.setdefault(planned[q.id], []).append(q)
+    groups = []
+    for frame_idx, group in by_frames.items():
+        counts = [tiles_per_frame[position[f]] for f in frame_idx]
+        rows = [r for f in frame_idx for r in range(starts[position[f]], starts[position[f] + 1])]
+        groups.append(FrameGroup(
+            frames=frame_idx, questions=group, tile_rows=rows, tiles_per_frame=counts,
+            prefix_ids=prefix_ids(spec.tokenizer, counts, spec.tokens_per_tile, cfg),
+            suffix_ids={q.id: question_ids(spec.tokenizer, q, cfg) for q in group}))
+    return groups
+
+
+def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec: InputSpec) -> PreparedClip:
+    """Decode the union of every question's frames once, tile them and tokenise the prompts (CPU only; safe
+    on a worker thread). A clip that cannot be read comes back with `error` set, never raises VideoError."""
+    clip = PreparedClip(video=video, questions=questions)
+    if questions[0].video_error:
+        clip.error = questions[0].video_error
+        return clip
+    start = time.perf_counter()
+    try:
+        # One tile per frame is one resize to SxS: letting the decoder do it skips the full-size RGB
+        # conversion and PIL resize (pixels differ from the card's by about one uint8 level; see
+        # bench/README.md). PyAV's sequential decode with swscale's bicubic is the faster reader for it.
+        size = spec.image_size
+        scale = (size, size) if cfg.decoder_scaling and cfg.max_num == 1 else None
+        with open_video(video, threads=cfg.decode_threads, prefer="pyav" if scale else "decord") as reader:
+            planned = plan_frames(reader.info, questions, cfg, size, spec.tokens_per_tile)
+            clip.fps = reader.info.fps
+            clip.frame_order = sorted({f for idx in planned.values() for f in idx})
+            decoded = reader.get(clip.frame_order, size=scale)
+        if cfg.thumbnail_dir is not None:
+            write_thumbnails(decoded, clip.frame_order, questions[0].video_rel, cfg.thumbnail_dir)
+        clip.tiles, clip.tiles_per_frame = tiles.frames_to_tiles(
+            decoded, size, max_num=cfg.max_num, use_thumbnail=cfg.use_thumbnail)
+        clip.groups = frame_groups(planned, questions, clip.frame_order, clip.tiles_per_frame, cfg, spec)
+    except VideoError as exc:
+        clip.error = str(exc)
+    clip.prepare_ms = (time.perf_counter() - start) * 1000
+    return clip
+
+
+THUMBNAIL_WIDTH = 160
+
+
+def thumbnail_path(folder: Path, video_rel: str, frame: int) -> Path:
+    """Where report.html finds a clip's frame: FOLDER/<video_rel without suffix, '/' -> '__'>/<frame:06d>.jpg."""
+    key = str(Path(video_rel).with_suffix("")).replace("\\", "/").replace("/", "__")
+    return Path(folder) / key / f"{int(frame):06d}.jpg"
+
+
+def write_thumbnails(decoded: np.ndarray, frame_order: list[int], video_rel: str, folder: Path) -> None:
+    """Small JPEGs of the frames as decoded for the model (so no second decode is needed to show them)."""
+    from PIL import Image
+
+    for index, frame in zip(frame_order, decoded):
+        path = thumbnail_path(folder, video_rel, index)
+        if path.is_file():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(np.asarray(frame))
+        height = max(1, round(image.height * THUMBNAIL_WIDTH / image.width))
+        partial = path.with_name(path.name + ".part")  # a killed run leaves no half image under the real name
+        image.resize((THUMBNAIL_WIDTH, height), Image.BILINEAR).save(partial, format="JPEG", quality=80)
+        os.replace(partial, path)
