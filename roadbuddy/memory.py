@@ -136,7 +136,11 @@ def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, visio
     )
 
 
-TEXT_TOKENS = 400  # system prompt, frame labels, question and choices
+# Text tokens of a prompt with the real Qwen vocabulary (bench/prompt_lengths.py over train.json, detailed
+# prompts): the prefix holds 146 + about 8 per frame ("Frame12: <img>" and "</img>\n"; 393 at 32 frames),
+# and the longest question suffix is 353 tokens (mean 91). A pack of questions is bounded by the prefill
+# chunk, so the longest single prompt is what the KV cache must hold.
+PREFIX_TEXT_TOKENS, TEXT_TOKENS_PER_FRAME, LONGEST_SUFFIX_TOKENS = 146, 8, 353
 
 
 def planned_prompt_tokens(cfg, image_size: int, tokens_per_tile: int) -> int:
@@ -145,7 +149,8 @@ def planned_prompt_tokens(cfg, image_size: int, tokens_per_tile: int) -> int:
 
     per_frame = tokens_per_tile * tiles_per_frame(2560, 1440, cfg.max_num, cfg.use_thumbnail, image_size=image_size)
     visual = min(cfg.max_frames * per_frame, max(per_frame, cfg.max_visual_tokens // per_frame * per_frame))
-    return visual + TEXT_TOKENS
+    frames = visual // per_frame
+    return visual + PREFIX_TEXT_TOKENS + TEXT_TOKENS_PER_FRAME * frames + LONGEST_SUFFIX_TOKENS
 
 
 def print_estimate(cfg, say, free_memory=None) -> MemoryEstimate | None:

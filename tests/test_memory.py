@@ -57,8 +57,10 @@ RESULTS = sorted((Path(__file__).resolve().parent.parent / "bench" / "results").
 
 
 @pytest.mark.parametrize("results_file", RESULTS, ids=[p.stem for p in RESULTS])
-def test_estimate_within_10_percent_of_every_measured_peak(results_file, config_4b):
-    """The estimate printed by roadbuddy-predict against the NVML peaks the GPU sweep recorded."""
+def test_estimate_within_5_1_percent_of_every_measured_peak(results_file, config_4b):
+    """The estimate printed by roadbuddy-predict against the NVML peaks the GPU sweep recorded. Its two
+    constants were fitted on these same peaks, so this is the fit's in-sample error (README says so), and
+    it holds the fit to what the README claims: 5.1% at most."""
     doc = json.loads(results_file.read_text())
     if doc["weights"] != "random":
         pytest.skip("measured on a real checkpoint whose config is not shipped")
@@ -70,4 +72,28 @@ def test_estimate_within_10_percent_of_every_measured_peak(results_file, config_
         est = memory.estimate_vram(config_4b, quantization=q, prompt_tokens=r["prompt_tokens_max"], vision_batch=32,
                                    prefill_chunk=2048, embeddings_on_gpu=False, counts=counts)
         error = est.total / memory.GiB / r["nvml_peak_gib"] - 1
-        assert abs(error) <= 0.10, f"{r['label']}: estimate {est.total / memory.GiB:.2f} GiB vs NVML {r['nvml_peak_gib']:.2f}"
+        assert abs(error) <= 0.0515, f"{r['label']}: estimate {est.total / memory.GiB:.2f} GiB vs NVML {r['nvml_peak_gib']:.2f}"
+
+
+def test_planned_prompt_holds_the_real_vocabularys_longest_prompt():
+    """The allowance for text is the measured prefix text and longest suffix (bench/prompt_lengths.py)."""
+    from roadbuddy.config import RunConfig
+
+    assert memory.planned_prompt_tokens(RunConfig(), 448, 256) == 8192 + 146 + 8 * 32 + 353
+    assert memory.planned_prompt_tokens(RunConfig(max_frames=8), 448, 256) == 2048 + 146 + 64 + 353
+
+
+def test_estimate_warns_when_the_gpu_has_less_free_memory(tmp_path):
+    from roadbuddy.config import RunConfig
+
+    said = []
+    cfg = RunConfig()  # the shipped 4B config: 10.4 GiB at the defaults
+    est = memory.print_estimate(cfg, said.append, free_memory=lambda: (8 * memory.GiB, 24 * memory.GiB))
+    assert said[0].startswith("VRAM estimate") and est.total > 8 * memory.GiB
+    assert "WARNING: the estimate exceeds the GPU's free memory (8.00 GiB)" in said[1]
+    said.clear()
+    memory.print_estimate(cfg, said.append, free_memory=lambda: (20 * memory.GiB, 24 * memory.GiB))
+    assert len(said) == 1 and "WARNING" not in said[0]
+    said.clear()
+    memory.print_estimate(cfg.replace(model=str(tmp_path / "nowhere")), said.append, free_memory=lambda: None)
+    assert said[0].startswith("VRAM estimate skipped")
