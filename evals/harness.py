@@ -7,10 +7,12 @@ settings. The report is built from predictions.jsonl, never from memory.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from evals import html_report
 from evals import report as rep
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question, load_questions, write_subset
@@ -18,6 +20,7 @@ from roadbuddy.output import OutputPaths
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPORTS = REPO / "runs" / "eval"  # /runs/ is git-ignored
+THUMBNAILS = "thumbnails"  # the report folder's frame thumbnails, for report.html
 
 
 @dataclass
@@ -71,9 +74,11 @@ def select_questions(split: Path, data_dir: Path | None, ids: list[str] | None, 
 
 def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = None, baseline: Path | str | None = None,
              min_accuracy: float | None = None, max_fallback_rate: float | None = None,
-             max_prior_accuracy: float | None = None, fresh: bool = False, model_loader=None,
-             say=print) -> EvalResult:
-    """Answer the split with `cfg` (resuming from the report folder), then write report.json/.md/.png there.
+             max_prior_accuracy: float | None = None, fresh: bool = False, thumbnails: bool = True,
+             model_loader=None, say=print) -> EvalResult:
+    """Answer the split with `cfg` (resuming from the report folder), then write report.json/.md/.png and
+    report.html there; with `thumbnails` the pipeline writes small JPEGs of the frames it decodes into
+    thumbnails/ for the page (no second decode).
 
     `fresh` deletes earlier predictions first (the tiny-model eval and the defect
     runs always start over: their predictions must come from this code).
@@ -97,7 +102,8 @@ def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = 
     if unlabeled:
         raise rep.UnlabeledSplitError(f"{split.name} has {len(unlabeled)} questions without an answer "
                                       f"(first: {unlabeled[0]}); evaluate a labeled split such as train.json")
-    run_cfg = cfg.replace(output=report_dir / "submission.csv")
+    run_cfg = cfg.replace(output=report_dir / "submission.csv",
+                          thumbnail_dir=report_dir / THUMBNAILS if thumbnails else None)
     paths = OutputPaths.for_submission(run_cfg.output, cfg.rank, cfg.world_size)
     if fresh:
         _forget_earlier_run(paths, cfg.rank, cfg.world_size)
@@ -118,6 +124,8 @@ def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = 
     failures = rep.add_checks(report, min_accuracy=min_accuracy, max_fallback_rate=max_fallback_rate,
                               max_prior_accuracy=max_prior_accuracy)
     written = rep.write_report(report, report_dir)
+    written["html"] = html_report.write_html(report, questions, records, baseline=base, page_dir=report_dir,
+                                             thumbnails=report_dir / THUMBNAILS if thumbnails else None)
     return EvalResult(report=report, paths=written, failures=failures, table=table, world_size=cfg.world_size)
 
 
@@ -134,6 +142,7 @@ def _forget_earlier_run(paths: OutputPaths, rank: int, world_size: int) -> None:
             stale.unlink(missing_ok=True)
     for name in ("run.json", "submission.csv", "time_submission.csv"):
         (paths.folder / name).unlink(missing_ok=True)
+    shutil.rmtree(paths.folder / THUMBNAILS, ignore_errors=True)
 
 
 def summary_lines(result: EvalResult) -> list[str]:
@@ -147,5 +156,5 @@ def summary_lines(result: EvalResult) -> list[str]:
         lines.append(f"vs baseline: {c['wins']} wins, {c['losses']} losses, McNemar p = {c['mcnemar_p']:.3g}")
     if r.get("wall_seconds") is not None:
         lines.append(f"wall time {r['wall_seconds']:.1f} s")
-    lines.append(f"report: {result.paths['md']}")
+    lines.append(f"report: {result.paths['md']} and the error browser {result.paths['html']}")
     return lines

@@ -42,7 +42,8 @@ def test_split_accuracy(eval_request):
         pytest.skip("no --split given: the tiny-model eval below runs instead")
     result = harness.run_eval(eval_request.cfg, eval_request.report_dir, ids=eval_request.ids,
                               baseline=eval_request.baseline, min_accuracy=eval_request.min_accuracy,
-                              max_fallback_rate=eval_request.max_fallback_rate, say=_say)
+                              max_fallback_rate=eval_request.max_fallback_rate,
+                              thumbnails=eval_request.thumbnails, say=_say)
     if not result.reported:  # torchrun: this rank answered its shard; rank 0 merged them and wrote the report
         pytest.skip(f"rank {result.rank} of {result.world_size}: its clips are answered; rank 0 writes the report "
                     "and checks the assertions")

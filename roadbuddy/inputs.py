@@ -11,6 +11,7 @@ by construction (tests/test_finetune.py compares them).
 from __future__ import annotations
 
 import os
+import posixpath
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,8 +166,12 @@ THUMBNAIL_WIDTH = 160
 
 
 def thumbnail_path(folder: Path, video_rel: str, frame: int) -> Path:
-    """Where report.html finds a clip's frame: FOLDER/<video_rel without suffix, '/' -> '__'>/<frame:06d>.jpg."""
-    key = str(Path(video_rel).with_suffix("")).replace("\\", "/").replace("/", "__")
+    """Where the thumbnail of decoded frame `frame` of clip `video_rel` lives (written here, read by
+    evals/html_report.py): FOLDER/<clip key>/<frame as 6 digits>.jpg, the clip key being video_rel
+    normalised, its suffix dropped and "/" replaced by "__" ("train/videos/abc.mp4", frame 12 ->
+    FOLDER/train__videos__abc/000012.jpg): one flat folder per clip, linked from the page by a relative path."""
+    rel = posixpath.normpath(video_rel.replace("\\", "/"))
+    key = posixpath.splitext(rel)[0].replace("/", "__")
     return Path(folder) / key / f"{int(frame):06d}.jpg"
 
 
