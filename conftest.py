@@ -48,6 +48,8 @@ def pytest_addoption(parser):
                     help="folder holding (or receiving) the GPU bench clips and bench.json")
     group.addoption("--bench-model", default=None,
                     help="real checkpoint for the GPU bench (default: the 4B architecture with random weights)")
+    group.addoption("--bench-adapter", default=None,
+                    help="a roadbuddy-finetune adapter for the GPU bench's model (loaded as predict --adapter does)")
     group.addoption("--bench-quant", default="bf16,4bit,8bit",
                     help="comma-separated quantizations for the GPU bench, run in this order (default: bf16,4bit,8bit)")
 

@@ -173,10 +173,13 @@ def measure(lm, cfg: RunConfig, sampler, counts, label: str) -> dict:
 
 
 def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=QUANTS, settings=SETTINGS,
-          log=print, plain: Setting | None = PLAIN_SETTING, extra=tuple(EXTRA_BF16), on_row=None) -> dict:
+          log=print, plain: Setting | None = PLAIN_SETTING, extra=tuple(EXTRA_BF16), on_row=None,
+          adapter: Path | None = None) -> dict:
     """Run every (quantization, setting); returns the results document (environment + rows).
 
-    `on_row(doc)` is called after every row, so a sweep cut short still leaves its figures."""
+    `adapter` (a roadbuddy-finetune adapter) is loaded as roadbuddy-predict --adapter loads it: merged in
+    bf16, beside the weights when quantized. `on_row(doc)` is called after every row, so a sweep cut short
+    still leaves its figures."""
     import transformers
 
     from roadbuddy.model import load_model
@@ -189,7 +192,7 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
         log(f"random 4B checkpoint built and saved in {time.perf_counter() - t:.1f} s")
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the harness's own test, tiny model
     base = RunConfig(model=str(model_path), test_json=data_json, device=device, progress=False, prefetch=2,
-                     support_frames=False)
+                     support_frames=False, adapter=adapter)
     rows = []
     doc = {
         "date": time.strftime("%Y-%m-%d"),
@@ -200,6 +203,7 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
         "python": platform.python_version(),
         "weights": weights,
         "model": str(model_path) if weights == "trained" else f"{BENCH_CONFIG} architecture, random weights",
+        "adapter": str(adapter) if adapter else None,
         "clips": "2560x1440 30 fps H.264, 6/8/10/12 s, 2-4 questions each (bench.json)",
         "rows": rows,
     }

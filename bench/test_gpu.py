@@ -47,8 +47,9 @@ def results(request, tmp_path_factory):
             (out / f"{stem}.md").write_text(gpu.markdown_table(doc))
 
     try:
+        adapter = Path(opt("--bench-adapter")) if opt("--bench-adapter") else None
         doc = gpu.sweep(model, data_json, tmp_path_factory.mktemp("bench-work"), sampler, quants=quants,
-                        on_row=write)
+                        on_row=write, adapter=adapter)
     finally:
         sampler.close()
     write(doc)

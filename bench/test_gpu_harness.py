@@ -58,6 +58,22 @@ def test_sweep_rows_and_table(tiny_checkpoint, tmp_path):
     assert gpu.results_stem(doc).endswith("cpu-stand-in")
 
 
+def test_sweep_loads_an_adapter_as_predict_does(tiny_checkpoint, tmp_path):
+    """--bench-adapter: the sweep's model is the base with the adapter merged, and the results say which."""
+    from roadbuddy.testing import write_synthetic_dataset, write_tiny_adapter
+
+    data = write_synthetic_dataset(tmp_path / "data", clips=1, with_answers=False)
+    adapter = write_tiny_adapter(tiny_checkpoint, tmp_path / "adapter")
+    probs = {}
+    for name, extra in {"base": {}, "adapted": {"adapter": adapter}}.items():
+        doc = gpu.sweep(tiny_checkpoint, data, tmp_path / name, CountingSampler(), quants=[None],
+                        settings=[gpu.Setting("4f", 4)], plain=None, extra=(), log=lambda _m: None, **extra)
+        assert doc["adapter"] == (str(adapter) if extra else None) and doc["rows"][0]["errors"] == 0
+        preds = (tmp_path / name / "bf16-4f" / "predictions.jsonl").read_text().splitlines()
+        probs[name] = [json.loads(x)["probs"] for x in preds]
+    assert probs["base"] != probs["adapted"]  # the adapter was applied
+
+
 def test_gpu_overlap_dataset_and_measurement_on_the_cpu(tiny_checkpoint, tmp_path):
     """bench/gpu_overlap.py's dataset (clips copied up to 10) and bench.cpu.measure_overlap as it calls them."""
     from bench import cpu, gpu_overlap

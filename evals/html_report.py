@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import posixpath
 import string
 from contextlib import contextmanager
 from html import escape

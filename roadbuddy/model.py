@@ -239,6 +239,8 @@ def _embed(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None) ->
     have = 0 if features is None else features.shape[0] * features.shape[1]
     if n != have:
         raise ValueError(f"prompt has {n} image tokens but the frames produced {have} features")
+    if n and embeds.requires_grad:  # fine-tuning: autograd needs the splice out of place
+        return embeds.masked_scatter(mask[..., None].to(embeds.device), features.to(embeds.dtype))
     if n:
         embeds[mask] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
     return embeds

@@ -120,6 +120,30 @@ def write_tiny_checkpoint(directory: Path | str, *, seed: int = 0, **config_over
     return directory
 
 
+def write_tiny_adapter(checkpoint: Path | str, directory: Path | str, *, seed: int = 0, rank: int = 4) -> Path:
+    """A LoRA adapter with random (non-zero) weights for a tiny checkpoint, in roadbuddy-finetune's layout
+    (peft adapter + card), so loading it visibly changes the answers; for tests of --adapter."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import InternVLForConditionalGeneration
+
+    from roadbuddy import adapters
+    from roadbuddy.train_config import LM_TARGETS
+
+    directory = Path(directory)
+    model = InternVLForConditionalGeneration.from_pretrained(str(checkpoint))
+    torch.manual_seed(seed)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,  # random B: not a no-op
+                      target_modules=rf"model\.language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{'|'.join(LM_TARGETS)})")
+    get_peft_model(model, lora).save_pretrained(str(directory), safe_serialization=True)
+    card = {"base_model": str(checkpoint), "base_architecture": adapters.architecture(model.config),
+            "made_by": "roadbuddy.testing.write_tiny_adapter"}
+    (directory / adapters.CARD).write_text(json.dumps(card, indent=1), encoding="utf-8")
+    return directory
+
+
 _COLOURS = {"red": "Đỏ", "yellow": "Vàng", "green": "Xanh"}
 
 

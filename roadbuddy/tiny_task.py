@@ -71,6 +71,16 @@ TIME_Q4 = "Video được quay vào thời điểm nào trong ngày?"
 TIME_Q2 = "Video được quay vào {time}, đúng hay sai?"
 YES_NO = ("Đúng", "Sai")
 
+# The rule questions (fine-tuning's new skill; the checkpoint was never trained on them): what the light
+# means for the driver. "What does the traffic light in the video signal?" with four meanings, and "The
+# traffic light in the video signals: {meaning}, true or false?"
+RULE_Q4 = "Đèn giao thông trong video báo hiệu điều gì?"
+RULE_Q2 = "Đèn giao thông trong video báo hiệu: {meaning}, đúng hay sai?"
+MEANINGS = {"green": "Được phép đi tiếp", "red": "Phải dừng lại", "yellow": "Giảm tốc độ, chuẩn bị dừng lại"}
+MEANING_CHOICES = (*MEANINGS.values(), "Đường đang cấm xe đi vào")
+RULE_SEED = 40_000  # scene seeds of the rule splits (training below RULE_HELDOUT_SEED, held out above)
+RULE_HELDOUT_SEED = 60_000
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -206,6 +216,50 @@ def question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool
     a, b = (first, second) if yes else (second, first)
     text = ORDER_Q2.format(first=object_name(a).lower(), second=object_name(b).lower())
     return Item("order", text, YES_NO, 0 if yes else 1)
+
+
+def rule_question(scene: Scene, rng: random.Random, num_choices: int, truth_yes: bool | None = None) -> Item:
+    """A rule question about a colour clip: green lets the car go on, red stops it, yellow slows it down."""
+    truth = MEANINGS[scene.colour]
+    if num_choices == 4:
+        choices = list(MEANING_CHOICES)
+        rng.shuffle(choices)
+        return Item("rule", RULE_Q4, tuple(choices), choices.index(truth))
+    yes = rng.random() < 0.5 if truth_yes is None else truth_yes
+    asked = truth if yes else rng.choice([m for m in MEANINGS.values() if m != truth])
+    return Item("rule", RULE_Q2.format(meaning=asked.lower()), YES_NO, 0 if yes else 1)
+
+
+def write_labeled_split(directory: Path | str, *, clips: int, seed: int, rule_share: float = 0.7,
+                        prefix: str = "rule") -> Path:
+    """A labeled split in the RoadBuddy train layout (DIR/train/train.json + encoded clips) for fine-tuning
+    and its evals: about `rule_share` of the clips are colour clips asked two rule questions (4 meanings,
+    and Có/Không), the rest colour, order and time clips asked their old questions, so a fine-tune that
+    learns the rule can be seen not to forget the rest. Each item carries its question kind in `_kind`
+    (the loader ignores fields it does not know). In every clip one question has 4 choices and one 2
+    (Đúng/Sai, right half the time).
+    """
+    rng = random.Random(seed)
+    directory = Path(directory)
+    items = []
+    for c in range(clips):
+        num_frames = rng.randint(18, 30)
+        rule = rng.random() < rule_share
+        make = colour_scene if rule else (colour_scene, order_scene, time_scene)[c % 3]
+        scene = make(rng, seed + c, num_frames)
+        rel = f"train/videos/{prefix}_{c:04d}_{'rule' if rule else scene.kind}.mp4"
+        write_clip(directory / rel, scene.frame, num_frames=num_frames, fps=FPS)
+        for num_choices in (4, 2):
+            item = rule_question(scene, rng, num_choices) if rule else question(scene, rng, num_choices)
+            choices = [f"{'ABCD'[i]}. {t}" for i, t in enumerate(item.choices)]
+            items.append({"id": f"{prefix}_{len(items) + 1:05d}", "question": item.question, "choices": choices,
+                          "answer": choices[item.answer], "support_frames": [round(num_frames / FPS / 2, 3)],
+                          "video_path": rel, "_kind": item.kind})
+    path = directory / "train" / "train.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"__count__": len(items), "data": items}, ensure_ascii=False, indent=1),
+                    encoding="utf-8")
+    return path
 
 
 def random_example(rng: random.Random, seed: int, order_share: float = 0.5,
