@@ -4,7 +4,7 @@ Inputs are the labeled questions and the pipeline's predictions.jsonl records;
 everything here is plain arithmetic on a pandas table with one row per
 question, so it is unit-tested without a model (tests/test_eval_report.py).
 
-- Accuracy comes with a 95% Wilson score interval (good at small n and near 0 or 1).
+- Accuracy comes with a 95% Wilson score interval (good at small n and near 0 or 1; scipy).
 - The prior baseline answers B for 2 choices and A otherwise (roadbuddy.data.prior_letter),
   on the same items; the margin is accuracy minus prior accuracy.
 - Two runs on the same questions (this one against the prior, or against a
@@ -15,52 +15,43 @@ question, so it is unit-tested without a model (tests/test_eval_report.py).
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from evals import categories
 from roadbuddy.data import Question, prior_letter
 from roadbuddy.answering import TIME_STEPS
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 SCHEMA = 1
 
 
 # --- statistics --------------------------------------------------------------
 
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval for a binomial proportion; (0, 1) when n is 0."""
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval for a binomial proportion (scipy); (0, 1) when n is 0."""
     if not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
     # clamp away float noise at the edges (the exact bounds at p = 0 or 1 are 0 and 1)
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
+    lo = 0.0 if successes == 0 else max(0.0, float(ci.low))
+    hi = 1.0 if successes == n else min(1.0, float(ci.high))
     return lo, hi
 
 
 def mcnemar_p(wins: int, losses: int) -> float:
-    """McNemar's exact test: two-sided p-value of `wins` vs `losses` discordant pairs under p = 1/2.
-
-    Computed exactly with integers: p = min(1, 2 * P[X <= min(wins, losses)]), X ~ Binomial(wins + losses, 1/2).
-    """
+    """McNemar's exact test: two-sided p-value of `wins` vs `losses` discordant pairs under p = 1/2
+    (scipy's exact binomial test on the smaller count)."""
     if wins < 0 or losses < 0:
         raise ValueError(f"counts must be >= 0, got {wins} and {losses}")
-    n = wins + losses
-    if n == 0:
+    if wins + losses == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
-    return min(1.0, 2 * tail / 2 ** n)
+    return float(binomtest(min(wins, losses), wins + losses, 0.5).pvalue)
 
 
 def _rate(k: int, n: int) -> dict:

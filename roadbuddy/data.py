@@ -7,7 +7,8 @@ item has `id`, `question`, `choices`, `video_path` and, in train files,
 Every problem raises `QuestionFileError` whose message is one sentence naming
 the file, the item (its id, or `item #K` with K its 0-based position in `data`
 when the id itself is missing or bad) and the field. A missing video is not a
-load error: the pipeline records it per question later. An optional field
+load error: the pipeline records it per question later (where a video_path leads, and which
+paths are refused, is roadbuddy.paths). An optional field
 (`answer`, `support_frames`) given as null counts as absent; unknown fields
 such as `_unused_` are ignored.
 
@@ -27,6 +28,8 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from roadbuddy import paths
 
 LETTERS = string.ascii_uppercase  # a choice's letter is its position: A, B, C, ...
 MAX_CHOICES = len(LETTERS)
@@ -106,55 +109,14 @@ def strip_label(choice: str) -> str:
     return _LABEL.sub("", text, count=1)
 
 
-def _candidate_roots(json_path: Path, data_dir: Path | None) -> list[Path]:
-    folder = Path(os.path.abspath(json_path)).parent
-    roots = [Path(os.path.abspath(data_dir))] if data_dir is not None else []
-    return roots + [folder, folder.parent]
-
-
-def _resolve(video_rel: str, json_path: Path, data_dir: Path | None) -> tuple[Path, str | None]:
-    """(path, why it must not be opened); a malformed path text raises _Invalid."""
-    if "\x00" in video_rel:
-        raise _Invalid("video_path", "must not contain a NUL character")
-    try:
-        os.fsencode(video_rel)
-    except UnicodeError:
-        raise _Invalid("video_path", "is not representable as a file name on this system") from None
-    if os.path.isabs(video_rel):
-        raise _Invalid("video_path", f"must be relative to the dataset root (got absolute {video_rel!r})")
-    rel = os.path.normpath(video_rel)
-    if rel == os.curdir:
-        raise _Invalid("video_path", f"must name a file inside the dataset root (got {video_rel!r})")
-    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
-        raise _Invalid("video_path", f"must stay inside the dataset root (got {video_rel!r})")
-    roots = _candidate_roots(json_path, data_dir)
-    root = next((r for r in roots if os.path.isfile(r / rel)), roots[0])
-    path = root / rel
-    try:
-        real_root = os.path.realpath(root)
-        real_path = os.path.realpath(path)
-    except (OSError, ValueError) as exc:
-        raise _Invalid("video_path", f"cannot be resolved ({exc})") from None
-    if os.path.commonpath([real_root, real_path]) != real_root:
-        return path, f"{video_rel!r} leaves the dataset root {str(root)!r} through a symlink; refused"
-    return path, None
-
-
 def resolve_video(video_rel: str, json_path: Path, data_dir: Path | None) -> Path:
-    """The absolute path of a clip named relative to the dataset root.
-
-    Roots are tried in order: data_dir (when given), the JSON's folder (private
-    layout: `/data/private_test.json` + `videos/x.mp4`), the JSON's parent
-    (train/public layout: `/ds/train/train.json` + `train/videos/x.mp4`). The
-    first root holding the file wins; when none does, the path under the first
-    root is returned so the pipeline can report it missing. Absolute paths,
-    `..` that escapes the root and symlinks that lead out of it are refused.
-    """
+    """The absolute path of a clip named relative to the dataset root (roadbuddy.paths.resolve), or
+    QuestionFileError naming the file when the path is malformed or leads out of the root through a symlink."""
     json_path = Path(json_path)
     try:
-        path, refused = _resolve(video_rel, json_path, None if data_dir is None else Path(data_dir))
-    except _Invalid as err:
-        raise QuestionFileError(f"{json_path.name}: field '{err.field}' {err.reason}.") from None
+        path, refused = paths.resolve(video_rel, json_path, None if data_dir is None else Path(data_dir))
+    except paths.VideoPathError as err:
+        refused = str(err)
     if refused:
         raise QuestionFileError(f"{json_path.name}: field 'video_path' {refused}.")
     return path
@@ -256,7 +218,10 @@ def _parse_item(item: dict, item_id: str, json_path: Path, data_dir: Path | None
     video_rel = _required_text(item, "video_path")
     answer = _answer_letter(item, raw)
     support = _support_frames(item)
-    video_path, refused = _resolve(video_rel, json_path, data_dir)
+    try:
+        video_path, refused = paths.resolve(video_rel, json_path, data_dir)
+    except paths.VideoPathError as err:
+        raise _Invalid("video_path", str(err)) from None
     return Question(
         id=item_id,
         question=_text(question),

@@ -83,23 +83,11 @@ def normalize_tiles(tiles: torch.Tensor) -> torch.Tensor:
     return tiles.to(torch.float32).div_(scale).sub_(mean).div_(std)
 
 
-def _tile_array(tile: Image.Image, image_size: int) -> np.ndarray:
-    if tile.mode != "RGB":
-        tile = tile.convert("RGB")
-    if tile.size != (image_size, image_size):
-        tile = tile.resize((image_size, image_size), Image.BICUBIC)
-    return np.asarray(tile)
-
-
-def normalize(tiles: list[Image.Image], image_size: int) -> torch.Tensor:
-    """The card's `build_transform` on each tile, stacked: float32 [N,3,S,S]."""
-    return normalize_tiles(_stack(tiles, image_size))
-
-
 def _stack(tiles: list[Image.Image], image_size: int) -> torch.Tensor:
+    """tile_image's RGB SxS tiles -> uint8 [N,3,S,S]."""
     if not tiles:
         return torch.empty((0, 3, image_size, image_size), dtype=torch.uint8)
-    return _planar(np.stack([_tile_array(t, image_size) for t in tiles]))
+    return _planar(np.stack([np.asarray(t) for t in tiles]))
 
 
 def frames_to_tiles(frames: np.ndarray | Sequence[np.ndarray], image_size: int, max_num: int = 1,

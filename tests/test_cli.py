@@ -1,31 +1,18 @@
 """End to end: the real CLI in a subprocess on encoded clips with a tiny checkpoint."""
 from __future__ import annotations
 
-import csv
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from roadbuddy.cli import build_parser
 from roadbuddy.data import load_questions
 
-
-def predict(*args, timeout=240):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "roadbuddy", "--no-progress", "--device", "cpu", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def read_csv(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.reader(fh))
+from helpers import cli_command, predict, read_rows, run_main
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +25,8 @@ def dataset(tmp_path_factory):
 
 def check_submission(out: Path, questions_json: Path) -> list[dict]:
     questions = load_questions(questions_json)
-    sub = read_csv(out / "submission.csv")
-    timed = read_csv(out / "time_submission.csv")
+    sub = read_rows(out / "submission.csv")
+    timed = read_rows(out / "time_submission.csv")
     assert sub[0] == ["id", "answer"] and timed[0] == ["id", "answer", "time"]
     assert [r[0] for r in sub[1:]] == [q.id for q in questions]  # file order, every id exactly once
     for q, row, trow in zip(questions, sub[1:], timed[1:]):
@@ -97,8 +84,7 @@ def test_killed_run_resumes_without_recomputing(tiny_checkpoint, tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", clips=10)
     total = len(load_questions(data))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "roadbuddy", "--no-progress", "--device", "cpu", "--model", str(tiny_checkpoint),
-           "--test-json", str(data), "--output", str(out / "submission.csv")]
+    cmd = cli_command("--model", tiny_checkpoint, "--test-json", data, "--output", out / "submission.csv")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     preds = out / "predictions.jsonl"
     deadline = time.time() + 120
@@ -133,7 +119,7 @@ def test_missing_video_gets_prior_row_and_is_reported(tiny_checkpoint, dataset, 
     assert res.returncode == 0, res.stderr
     first = items["data"][0]
     assert f"{first['id']}:" in res.stderr and "does_not_exist.mp4" in res.stderr
-    rows = dict(read_csv(out / "submission.csv")[1:])
+    rows = dict(read_rows(out / "submission.csv")[1:])
     assert rows[first["id"]] == ("B" if len(first["choices"]) == 2 else "A")
     strict = predict("--model", tiny_checkpoint, "--test-json", broken, "--output", tmp_path / "s" / "submission.csv",
                      "--strict")
@@ -168,7 +154,24 @@ def test_usage_errors_exit_2(tmp_path):
     assert res.returncode == 2 and "missing.json" in res.stderr
 
 
-def test_demo_runs_without_downloads(tmp_path):
-    res = predict("--demo", "--output", tmp_path / "demo" / "submission.csv")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_CACHE": None, "HF_HUB_DISABLE_TELEMETRY": "1",
+           "TRANSFORMERS_CACHE": None, "HUGGINGFACE_HUB_CACHE": None, "HF_DATASETS_CACHE": None}
+
+
+def test_demo_answers_the_tiny_task_offline_with_the_shipped_model(tmp_path):
+    """`roadbuddy-predict --demo` with the hub unreachable by construction (offline flags, an empty Hugging Face
+    home): the trained tiny model shipped in the package answers every held-out clip right."""
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    res = predict("--demo", "--output", tmp_path / "demo" / "submission.csv", env={**OFFLINE, "HF_HOME": str(home)})
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "demo" / "submission.csv").is_file()
+    assert "demo: 48 of 48 answers right (100%)" in res.stderr
+    assert re.search(r"^model: trained weights from \S*roadbuddy/tiny_seeing on cpu", res.stderr, re.M), res.stderr
+    assert len(read_rows(tmp_path / "demo" / "submission.csv")) == 49
+    assert not list(home.iterdir())  # nothing was fetched or cached
+
+
+def test_run_says_random_weights_for_a_random_checkpoint(tiny_checkpoint, dataset, tmp_path):
+    code, err = run_main("--model", tiny_checkpoint, "--test-json", dataset, "--output", tmp_path / "submission.csv")
+    assert code == 0, err
+    assert f"model: random weights from {tiny_checkpoint} on cpu" in err

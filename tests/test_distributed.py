@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from roadbuddy.data import group_by_video, load_questions
 from roadbuddy.distributed import Shard, assign_clips
+
+from helpers import predict
 
 
 def test_shard_from_torchrun_environment():
@@ -39,18 +42,13 @@ def torchrun(args, nproc=2, **kw):
                             env=dict(os.environ, OMP_NUM_THREADS="1"), **kw)
 
 
-def single(args):
-    cmd = [sys.executable, "-m", "roadbuddy", "--no-progress", "--device", "cpu", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint, tmp_path_factory):
     from roadbuddy.testing import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path_factory.mktemp("ddp-data"), clips=8)
     out = tmp_path_factory.mktemp("ddp-single") / "submission.csv"
-    res = single(["--model", tiny_checkpoint, "--test-json", data, "--output", out])
+    res = predict("--model", tiny_checkpoint, "--test-json", data, "--output", out)
     assert res.returncode == 0, res.stderr
     return data, out
 
@@ -70,24 +68,18 @@ def test_two_ranks_give_the_single_process_submission(tiny_checkpoint, reference
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
-    """The pid of torchrun's worker with RANK=rank (Linux /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    """The pid of torchrun's worker with RANK=rank."""
+    for child in psutil.Process(parent).children():
         try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
+            env = child.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if ppid == parent and f"RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b"".join(env):
-            return int(entry.name)
+        if env.get("RANK") == str(rank) and "TORCHELASTIC_RUN_ID" in env:
+            return child.pid
     return None
 
 
 def test_a_dead_rank_costs_nothing_and_a_rerun_finishes(tiny_checkpoint, reference, tmp_path):
-    if not Path("/proc/self/environ").exists():
-        pytest.skip("needs /proc to find a worker's pid")
     data, single_out = reference
     out = tmp_path / "submission.csv"
     args = ["--model", tiny_checkpoint, "--test-json", data, "--output", out]

@@ -1,31 +1,15 @@
-"""roadbuddy.frames against a plain transcription of the model card's `get_index`."""
+"""roadbuddy.frames against the model card's `get_index` as published (roadbuddy.model_card)."""
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roadbuddy import frames
 from roadbuddy.frames import frame_count, segment_indices, select_frames
-
-
-def card_get_index(bound, fps, max_frame, first_idx=0, num_segments=32):
-    """The InternVL model card's `get_index`, as published."""
-    if bound:
-        start, end = bound[0], bound[1]
-    else:
-        start, end = -100000, 100000
-    start_idx = max(first_idx, round(start * fps))
-    end_idx = min(round(end * fps), max_frame)
-    seg_size = float(end_idx - start_idx) / num_segments
-    frame_indices = np.array([
-        int(start_idx + (seg_size / 2) + np.round(seg_size * idx))
-        for idx in range(num_segments)
-    ])
-    return frame_indices
+from roadbuddy.model_card import card_get_index
 
 
 def reference_indices(n, fps, k, start=None, end=None):

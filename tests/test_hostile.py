@@ -11,9 +11,6 @@ tests/test_soak.py.
 from __future__ import annotations
 
 import ast
-import contextlib
-import csv
-import io
 import json
 import math
 import os
@@ -34,10 +31,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from roadbuddy import cli
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question, QuestionFileError, load_questions, prior_letter
 from roadbuddy.video import VideoError, open_video
+
+from helpers import cli_command, predict, read_rows, records_of, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_X265 = "libx265" in __import__("av").codecs_available
@@ -282,7 +280,7 @@ def test_each_hostile_clip_decodes_correctly_or_raises_video_error(hostile_root,
 
 def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     """Ten minutes at 5 fps: the plan stays at max_frames, and decoding seeks rather than reading every frame."""
-    from roadbuddy import video
+    from roadbuddy import video_pyav
     from roadbuddy.inputs import InputSpec, plan_frames, prepare_clip
 
     root, rel = hostile_root
@@ -291,14 +289,14 @@ def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     q = Question(id="q", question="?", choices=("a", "b"), raw_choices=("a", "b"), video_path=path,
                  video_rel=rel["ten-minutes-long"], support_frames=(5.0, 300.0, 599.0))
     decoded = []
-    original = video._PyAVSource._decode_from
+    original = video_pyav.PyAVSource._decode_from
 
     def counting(self, start):
         for item in original(self, start):
             decoded.append(item[0])
             yield item
 
-    monkeypatch.setattr(video._PyAVSource, "_decode_from", counting)
+    monkeypatch.setattr(video_pyav.PyAVSource, "_decode_from", counting)
     with open_video(path, backend="pyav") as reader:
         planned = plan_frames(reader.info, [q], cfg, image_size=56, tokens_per_tile=4)["q"]
         assert len(planned) == cfg.max_frames  # 600 s x 3 fps asks for 1800 frames; the cap holds
@@ -319,21 +317,6 @@ def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
 
 
 # --- the real CLI ------------------------------------------------------------------
-
-
-def predict(*args, timeout=300, **popen):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "roadbuddy", "--no-progress", "--device", "cpu", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env, **popen)
-
-
-def read_rows(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.reader(fh))
-
-
-def records_of(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 # Text that must reach the model as text: format strings, shell syntax, quoting. Each appears verbatim in the
@@ -527,14 +510,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".roadbuddy.lock"}
 
 
-def run_main(*argv) -> tuple[int, str]:
-    """The CLI's main() in this process (cheap for runs that stop before the model loads); (code, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = cli.main(["--no-progress", "--device", "cpu", *map(str, argv)])
-    return code, err.getvalue()
-
-
 _JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
                   st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 # unicode edge cases (no lone surrogates: see test_lone_surrogate_is_refused_when_loading), and huge strings
@@ -718,24 +693,41 @@ def test_resuming_with_other_settings_is_refused_naming_them(small, tmp_path):
     assert snapshot(out) == before
 
 
-def test_second_run_on_the_same_output_is_locked_out(small, tmp_path):
+def test_second_run_on_the_same_output_is_locked_out_and_the_first_goes_on(small, tmp_path):
+    """The second run exits 2 at once, writing nothing; the first, held still meanwhile, then finishes as if
+    alone: its submission is the reference run's row for row and every question has exactly one record."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "roadbuddy", "--no-progress", "--device", "cpu", "--model", str(small["model"]),
-           "--test-json", str(small["json"]), "--output", str(out / "submission.csv")]
+    cmd = cli_command("--model", small["model"], "--test-json", small["json"], "--output", out / "submission.csv")
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
         while not (out / "run.json").exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.005)  # run.json is written once the lock is held
         first.send_signal(signal.SIGSTOP)
+        assert first.poll() is None, "the first run ended before the second could start"
+        before = snapshot(out)
         code, err = run_main("--model", small["model"], "--test-json", small["json"],
                              "--output", out / "submission.csv")
-        assert code == 2
-        assert "another roadbuddy run is writing to" in err and "--output" in err
-        assert not (out / "predictions.jsonl").exists() or b"q_" not in (out / "predictions.jsonl").read_bytes()
+        assert code == 2, err
+        assert err.strip().splitlines()[-1] == (
+            f"error: another roadbuddy run is writing to {out} (lock .roadbuddy.lock is held); "
+            "wait for it or choose another --output")
+        assert snapshot(out) == before  # refused before touching anything
     finally:
-        first.kill()  # (it would finish normally: the refused run touched nothing)
-        first.communicate(timeout=60)
+        first.send_signal(signal.SIGCONT)
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    assert read_rows(out / "submission.csv") == read_rows(small["out"] / "submission.csv")
+    assert [r[:2] for r in read_rows(out / "time_submission.csv")] == \
+        [r[:2] for r in read_rows(small["out"] / "time_submission.csv")]
+    records = records_of(out / "predictions.jsonl")
+    # had the second run not been locked out it would have answered the same questions again: every id
+    # exactly once means every line is the first run's
+    assert sorted(r["id"] for r in records) == sorted(q.id for q in load_questions(small["json"]))
+    reference = {r["id"]: r["answer"] for r in records_of(small["out"] / "predictions.jsonl")}
+    assert {r["id"]: r["answer"] for r in records} == reference
+    code, err = run_main("--model", small["model"], "--test-json", small["json"], "--output", out / "submission.csv")
+    assert code == 0 and "nothing to do here" in err  # and the lock was released with the first run
 
 
 def _limit_file_size(limit: int):
@@ -791,8 +783,7 @@ def test_atomic_csv_write_under_a_full_disk_leaves_the_old_file(tmp_path):
 
 def test_sigint_finishes_the_write_says_how_to_resume_and_exits_130(small, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "roadbuddy", "--no-progress", "--device", "cpu", "--model", str(small["model"]),
-           "--test-json", str(small["json"]), "--output", str(out / "submission.csv")]
+    cmd = cli_command("--model", small["model"], "--test-json", small["json"], "--output", out / "submission.csv")
     # SIGINT back to its default in the child: a test run started in the background of a non-interactive
     # shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -815,6 +806,94 @@ def test_sigint_finishes_the_write_says_how_to_resume_and_exits_130(small, tmp_p
     assert 1 <= len(done) < small["total"]
     assert not (out / "submission.csv").exists()
     assert {r["id"] for r in done} <= {q.id for q in load_questions(small["json"])}
+
+
+# --- a bug on one clip ------------------------------------------------------------------
+
+
+def _clip_questions(small, index: int) -> list[Question]:
+    from roadbuddy.data import group_by_video
+
+    return group_by_video(load_questions(small["json"]))[index][1]
+
+
+def test_unexpected_error_mid_clip_gives_its_unanswered_questions_error_rows(small, tmp_path, monkeypatch):
+    """pipeline.run: a RuntimeError after a clip's first answer. That answer stands; the clip's other questions
+    get error rows with the prior answer and the reason; every other clip is answered as in a clean run."""
+    from roadbuddy import oom_ladder, pipeline
+    from roadbuddy.model import load_model
+
+    target = _clip_questions(small, 2)  # the clip with three questions
+    assert len(target) == 3
+    real = oom_ladder.answer_clip
+
+    def buggy(lm, clip, *args, **kwargs):
+        records = real(lm, clip, *args, **kwargs)
+        if clip.video == target[0].video_path:
+            yield next(records)
+            raise RuntimeError("injected bug\nwith a second line")
+        yield from records
+
+    monkeypatch.setattr(oom_ladder, "answer_clip", buggy)
+    out = tmp_path / "out"
+    cfg = RunConfig(model=str(small["model"]), test_json=small["json"], output=out / "submission.csv", device="cpu",
+                    progress=False)
+    lm = load_model(cfg)
+    summary = pipeline.run(cfg, model_loader=lambda _c: lm, say=lambda _m: None)
+    assert summary.unexpected == 1
+    failed = {q.id: q for q in target[1:]}
+    assert summary.errors == {qid: "unexpected RuntimeError: injected bug" for qid in failed}
+    records = {r["id"]: r for r in records_of(out / "predictions.jsonl")}
+    reference = {r["id"]: r for r in records_of(small["out"] / "predictions.jsonl")}
+    assert set(records) == set(reference)
+    for qid, record in records.items():
+        if qid in failed:
+            assert record["mode"] == "error-prior" and record["error"] == "unexpected RuntimeError: injected bug"
+            assert record["answer"] == prior_letter(failed[qid].num_choices)
+        else:  # the target clip's first question and every other clip: answered, as in the clean run
+            assert record["mode"] == "score" and "error" not in record
+            assert record["answer"] == reference[qid]["answer"]
+    rows = dict(read_rows(out / "submission.csv")[1:])
+    assert rows == {qid: r["answer"] for qid, r in records.items()}
+    assert len(read_rows(out / "time_submission.csv")) == small["total"] + 1
+
+
+def test_unexpected_error_through_the_cli_exits_1_with_the_csvs_written(small, tmp_path, monkeypatch):
+    """roadbuddy-predict's main(): the vision tower raises on the second clip only. Its questions get error rows
+    (prior answer), the other clips are answered, both CSVs are written, the summary names the ids, exit 1."""
+    from roadbuddy import answering
+
+    real = answering.encode_tiles
+    calls = []
+
+    def buggy(lm, pixel_values, *args, **kwargs):
+        calls.append(pixel_values.shape[0])
+        if len(calls) == 2:  # one call per clip, in clip order (the shared prefix)
+            raise RuntimeError("injected bug in the vision tower")
+        return real(lm, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(answering, "encode_tiles", buggy)
+    out = tmp_path / "out"
+    code, err = run_main("--model", small["model"], "--test-json", small["json"], "--output", out / "submission.csv")
+    assert code == 1, err
+    assert len(calls) == 4  # the run went on to the last clip
+    failed = {q.id: q for q in _clip_questions(small, 1)}
+    assert len(failed) == 2
+    reason = "unexpected RuntimeError: injected bug in the vision tower"
+    assert "1 clips failed with an unexpected error" in err
+    assert all(f"\n  {qid}: {reason}\n" in err for qid in failed)
+    reference = dict(read_rows(small["out"] / "submission.csv")[1:])
+    rows = read_rows(out / "submission.csv")
+    assert [r[0] for r in rows[1:]] == [q.id for q in load_questions(small["json"])]
+    for qid, answer in rows[1:]:
+        assert answer == (prior_letter(failed[qid].num_choices) if qid in failed else reference[qid])
+    timed = read_rows(out / "time_submission.csv")
+    assert [r[:2] for r in timed[1:]] == rows[1:]
+    for record in records_of(out / "predictions.jsonl"):
+        if record["id"] in failed:
+            assert record["mode"] == "error-prior" and record["error"] == reason
+        else:
+            assert record["mode"] == "score" and "error" not in record
 
 
 # --- security ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,23 @@ def test_records_are_durable_json_lines(tmp_path):
     # readable before close: flushed and fsynced per record
     assert json.loads(path.read_text(encoding="utf-8").splitlines()[0])["raw"] == "Đáp án: A"
     log.close()
+
+
+def test_each_append_is_fsynced_after_its_line_is_written(tmp_path, monkeypatch):
+    """README: predictions.jsonl is "appended and fsynced as each answer is made". Every append fsyncs the
+    file's own descriptor once, before it returns, with its line already handed to the OS."""
+    path = tmp_path / "predictions.jsonl"
+    synced = []  # (descriptor, complete lines in the file when fsync was called)
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append((fd, path.read_bytes().count(b"\n")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with PredictionLog(path) as log:
+        fd = log._fh.fileno()
+        for i in range(5):
+            log.append({"id": f"q{i}", "answer": "A"})
+            assert synced[-1:] == [(fd, i + 1)]  # this append's fsync, after this append's line
+    assert synced == [(fd, n) for n in range(1, 6)]

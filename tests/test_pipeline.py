@@ -310,3 +310,104 @@ def test_decoder_scaling_gives_the_same_tiles_approximately(lm, synthetic_datase
     tiled = inputs.prepare_clip(clip[0].video_path, clip, cfg.replace(decoder_scaling=True, max_num=6),
                                 inputs.InputSpec.of(lm))
     assert max(tiled.tiles_per_frame) > 1  # scaling only applies to one tile per frame
+
+
+# --- generate mode: the parsed text is the recorded answer ---------------------------------------------------
+
+GENERATED = ["Đáp án: B", "C", "nonsense"]
+
+
+def test_generate_mode_records_the_parsed_answer_or_the_recorded_fallback(monkeypatch, lm, synthetic_dataset,
+                                                                           tmp_path):
+    """The model's text fixed, in turn, to each of GENERATED: "Đáp án: B" is B; "C" is C where the question has
+    a third choice and unparseable where it has two; "nonsense" is unparseable. An unparseable text records the
+    score answer with mode generate-fallback-score and fallback true; the CSV holds what was recorded."""
+    said = []
+
+    def greedy(*_args, **_kwargs):
+        said.append(GENERATED[len(said) % len(GENERATED)])
+        return said[-1]
+
+    monkeypatch.setattr(answering, "greedy", greedy)
+    cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / "s.csv", device="cpu",
+                    progress=False, answer_mode="generate", support_frames=False)  # questions in file order
+    summary = run(cfg, lm)
+    lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    questions = {q.id: q for q in load_questions(synthetic_dataset)}
+    assert len(said) == len(lines) == len(questions)  # one generation per question, records in that order
+    rows = dict(line.split(",") for line in (tmp_path / "s.csv").read_text().splitlines()[1:])
+    seen, overruled = set(), 0
+    for text, r in zip(said, lines):
+        q = questions[r["id"]]
+        parsed = {"Đáp án: B": "B", "C": "C" if q.num_choices >= 3 else None, "nonsense": None}[text]
+        scored = max(r["probs"], key=r["probs"].get)
+        assert r["raw"] == text
+        if parsed is None:
+            assert r["mode"] == "generate-fallback-score" and r["fallback"] is True and r["answer"] == scored
+        else:
+            assert r["mode"] == "generate" and "fallback" not in r and r["answer"] == parsed
+            overruled += parsed != scored
+        assert rows[r["id"]] == r["answer"]
+        seen.add((text, q.num_choices))
+    assert {("Đáp án: B", 4), ("C", 4), ("C", 2), ("nonsense", 2)} <= seen  # every case was exercised
+    assert overruled  # the text decided, not the scores: some parsed letters differ from the scored one
+    fallbacks = sum(r["mode"] == "generate-fallback-score" for r in lines)
+    assert summary.fallbacks == fallbacks
+    assert summary.modes == {"generate": len(lines) - fallbacks, "generate-fallback-score": fallbacks}
+
+
+# --- once per clip: decode, vision tower, prefill ---------------------------------------------------------------
+
+@pytest.mark.parametrize("share_prefix, support_frames", [(True, False), (True, True), (False, False)],
+                         ids=["shared", "shared-support-frames", "no-share-prefix"])
+def test_decode_vision_tower_and_prefill_run_once_per_clip(monkeypatch, lm, synthetic_dataset, tmp_path,
+                                                           share_prefix, support_frames):
+    """README "Speed": per clip the frames are decoded once and run through the vision tower once, and each
+    frame set is prefilled once, for all of its questions; --no-share-prefix does both once per question."""
+    from collections import Counter
+
+    from roadbuddy import oom_ladder
+
+    events = []  # (what, clip): list.append is safe from the prefetch thread
+    answering_now = []
+    real_answer, real_encode, real_forward, real_open = (oom_ladder.answer_clip, answering.encode_tiles,
+                                                         answering.forward, inputs.open_video)
+
+    def answer_clip(lm_, clip, *args, **kwargs):
+        answering_now.append(clip.video)
+        yield from real_answer(lm_, clip, *args, **kwargs)
+
+    def encode_tiles(lm_, pixel_values, *args, **kwargs):
+        events.append(("vision", answering_now[-1]))
+        return real_encode(lm_, pixel_values, *args, **kwargs)
+
+    def forward(lm_, ids, features, *args, **kwargs):
+        if features is not None:  # a prefill carries the frames' features; a question's own pass does not
+            events.append(("prefill", answering_now[-1]))
+        return real_forward(lm_, ids, features, *args, **kwargs)
+
+    def open_video(path, *args, **kwargs):
+        events.append(("decode", Path(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(oom_ladder, "answer_clip", answer_clip)
+    monkeypatch.setattr(answering, "encode_tiles", encode_tiles)
+    monkeypatch.setattr(answering, "forward", forward)
+    monkeypatch.setattr(inputs, "open_video", open_video)
+    cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / "s.csv", device="cpu",
+                    progress=False, share_prefix=share_prefix, support_frames=support_frames)
+    run(cfg, lm)
+    recs = records(cfg)
+    counts = Counter(events)
+    clips = {}
+    for q in load_questions(synthetic_dataset):
+        clips.setdefault(q.video_path, []).append(q)
+    assert len(clips) == 4 and sorted(map(len, clips.values())) == [1, 1, 2, 3]
+    frame_sets_seen = 0
+    for video, qs in clips.items():
+        frame_sets = len({tuple(recs[q.id]["frames"]) for q in qs})
+        frame_sets_seen += frame_sets
+        assert counts["decode", video] == 1
+        assert counts["vision", video] == (1 if share_prefix else len(qs))
+        assert counts["prefill", video] == (frame_sets if share_prefix else len(qs))
+    assert (frame_sets_seen > len(clips)) == support_frames  # support frames do split clips into frame sets

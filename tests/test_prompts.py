@@ -119,23 +119,91 @@ def test_system_prompt_and_templates_are_vietnamese():
     assert _has_vietnamese_diacritics(question_text("x", ["y", "z"]).splitlines()[0])
 
 
-# --- the prefix/suffix split ------------------------------------------------
+# --- the whole prompt, as literal text ---------------------------------------
 
-@given(st.lists(st.integers(1, 7), min_size=1, max_size=8), st.booleans(),
-       st.sampled_from([TWO, FOUR, ["Có", "Không", "Không rõ"]]))
-def test_prefix_plus_suffix_is_the_whole_prompt(tiles, simple, choices):
+# Written out here, not taken from roadbuddy.prompts: the text the model reads (a change to it is a
+# change to every answer, and shows up here as a failing test).
+SYSTEM = ("Bạn là trợ lý quan sát các khung hình từ camera hành trình của xe chạy trên đường ở Việt Nam "
+          "và trả lời câu hỏi trắc nghiệm về biển báo giao thông, đèn tín hiệu, làn đường, hướng đi "
+          "và các phương tiện, theo Luật Giao thông đường bộ Việt Nam. "
+          "Chỉ trả lời bằng chữ cái của phương án đúng, không giải thích.")
+INTRO = ("Các hình ảnh trên là những khung hình liên tiếp trích từ video camera hành trình "
+         "của một xe đang chạy trên đường ở Việt Nam. Hãy quan sát kỹ biển báo giao thông, "
+         "đèn tín hiệu, vạch kẻ đường và các phương tiện trong các khung hình.")
+DETAILED_PROMPT = (
+    f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+    "<|im_start|>user\n"
+    "Frame1: <img><IMG_CONTEXT><IMG_CONTEXT></img>\n"
+    "Frame2: <img><IMG_CONTEXT><IMG_CONTEXT><IMG_CONTEXT><IMG_CONTEXT></img>\n"
+    f"{INTRO}\n"
+    "Câu hỏi: Trong video, tốc độ tối đa cho phép là bao nhiêu?\n"
+    "A. 50Km/h\n"
+    "B. 60Km/h\n"
+    "C. 70Km/h\n"
+    "D. 80Km/h\n"
+    "Chỉ trả lời bằng một chữ cái của phương án đúng (A, B, C hoặc D), không giải thích.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+SIMPLE_PROMPT = (
+    f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+    "<|im_start|>user\n"
+    "Frame1: <img><IMG_CONTEXT><IMG_CONTEXT></img>\n"
+    "Trong video, tốc độ tối đa cho phép là bao nhiêu?\n"
+    "A. Đúng\n"
+    "B. Sai\n"
+    "Trả lời bằng một chữ cái (A hoặc B).<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+def test_system_prompt_is_the_literal_text():
+    assert SYSTEM_PROMPT == SYSTEM
+
+
+def test_detailed_prompt_is_the_literal_text_whole_and_as_the_pipeline_splits_it():
+    frames = frames_text([1, 2], 2)
+    assert build_prompt(frames, question_text(QUESTION, FOUR)) == DETAILED_PROMPT
+    # what the pipeline sends: the intro in the shared prefix, the question body per question
+    prefix = prompt_prefix(frames + intro_text())
+    suffix = prompt_suffix(question_body(QUESTION, FOUR))
+    assert prefix + suffix == DETAILED_PROMPT
+    assert prefix == DETAILED_PROMPT[:DETAILED_PROMPT.index("Câu hỏi:")]  # the prefix ends after the intro
+
+
+def test_simple_prompt_is_the_literal_text_whole_and_as_the_pipeline_splits_it():
+    frames = frames_text([1], 2)
+    assert build_prompt(frames, question_text(QUESTION, TWO, simple=True)) == SIMPLE_PROMPT
+    prefix = prompt_prefix(frames + intro_text(simple=True))
+    assert prefix + prompt_suffix(question_body(QUESTION, TWO, simple=True)) == SIMPLE_PROMPT
+    assert prefix == SIMPLE_PROMPT[:SIMPLE_PROMPT.index(QUESTION)]  # no intro: the frames end the prefix
+
+
+# (choices, the detailed instruction, the simple one), written out
+INSTRUCTIONS = [
+    (TWO, "Chỉ trả lời bằng một chữ cái của phương án đúng (A hoặc B), không giải thích.",
+     "Trả lời bằng một chữ cái (A hoặc B)."),
+    (FOUR, "Chỉ trả lời bằng một chữ cái của phương án đúng (A, B, C hoặc D), không giải thích.",
+     "Trả lời bằng một chữ cái (A, B, C hoặc D)."),
+    (["Có", "Không", "Không rõ"], "Chỉ trả lời bằng một chữ cái của phương án đúng (A, B hoặc C), không giải thích.",
+     "Trả lời bằng một chữ cái (A, B hoặc C)."),
+]
+
+
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=8), st.booleans(), st.sampled_from(INSTRUCTIONS))
+def test_split_prompt_is_the_written_out_layout(tiles, simple, case):
+    """Any frames and choices: the prefix the pipeline prefills once plus a question's suffix is the chat layout
+    written out here (frames numbered from 1, 4 image tokens per tile, intro only in the detailed prompt)."""
+    choices, detailed, short = case
+    frame_lines = "".join(f"Frame{i}: <img>{'<IMG_CONTEXT>' * 4 * n}</img>\n" for i, n in enumerate(tiles, 1))
+    options = "\n".join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(choices))
+    body = (f"{QUESTION}\n{options}\n{short}" if simple else
+            f"{INTRO}\nCâu hỏi: {QUESTION}\n{options}\n{detailed}")
+    expected = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{frame_lines}{body}<|im_end|>\n"
+                "<|im_start|>assistant\n")
     frames = frames_text(tiles, 4)
-    block = question_text(QUESTION, choices, simple=simple)
-    assert prompt_prefix(frames) + prompt_suffix(block) == build_prompt(frames, block)
-
-
-@given(st.lists(st.integers(1, 7), min_size=1, max_size=8), st.booleans(),
-       st.sampled_from([TWO, FOUR, ["Có", "Không", "Không rõ"]]))
-def test_intro_in_the_shared_prefix_leaves_the_prompt_unchanged(tiles, simple, choices):
-    """The pipeline ends the shared prefix with the intro and sends only the question body per question."""
-    frames = frames_text(tiles, 4)
-    moved = prompt_prefix(frames + intro_text(simple)) + prompt_suffix(question_body(QUESTION, choices, simple))
-    assert moved == build_prompt(frames, question_text(QUESTION, choices, simple=simple))
+    sent = prompt_prefix(frames + intro_text(simple)) + prompt_suffix(question_body(QUESTION, choices, simple))
+    assert sent == expected
+    assert build_prompt(frames, question_text(QUESTION, choices, simple=simple)) == expected
 
 
 def test_intro_is_question_independent_and_absent_from_the_body():

@@ -11,32 +11,17 @@ The short version (two kills) runs by default; `pytest -m slow` runs the soak.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from roadbuddy import cli
-from roadbuddy.data import load_questions
+from roadbuddy.data import group_by_video, load_questions, prior_letter
 
-
-def run_main(*argv) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = cli.main(["--no-progress", "--device", "cpu", *map(str, argv)])
-    return code, err.getvalue()
-
-
-def read_rows(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.reader(fh))
+from helpers import cli_command, read_rows, records_of, run_main
 
 
 def complete_part(data: bytes) -> bytes:
@@ -78,8 +63,7 @@ def soak(tiny_checkpoint, tmp_path: Path, *, clips: int, kills: int, seed: int, 
     rng = random.Random(seed)
     out = tmp_path / "soak"
     preds = out / "predictions.jsonl"
-    cmd = [sys.executable, "-m", "roadbuddy", "--no-progress", "--device", "cpu", "--model", str(tiny_checkpoint),
-           "--test-json", str(questions_json), "--output", str(out / "submission.csv")]
+    cmd = cli_command("--model", tiny_checkpoint, "--test-json", questions_json, "--output", out / "submission.csv")
     stats = {"runs_killed": 0, "runs_finished_before_the_kill": 0, "killed_before_any_new_answer": 0,
              "torn_tails": 0, "answers_lost": 0, "answers_made_twice": 0}
     for _ in range(kills):
@@ -144,3 +128,47 @@ def test_kill_twice_and_resume(tiny_checkpoint, tmp_path):
 def test_soak_kill_and_resume_at_random_points(tiny_checkpoint, tmp_path, seed):
     stats = soak(tiny_checkpoint, tmp_path, clips=10, kills=10, seed=seed)
     assert stats["runs_killed"] >= 5
+
+
+def test_a_resumed_run_answers_a_clip_that_failed_before(tiny_checkpoint, tmp_path):
+    """README: "A resumed run tries failed clips again". A clip unreadable during the first run (moved away)
+    gets error rows; with the file back, the rerun answers exactly that clip's questions, for real, and the
+    submission becomes the clean run's (rows that were the prior change where the model says otherwise)."""
+    from roadbuddy.testing import write_synthetic_dataset
+
+    questions_json = write_synthetic_dataset(tmp_path / "data", clips=4)
+    questions = load_questions(questions_json)
+    code, err = run_main("--model", tiny_checkpoint, "--test-json", questions_json,
+                         "--output", tmp_path / "reference" / "submission.csv")
+    assert code == 0, err
+    clean = dict(read_rows(tmp_path / "reference" / "submission.csv")[1:])
+    # break a clip whose clean answers are not all the prior, so that answering it for real changes the CSV
+    video, target = next((v, qs) for v, qs in group_by_video(questions)
+                         if any(clean[q.id] != prior_letter(q.num_choices) for q in qs))
+    target_ids = sorted(q.id for q in target)
+    out = tmp_path / "out"
+    args = ["--model", tiny_checkpoint, "--test-json", questions_json, "--output", out / "submission.csv"]
+
+    away = video.with_name(video.name + ".away")
+    video.rename(away)
+    try:
+        code, err = run_main(*args)
+    finally:
+        away.rename(video)
+    assert code == 0, err
+    first = (out / "predictions.jsonl").read_bytes()
+    assert sorted(r["id"] for r in records_of(out / "predictions.jsonl") if r.get("error")) == target_ids
+    rows = dict(read_rows(out / "submission.csv")[1:])
+    assert all(rows[q.id] == prior_letter(q.num_choices) for q in target)
+
+    code, err = run_main(*args)
+    assert code == 0, err
+    assert f"resuming: {len(questions) - len(target)} of {len(questions)}" in err  # error rows are not done
+    after = (out / "predictions.jsonl").read_bytes()
+    assert after.startswith(first)  # the first run's lines stay, error rows included
+    new = [json.loads(line) for line in after[len(first):].splitlines()]
+    assert sorted(r["id"] for r in new) == target_ids  # only the failed clip, nothing else recomputed
+    assert all(r["mode"] == "score" and "error" not in r for r in new)
+    assert read_rows(out / "submission.csv") == read_rows(tmp_path / "reference" / "submission.csv")
+    rows = dict(read_rows(out / "submission.csv")[1:])
+    assert any(rows[q.id] != prior_letter(q.num_choices) for q in target)

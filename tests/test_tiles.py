@@ -1,8 +1,9 @@
-"""roadbuddy.tiles against a plain transcription of the model card's preprocessing.
+"""roadbuddy.tiles against the model card's own preprocessing (roadbuddy.model_card).
 
-The reference below is the card's `find_closest_aspect_ratio` / `dynamic_preprocess` /
-`build_transform`, with torchvision's Resize + ToTensor + Normalize written out as a PIL
-bicubic resize and numpy arithmetic.
+The oracle is the card's `find_closest_aspect_ratio` / `dynamic_preprocess` / `build_transform`
+as published, with torchvision's Resize + ToTensor + Normalize written out (PIL bicubic resize,
+then float32 /255, - mean, / std); `test_card_transform_is_the_cards_arithmetic` checks that
+written-out transform against the arithmetic in numpy with the card's constants.
 """
 from __future__ import annotations
 
@@ -13,78 +14,35 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from roadbuddy import frames, tiles
-from roadbuddy.tiles import (candidate_grids, choose_grid, frames_to_pixel_values, frames_to_tiles, normalize,
-                             normalize_tiles, tile_image)
+from roadbuddy import frames
+from roadbuddy.model_card import (card_dynamic_preprocess, card_find_closest_aspect_ratio, card_target_ratios,
+                                  card_transform)
+from roadbuddy.tiles import (candidate_grids, choose_grid, frames_to_pixel_values, frames_to_tiles, normalize_tiles,
+                             tile_image)
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def ref_find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_size):
-    best_ratio_diff = float("inf")
-    best_ratio = (1, 1)
-    area = width * height
-    for ratio in target_ratios:
-        target_aspect_ratio = ratio[0] / ratio[1]
-        ratio_diff = abs(aspect_ratio - target_aspect_ratio)
-        if ratio_diff < best_ratio_diff:
-            best_ratio_diff = ratio_diff
-            best_ratio = ratio
-        elif ratio_diff == best_ratio_diff:
-            if area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
-                best_ratio = ratio
-    return best_ratio
-
-
-def ref_target_ratios(min_num, max_num):
-    target_ratios = set(
-        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-        if i * j <= max_num and i * j >= min_num)
-    return sorted(target_ratios, key=lambda x: x[0] * x[1])
+# the card's build_transform constants, written here from the card (not imported from roadbuddy)
+CARD_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+CARD_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def ref_grid(width, height, image_size, min_num, max_num):
-    return ref_find_closest_aspect_ratio(width / height, ref_target_ratios(min_num, max_num), width, height,
-                                         image_size)
+    """The grid the card's dynamic_preprocess picks for an image of this size."""
+    return card_find_closest_aspect_ratio(width / height, card_target_ratios(min_num, max_num), width, height,
+                                          image_size)
 
 
-def ref_dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbnail=False):
-    orig_width, orig_height = image.size
-    target_aspect_ratio = ref_grid(orig_width, orig_height, image_size, min_num, max_num)
-    target_width = image_size * target_aspect_ratio[0]
-    target_height = image_size * target_aspect_ratio[1]
-    blocks = target_aspect_ratio[0] * target_aspect_ratio[1]
-    resized_img = image.resize((target_width, target_height), Image.BICUBIC)
-    processed_images = []
-    for i in range(blocks):
-        box = (
-            (i % (target_width // image_size)) * image_size,
-            (i // (target_width // image_size)) * image_size,
-            ((i % (target_width // image_size)) + 1) * image_size,
-            ((i // (target_width // image_size)) + 1) * image_size,
-        )
-        processed_images.append(resized_img.crop(box))
-    if use_thumbnail and len(processed_images) != 1:
-        processed_images.append(image.resize((image_size, image_size), Image.BICUBIC))
-    return processed_images
-
-
-def ref_transform(tile, image_size):
-    """build_transform: RGB, bicubic resize to SxS, ToTensor, Normalize(ImageNet)."""
-    tile = tile.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
-    x = np.asarray(tile, np.uint8).astype(np.float32) / np.float32(255)
-    return ((x - MEAN) / STD).transpose(2, 0, 1)
-
-
-def ref_pixel_values(frame_arrays, image_size, max_num, use_thumbnail):
+def card_pixel_values(frame_arrays, image_size, max_num, use_thumbnail=True):
+    """The loop of the card's load_video over decoded frames: RGB image, dynamic_preprocess, transform each tile."""
     values, counts = [], []
     for arr in frame_arrays:
         image = Image.fromarray(arr).convert("RGB")
-        frame_tiles = ref_dynamic_preprocess(image, 1, max_num, image_size, use_thumbnail)
-        values += [ref_transform(t, image_size) for t in frame_tiles]
+        frame_tiles = card_dynamic_preprocess(image, image_size=image_size, use_thumbnail=use_thumbnail,
+                                              max_num=max_num)
+        values += [card_transform(t, image_size) for t in frame_tiles]
         counts.append(len(frame_tiles))
-    return np.stack(values), counts
+    if not values:
+        return torch.empty((0, 3, image_size, image_size)), counts
+    return torch.stack(values), counts
 
 
 def random_image(rng, width, height):
@@ -108,7 +66,7 @@ def test_candidate_grids_are_the_cards():
     for lo in range(1, 13):
         for hi in range(lo, 13):
             grids = candidate_grids(lo, hi)
-            assert grids == ref_target_ratios(lo, hi)
+            assert grids == card_target_ratios(lo, hi)
             assert len(grids) == len(set(grids)) and all(lo <= c * r <= hi for c, r in grids)
 
 
@@ -166,7 +124,7 @@ def test_tiles_match_card_pixel_for_pixel(w, h, limits, image_size, thumb, seed)
     lo, hi = limits
     image = random_image(np.random.default_rng(seed), w, h)
     got = tile_image(image, image_size, max_num=hi, min_num=lo, use_thumbnail=thumb)
-    assert_same_tiles(got, ref_dynamic_preprocess(image, lo, hi, image_size, thumb))
+    assert_same_tiles(got, card_dynamic_preprocess(image, lo, hi, image_size, thumb))
 
 
 @settings(max_examples=60, deadline=None)
@@ -177,10 +135,9 @@ def test_pixel_values_match_card(w, h, max_num, image_size, thumb, count, seed):
     rng = np.random.default_rng(seed)
     batch = rng.integers(0, 256, (count, h, w, 3), dtype=np.uint8)
     values, counts = frames_to_pixel_values(batch, image_size, max_num=max_num, use_thumbnail=thumb)
-    expected, expected_counts = ref_pixel_values(batch, image_size, max_num, thumb)
+    expected, expected_counts = card_pixel_values(batch, image_size, max_num, thumb)
     assert counts == expected_counts
-    assert values.dtype == torch.float32 and values.shape == expected.shape
-    np.testing.assert_allclose(values.numpy(), expected, rtol=0, atol=1e-6)
+    assert values.dtype == torch.float32 and torch.equal(values, expected)  # bit for bit
     assert counts == [frames.tiles_per_frame(w, h, max_num, thumb, image_size=image_size)] * count
 
 
@@ -193,12 +150,11 @@ def test_real_frame_sizes_match_card(w, h, max_num):
     frame = np.clip(base + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
     image = Image.fromarray(frame)
     got = tile_image(image, 448, max_num=max_num)
-    expected = ref_dynamic_preprocess(image, 1, max_num, 448, True)
+    expected = card_dynamic_preprocess(image, 1, max_num, 448, True)
     assert_same_tiles(got, expected)
     values, counts = frames_to_pixel_values([frame], 448, max_num=max_num)
     assert counts == [len(expected)] == [frames.tiles_per_frame(w, h, max_num, True)]
-    np.testing.assert_allclose(values.numpy(), np.stack([ref_transform(t, 448) for t in expected]),
-                               rtol=0, atol=1e-6)
+    assert torch.equal(values, torch.stack([card_transform(t, 448) for t in expected]))
 
 
 def test_thumbnail_only_with_more_than_one_tile():
@@ -238,25 +194,30 @@ def test_wide_and_tall_grids_orientation():
     assert [int(np.argmax(np.asarray(t)[28, 28])) for t in tall] == [0, 1, 2]
 
 
-# --- normalisation -------------------------------------------------------------------------------
+# --- normalisation ---------------------------------------------------------------------------------
+
+def test_card_transform_is_the_cards_arithmetic():
+    """The oracle itself: card_transform (torchvision's ops written out) is PIL's bicubic resize to SxS,
+    then (x / 255 - mean) / std with the card's constants, here in numpy."""
+    rng = np.random.default_rng(3)
+    for image in (random_image(rng, 40, 30), random_image(rng, 28, 28),
+                  Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8))):  # a grey image: made RGB
+        resized = np.asarray(image.convert("RGB").resize((28, 28), Image.BICUBIC)).astype(np.float32)
+        expected = ((resized / np.float32(255) - CARD_MEAN) / CARD_STD).transpose(2, 0, 1)
+        got = card_transform(image, 28)
+        assert got.dtype == torch.float32 and got.shape == (3, 28, 28)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6)
+
 
 def test_normalize_known_values():
-    white, black = Image.new("RGB", (28, 28), (255, 255, 255)), Image.new("RGB", (28, 28), (0, 0, 0))
-    values = normalize([white, black], 28)
+    """White and black tiles against the card's constants: (1 - mean) / std and -mean / std per channel."""
+    white, black = torch.full((3, 28, 28), 255, dtype=torch.uint8), torch.zeros((3, 28, 28), dtype=torch.uint8)
+    tiles_u8 = torch.stack([white, black])
+    values = normalize_tiles(tiles_u8)
     assert values.shape == (2, 3, 28, 28) and values.dtype == torch.float32
-    for c in range(3):
-        assert torch.allclose(values[0, c], torch.tensor((1 - tiles.IMAGENET_MEAN[c]) / tiles.IMAGENET_STD[c]))
-        assert torch.allclose(values[1, c], torch.tensor(-tiles.IMAGENET_MEAN[c] / tiles.IMAGENET_STD[c]))
-
-
-def test_normalize_resizes_odd_tiles_and_converts_mode():
-    rng = np.random.default_rng(3)
-    odd = random_image(rng, 40, 30)
-    grey = Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8))
-    values = normalize([odd, grey], 28)
-    expected = np.stack([ref_transform(odd, 28), ref_transform(grey, 28)])
-    np.testing.assert_allclose(values.numpy(), expected, rtol=0, atol=1e-6)
-    assert normalize([], 28).shape == (0, 3, 28, 28)
+    for c, (mean, std) in enumerate(zip([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])):
+        assert torch.allclose(values[0, c], torch.tensor((1 - mean) / std))
+        assert torch.allclose(values[1, c], torch.tensor(-mean / std))
 
 
 def test_frames_to_pixel_values_order_and_inputs():
@@ -286,35 +247,35 @@ def test_frames_already_one_tile_skip_pil_with_the_same_values(image_size, count
     """Decoder-scaled SxS frames with max_num=1 take the no-PIL path; the values are the card's bit for bit."""
     batch = np.random.default_rng(seed).integers(0, 256, (count, image_size, image_size, 3), dtype=np.uint8)
     fast, counts = frames_to_pixel_values(batch, image_size, max_num=1, use_thumbnail=thumb)
-    via_pil, pil_counts = frames_to_pixel_values(list(batch), image_size, max_num=1, use_thumbnail=thumb)  # a list: PIL
-    expected, expected_counts = ref_pixel_values(batch, image_size, 1, thumb)
-    assert counts == pil_counts == expected_counts == [1] * count
+    expected, expected_counts = card_pixel_values(batch, image_size, 1, thumb)
+    assert counts == expected_counts == [1] * count
     assert fast.is_contiguous() and fast.shape == (count, 3, image_size, image_size)
-    assert torch.equal(fast, via_pil)
-    np.testing.assert_allclose(fast.numpy(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(fast, expected)
 
 
 def test_normalize_tiles_is_the_cards_totensor_and_normalize_bit_for_bit():
-    """Every uint8 level in every channel, against torchvision's ToTensor + Normalize written out in torch."""
+    """Every uint8 level in every channel, against the card's transform (ToTensor + Normalize written out)."""
     levels = np.arange(256, dtype=np.uint8)
     image = np.stack(np.broadcast_arrays(levels[:, None], levels[None, :], levels[::-1, None]), axis=-1)  # 256x256x3
-    card = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(torch.float32).div(255)  # ToTensor
-    mean = torch.as_tensor(tiles.IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.as_tensor(tiles.IMAGENET_STD, dtype=torch.float32)[:, None, None]
-    card = card.sub_(mean).div_(std)  # Normalize
+    card = card_transform(Image.fromarray(image), 256)  # an SxS image: the card's resize changes nothing
     ours = normalize_tiles(torch.from_numpy(image).permute(2, 0, 1)[None].contiguous())
     assert ours.dtype == torch.float32 and torch.equal(ours[0], card)
 
 
 @settings(max_examples=20, deadline=None)
 @given(max_num=st.sampled_from([1, 6]), count=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
-def test_frames_to_tiles_are_uint8_and_normalise_to_the_pixel_values(max_num, count, seed):
+def test_frames_to_tiles_are_the_cards_tiles_as_uint8(max_num, count, seed):
+    """The pipeline's uint8 tiles are the card's tiles (pixel for pixel), and normalised on the device they
+    are the card's transform of them (bit for bit)."""
     batch = np.random.default_rng(seed).integers(0, 256, (count, 36, 64, 3), dtype=np.uint8)
     uint8, counts = frames_to_tiles(batch, 28, max_num=max_num)
-    values, value_counts = frames_to_pixel_values(batch, 28, max_num=max_num)
-    assert uint8.dtype == torch.uint8 and uint8.is_contiguous() and uint8.shape == values.shape
-    assert counts == value_counts
-    assert torch.equal(normalize_tiles(uint8), values)
+    card_tiles = [t for f in batch for t in card_dynamic_preprocess(Image.fromarray(f), image_size=28,
+                                                                     use_thumbnail=True, max_num=max_num)]
+    expected, expected_counts = card_pixel_values(batch, 28, max_num)
+    assert uint8.dtype == torch.uint8 and uint8.is_contiguous() and uint8.shape == (len(card_tiles), 3, 28, 28)
+    assert counts == expected_counts
+    assert all(np.array_equal(uint8[i].permute(1, 2, 0).numpy(), np.asarray(t)) for i, t in enumerate(card_tiles))
+    assert torch.equal(normalize_tiles(uint8), expected)
 
 
 def test_frames_already_one_tile_become_planar_uint8_unchanged():
