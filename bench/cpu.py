@@ -12,7 +12,8 @@ Data paths, each returning a `Prepared` (frame indices, pixel_values [tiles,3,S,
              model's device; normalise=False leaves it out), so the benches follow it when it changes; by default with one
              tile the decoder scales frames to SxS (PyAV first, swscale bicubic, no PIL), and with
              decoder_scaling=False it is the card's exact path (full-size frames, decord first, PIL bicubic)
-  card       the model card's load_video, written out here from the card (not from roadbuddy), minus torchvision
+  card       the model card's load_video, from the card's own functions (roadbuddy.model_card, not the
+             pipeline's code), minus torchvision
   floor      one sequential decode of every frame with the same threads, no colour conversion (PyAV)
 
 Clips: road_clip (synth.write_road_clip, as the tests use) and footage_clip (the same scene with
@@ -41,6 +42,8 @@ import torch
 from PIL import Image
 
 from roadbuddy import inputs, tiles
+from roadbuddy.model_card import (IMAGENET_STD, card_dynamic_preprocess, card_get_index,
+                                   card_transform)
 
 IMAGE_SIZE = 448
 RESOLUTIONS = {"720p": (1280, 720), "1440p": (2560, 1440)}
@@ -165,72 +168,9 @@ def decode_floor(path: Path, threads: int = 0) -> int:
         return sum(1 for _ in container.decode(stream))
 
 
-# --- the model card's way, written out from the card --------------------------------
+# --- the model card's way (its functions: roadbuddy.model_card, the tests' oracle too) ----------
 
-CARD_MEAN = (0.485, 0.456, 0.406)
-CARD_STD = (0.229, 0.224, 0.225)
-
-
-def card_get_index(bound, fps, max_frame, first_idx=0, num_segments=32):
-    if bound:
-        start, end = bound[0], bound[1]
-    else:
-        start, end = -100000, 100000
-    start_idx = max(first_idx, round(start * fps))
-    end_idx = min(round(end * fps), max_frame)
-    seg_size = float(end_idx - start_idx) / num_segments
-    return np.array([int(start_idx + (seg_size / 2) + np.round(seg_size * idx)) for idx in range(num_segments)])
-
-
-def card_find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_size):
-    best_ratio_diff = float("inf")
-    best_ratio = (1, 1)
-    area = width * height
-    for ratio in target_ratios:
-        target_aspect_ratio = ratio[0] / ratio[1]
-        ratio_diff = abs(aspect_ratio - target_aspect_ratio)
-        if ratio_diff < best_ratio_diff:
-            best_ratio_diff = ratio_diff
-            best_ratio = ratio
-        elif ratio_diff == best_ratio_diff:
-            if area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
-                best_ratio = ratio
-    return best_ratio
-
-
-def card_dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbnail=False):
-    orig_width, orig_height = image.size
-    aspect_ratio = orig_width / orig_height
-    target_ratios = set(
-        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-        if i * j <= max_num and i * j >= min_num)
-    target_ratios = sorted(target_ratios, key=lambda x: x[0] * x[1])
-    target_aspect_ratio = card_find_closest_aspect_ratio(aspect_ratio, target_ratios, orig_width, orig_height,
-                                                         image_size)
-    target_width = image_size * target_aspect_ratio[0]
-    target_height = image_size * target_aspect_ratio[1]
-    blocks = target_aspect_ratio[0] * target_aspect_ratio[1]
-    resized_img = image.resize((target_width, target_height))  # PIL's default filter here is bicubic
-    processed_images = []
-    for i in range(blocks):
-        box = ((i % (target_width // image_size)) * image_size, (i // (target_width // image_size)) * image_size,
-               ((i % (target_width // image_size)) + 1) * image_size,
-               ((i // (target_width // image_size)) + 1) * image_size)
-        processed_images.append(resized_img.crop(box))
-    assert len(processed_images) == blocks
-    if use_thumbnail and len(processed_images) != 1:
-        processed_images.append(image.resize((image_size, image_size)))
-    return processed_images
-
-
-def card_transform(img: Image.Image, input_size: int) -> torch.Tensor:
-    """build_transform without torchvision: RGB, Resize((S, S), BICUBIC), ToTensor, Normalize."""
-    img = img.convert("RGB") if img.mode != "RGB" else img
-    img = img.resize((input_size, input_size), Image.BICUBIC)
-    x = torch.from_numpy(np.array(img, np.uint8, copy=True)).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
-    mean = torch.as_tensor(CARD_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.as_tensor(CARD_STD, dtype=torch.float32)[:, None, None]
-    return x.sub_(mean).div_(std)
+CARD_STD = IMAGENET_STD
 
 
 def card(path: Path, k: int, max_num: int = 1, threads: int = 1, image_size: int = IMAGE_SIZE) -> Prepared:
@@ -291,18 +231,11 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, settle: Calla
 
 
 def idle_fraction(seconds: float = 1.0) -> float:
-    """Share of the machine's CPU time that was idle over `seconds` (/proc/stat; 1.0 where unreadable)."""
-    def sample():
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+    """Share of the machine's CPU time that was idle (or waiting on I/O) over `seconds` (psutil)."""
+    import psutil
 
-    try:
-        idle0, total0 = sample()
-        time.sleep(seconds)
-        idle1, total1 = sample()
-    except OSError:
-        return 1.0
-    return (idle1 - idle0) / max(total1 - total0, 1)
+    share = psutil.cpu_times_percent(interval=seconds)
+    return (share.idle + getattr(share, "iowait", 0.0)) / 100
 
 
 class IdleWait:
@@ -462,10 +395,13 @@ def measure_share_prefix(lm, test_json: Path, work_dir: Path, rounds: int = 3, f
         raise RuntimeError(f"clips failed to decode: {[w.error for w in works if w.error]}")
     shared, plain = cfg.replace(share_prefix=True), cfg.replace(share_prefix=False)
     one = shared.replace(batch_questions=False)
+    permuted = shared.replace(permutations=4)  # issue 13: every order one more suffix on the cached prefix
+    perm_works = prepare_all(test_json, permuted, lm)  # the orders' suffixes are tokenised with the clip
     answer_all(lm, works[:1], shared)  # warm-up: first-call allocations and kernels
     times, results = interleaved({"shared": lambda: answer_all(lm, works, shared),
                                   "one": lambda: answer_all(lm, works, one),
-                                  "plain": lambda: answer_all(lm, works, plain)}, rounds, settle)
+                                  "plain": lambda: answer_all(lm, works, plain),
+                                  "permutations4": lambda: answer_all(lm, perm_works, permuted)}, rounds, settle)
     questions = sum(len(w.questions) for w in works)
     records = results["shared"]
     return {
@@ -476,6 +412,9 @@ def measure_share_prefix(lm, test_json: Path, work_dir: Path, rounds: int = 3, f
         "one_at_a_time_qps": questions / best(times["one"]),
         "shared_over_plain": best(times["plain"]) / best(times["shared"]),
         "shared_over_one_at_a_time": best(times["one"]) / best(times["shared"]),
+        "permutations4_qps": questions / best(times["permutations4"]),
+        "permutations4_cost": best(times["permutations4"]) / best(times["shared"]),
+        "permutations4_question_ms": statistics.mean(r["time_split_ms"]["question"] for r in results["permutations4"]),
         "prefill_share_ms": statistics.mean(r["time_split_ms"]["prefill"] for r in records),
         "shared_question_ms": statistics.mean(r["time_split_ms"]["question"] for r in records),
         "one_at_a_time_question_ms": statistics.mean(r["time_split_ms"]["question"] for r in results["one"]),

@@ -130,6 +130,26 @@ def test_answer_clip_shared_vs_plain(benchmark, lm, work, dataset, table):
                   "seconds": info["ours_s"], "plain_s": info["plain_s"], "plain/shared": info["plain_over_ours"]})
 
 
+def test_answer_clip_permutations_beside_the_default(benchmark, lm, dataset, table):
+    """Issue 13: --permutations 4 (each question in 4 orders, packed on the cached prefix) timed beside the
+    default on the same clip; measured, not asserted (on a GPU a suffix is about 1% of a prefill)."""
+    benchmark.group = "answer_clip 16 frames x 1 tile, 3 questions, 4 orders"
+    cfg = cpu.run_config(dataset, dataset.parent / "unused.csv", FRAMES)
+    permuted = cfg.replace(permutations=4)
+    (plain_work,) = cpu.prepare_all(dataset, cfg, lm)
+    (perm_work,) = cpu.prepare_all(dataset, permuted, lm)  # the orders' suffixes are tokenised with the clip
+    cpu.answer_all(lm, [perm_work], permuted)  # warm-up
+    records, default_records = cpu.side_by_side(benchmark, lambda: cpu.answer_all(lm, [perm_work], permuted),
+                                                lambda: cpu.answer_all(lm, [plain_work], cfg), rounds=ROUNDS,
+                                                other="default")
+    assert all(len(r["orders"]) == len(r["probs"]) for r in records)
+    assert [r["id"] for r in records] == [r["id"] for r in default_records]
+    info = benchmark.extra_info
+    table.append({"step": "answer_clip 4 orders (3 questions)", "tokens": records[0]["prompt_tokens"],
+                  "seconds": info["ours_s"], "default_s": info["default_s"],
+                  "orders/default": info["ours_s"] / info["default_s"]})
+
+
 @pytest.mark.slow
 def test_overlap_prefetch(lm, request, tmp_path_factory, table):
     """Issue 7.3, measured (not asserted): 10 clips end to end with prefetch 2 and 0, model on one thread."""

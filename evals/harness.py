@@ -14,6 +14,7 @@ from pathlib import Path
 
 from evals import html_report
 from evals import report as rep
+from roadbuddy import letter_prior
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question, load_questions, write_subset
 from roadbuddy.output import OutputPaths
@@ -121,6 +122,8 @@ def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = 
     base = rep.load_report(baseline) if baseline else None
     report = rep.build_report(table, settings=settings, wall_seconds=time.perf_counter() - started,
                               baseline=base, baseline_path=str(baseline) if baseline else None)
+    estimated = letter_prior.read(paths)  # --debias: the prior divided out of the answers
+    report["letter_prior"] = estimated["prior"] if estimated else None
     failures = rep.add_checks(report, min_accuracy=min_accuracy, max_fallback_rate=max_fallback_rate,
                               max_prior_accuracy=max_prior_accuracy)
     written = rep.write_report(report, report_dir)
@@ -140,7 +143,7 @@ def _forget_earlier_run(paths: OutputPaths, rank: int, world_size: int) -> None:
     for stale in paths.prediction_files():
         if stale not in own:
             stale.unlink(missing_ok=True)
-    for name in ("run.json", "submission.csv", "time_submission.csv"):
+    for name in ("run.json", "submission.csv", "time_submission.csv", letter_prior.FILE):
         (paths.folder / name).unlink(missing_ok=True)
     shutil.rmtree(paths.folder / THUMBNAILS, ignore_errors=True)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from roadbuddy import answers
+from roadbuddy import answers, choice_orders
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question, prior_letter
 from roadbuddy.inputs import PreparedClip
@@ -29,8 +29,11 @@ def _sync(lm: LoadedModel) -> None:
         torch.cuda.synchronize(lm.device)
 
 
-def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig) -> Iterator[dict]:
-    """Answer every question of a prepared clip, yielding each record as soon as it is made."""
+def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig,
+                prior: dict[int, list[float]] | None = None) -> Iterator[dict]:
+    """Answer every question of a prepared clip, yielding each record as soon as it is made. With
+    --permutations each question is asked in each of its orders (one suffix each); `prior` (number of
+    choices -> position prior) is divided out of the probabilities (--debias)."""
     vision_ms = 0.0
     features = None
     if cfg.share_prefix:
@@ -42,7 +45,9 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig) -> Iterator
 
     for group in clip.groups:
         prefix_ids = group.prefix_ids.to(lm.device)
-        suffixes = {qid: ids.to(lm.device) for qid, ids in group.suffix_ids.items()}
+        asks = {q.id: [(order, ids.to(lm.device)) for order, ids in
+                       (group.asks.get(q.id) or [(tuple(range(q.num_choices)), group.suffix_ids[q.id])])]
+                for q in group.questions}
         group_ms = 0.0
         if cfg.share_prefix:
             t = time.perf_counter()
@@ -51,28 +56,38 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig) -> Iterator
             prefix_len = cache.get_seq_length()
             _sync(lm)
             group_ms = (time.perf_counter() - t) * 1000
+        flat = [(q.id, k, ids) for q in group.questions for k, (_, ids) in enumerate(asks[q.id])]
         packed = {}
         if cfg.share_prefix and cfg.batch_questions and cfg.answer_mode == "score" and can_pack(lm):
-            packed = _packed_logits(lm, [suffixes[q.id] for q in group.questions], [q.id for q in group.questions],
-                                    cache, prefix_len, cfg.prefill_chunk)
+            packed = _packed_logits(lm, [ids for _, _, ids in flat], [(qid, k) for qid, k, _ in flat], cache,
+                                    prefix_len, cfg.prefill_chunk)
         for q in group.questions:
             t = time.perf_counter()
-            suffix_ids = suffixes[q.id]
-            pass_ms = 0.0
-            if q.id in packed:
-                logits, pass_ms = packed[q.id]
-            elif cfg.share_prefix:
-                logits = forward(lm, suffix_ids, None, cache)
-            else:  # the plain path: re-encode this question's frames, prefill the whole prompt
-                cache = new_cache(lm)
-                q_features = encode_tiles(lm, clip.tiles[group.tile_rows], cfg.vision_batch)
-                logits = forward(lm, torch.cat([prefix_ids, suffix_ids], dim=1), q_features, cache,
-                                 chunk=cfg.prefill_chunk)
-            record = answer_record(lm, q, logits, cache, cfg)
-            if cfg.share_prefix:
-                rewind(cache, prefix_len)
+            pass_ms, asked = 0.0, []
+            q_features = None
+            for k, (order, suffix_ids) in enumerate(asks[q.id]):
+                if (q.id, k) in packed:
+                    logits, share = packed[(q.id, k)]
+                    pass_ms += share
+                elif cfg.share_prefix:
+                    logits = forward(lm, suffix_ids, None, cache)
+                else:  # the plain path: re-encode this question's frames, prefill the whole prompt
+                    cache = new_cache(lm)
+                    if q_features is None:
+                        q_features = encode_tiles(lm, clip.tiles[group.tile_rows], cfg.vision_batch)
+                    logits = forward(lm, torch.cat([prefix_ids, suffix_ids], dim=1), q_features, cache,
+                                     chunk=cfg.prefill_chunk)
+                if len(asks[q.id]) == 1:
+                    record = answer_record(lm, q, logits, cache, cfg, prior)
+                else:
+                    asked.append((order, letter_probs(lm, logits, q.letters)))
+                if cfg.share_prefix:
+                    rewind(cache, prefix_len)
+            if asked:
+                record = ensemble_record(q, asked, prior)
             _sync(lm)
             own_ms = (time.perf_counter() - t) * 1000 + pass_ms
+            suffix_tokens = sum(int(ids.shape[1]) for _, ids in asks[q.id])
             # this question's time, split by step (the shares add up to time_ms): its share of the clip's decode
             # and tiling, of the vision tower and of its frame set's prefill, and its own forward (on the plain
             # path that holds its vision tower and whole prefill)
@@ -84,17 +99,18 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig) -> Iterator
                 tiles_per_frame=list(group.tiles_per_frame),
                 tiles=group.tiles,
                 visual_tokens=group.tiles * lm.tokens_per_tile,
-                prompt_tokens=int(prefix_ids.shape[1] + suffix_ids.shape[1]),
+                prompt_tokens=int(prefix_ids.shape[1] + suffix_tokens),
                 time_ms=round(sum(split.values()), 3),
                 time_split_ms=split,
             )
             yield record
 
 
-def _packed_logits(lm: LoadedModel, suffixes: list[torch.Tensor], ids: list[str], cache, prefix_len: int,
-                   max_tokens: int) -> dict[str, tuple[torch.Tensor, float]]:
-    """Next-token logits of every question that shares a forward pass with another, by id, with its share
-    of that pass in ms; a question alone in its pack is left out (it takes the one-question path)."""
+def _packed_logits(lm: LoadedModel, suffixes: list[torch.Tensor], keys: list, cache, prefix_len: int,
+                   max_tokens: int) -> dict:
+    """Next-token logits of every suffix that shares a forward pass with another, by its key (question id
+    and order), with its share of that pass in ms; a suffix alone in its pack is left out (it takes the
+    one-suffix path)."""
     out = {}
     for pack in question_packs(suffixes, max_tokens):
         if len(pack) < 2:
@@ -104,7 +120,7 @@ def _packed_logits(lm: LoadedModel, suffixes: list[torch.Tensor], ids: list[str]
         rewind(cache, prefix_len)
         _sync(lm)
         share = (time.perf_counter() - t) * 1000 / len(pack)
-        out.update({ids[i]: (logits[j], share) for j, i in enumerate(pack)})
+        out.update({keys[i]: (logits[j], share) for j, i in enumerate(pack)})
     return out
 
 
@@ -125,12 +141,22 @@ def question_packs(suffixes: list[torch.Tensor], max_tokens: int) -> list[list[i
     return packs
 
 
-def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg: RunConfig) -> dict:
-    """The record of one answer: the scored letter and its probabilities; in generate mode the greedy
-    text, parsed, with the scored letter as the recorded fallback when it names no letter."""
+def _rounded(probs: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in probs.items()}
+
+
+def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg: RunConfig,
+                  prior: dict[int, list[float]] | None = None) -> dict:
+    """The record of one answer: the scored letter and its probabilities (with the position prior divided
+    out, --debias); in generate mode the greedy text, parsed, with the scored letter as the recorded
+    fallback when it names no letter."""
     probs = letter_probs(lm, logits, q.letters)
+    record = {"id": q.id, "mode": "score"}
+    if prior is not None and q.num_choices in prior:
+        record["observed_probs"] = _rounded(probs)
+        probs = choice_orders.debias(probs, prior[q.num_choices])
     scored = max(probs, key=probs.get)
-    record = {"id": q.id, "answer": scored, "mode": "score", "probs": {k: round(v, 6) for k, v in probs.items()}}
+    record.update(answer=scored, probs=_rounded(probs))
     if cfg.answer_mode == "generate":
         text = greedy(lm, logits, cache, cfg.max_new_tokens)
         parsed = answers.parse_answer(text, q.choices)
@@ -140,6 +166,17 @@ def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg
         else:
             record["answer"] = parsed
     return record
+
+
+def ensemble_record(q: Question, asked: list[tuple[tuple[int, ...], dict[str, float]]],
+                    prior: dict[int, list[float]] | None = None) -> dict:
+    """The record of a question asked in several orders: each order's probabilities (by shown letter),
+    their mean per file choice (after dividing out the position prior, --debias), and its best letter."""
+    if prior is not None and q.num_choices in prior:
+        asked = [(order, choice_orders.debias(shown, prior[q.num_choices])) for order, shown in asked]
+    probs = choice_orders.ensemble(asked)
+    return {"id": q.id, "mode": "score", "answer": choice_orders.pick(probs), "probs": _rounded(probs),
+            "orders": [{"order": list(order), "probs": _rounded(shown)} for order, shown in asked]}
 
 
 def error_records(clip: PreparedClip) -> list[dict]:

@@ -79,6 +79,7 @@ def _demo_score(cfg: RunConfig) -> str:
 def main(argv: list[str] | None = None) -> int:
     from roadbuddy.adapters import AdapterError
     from roadbuddy.data import QuestionFileError
+    from roadbuddy.letter_prior import PriorError
     from roadbuddy.model import ModelLoadError
     from roadbuddy.output import OutputError
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted: every answer so far is saved in predictions.jsonl; run the same command again to resume")
         return 130
-    except (QuestionFileError, OutputError, ModelLoadError, ConfigError, AdapterError) as exc:
+    except (QuestionFileError, OutputError, ModelLoadError, ConfigError, AdapterError, PriorError) as exc:
         if args.verbose:
             raise
         say(f"error: {exc}")

@@ -13,13 +13,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from roadbuddy.flags import EVAL, FINETUNE, FRAMES, IO, MODEL, PREDICT, PROMPTS, SPEED, flag
+from roadbuddy.flags import EVAL, FINETUNE, FRAMES, IO, LEVERS, MODEL, PREDICT, PROMPTS, SPEED, flag
 
 DEFAULT_MODEL = "OpenGVLab/InternVL3_5-4B-HF"
 MAX_FRAMES_LIMIT = 512
 ANSWER_MODES = ("score", "generate")
 QUANTIZATIONS = (None, "8bit", "4bit")
 ANSWERING = frozenset({PREDICT, EVAL})  # flags that only change how questions are answered, not what is learned
+SYSTEM_PROMPT_NAMES = ("project", "none", "internvl")  # roadbuddy.prompts.SYSTEM_PROMPTS
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,36 @@ class RunConfig:
                             PROMPTS, choices=ANSWER_MODES, commands=ANSWERING)
     max_new_tokens: int = flag(24, "--max-new-tokens", "generate mode's token budget (default: {default})",
                                PROMPTS, type=int, commands=ANSWERING)
+    system_prompt: str = flag("project", "--system-prompt",
+                              "the system turn: project (the project's Vietnamese prompt), none (no system turn, "
+                              "as the -HF checkpoints' chat template sends), internvl (the original InternVL chat "
+                              "default), or a UTF-8 text file (default: {default})", PROMPTS, metavar="NAME_OR_FILE")
+
+    # test-time levers (score mode; off by default)
+    permutations: int = flag(1, "--permutations",
+                             "ask each question in N orders of its choices (cyclic shifts of the choices sorted by "
+                             "text; N >= the number of choices: all of them) on the clip's cached prefix and "
+                             "average the probabilities per choice, which cancels the model's letter prior "
+                             "(default: {default}, the file's order only)", LEVERS, type=int, commands=ANSWERING)
+    debias: bool = flag(False, "--debias",
+                        "divide the model's prior over letter positions (PriDe) out of every answer; the prior is "
+                        "estimated from the first --debias-questions questions of each number of choices, asked "
+                        "in all their cyclic orders, or taken from --debias-prior (default: off)", LEVERS,
+                        action="store_true", commands=ANSWERING)
+    debias_questions: int = flag(40, "--debias-questions",
+                                 "questions per number of choices that estimate the prior for --debias "
+                                 "(default: {default})", LEVERS, type=int, commands=ANSWERING)
+    debias_prior: Path | None = flag(None, "--debias-prior",
+                                     "the prior for --debias from an eval report.json or a run's prior.json "
+                                     "instead of estimating it (default: estimated)", LEVERS, type=Path,
+                                     metavar="PATH", commands=ANSWERING)
+    detail_frames: int = flag(0, "--detail-frames",
+                              "K frames per question (those nearest its support timestamps, else spread across "
+                              "the clip) get dynamic tiling up to --detail-max-num tiles plus a thumbnail, the "
+                              "others one tile; --max-visual-tokens counts every tile (default: {default}, none)",
+                              FRAMES, type=int)
+    detail_max_num: int = flag(6, "--detail-max-num", "tiles of a detail frame, before its thumbnail "
+                               "(default: {default})", FRAMES, type=int)
 
     # speed
     share_prefix: bool = flag(True, "--no-share-prefix",
@@ -163,6 +194,15 @@ class RunConfig:
             raise ConfigError(f"support_share must be in [0, 1], got {self.support_share}")
         if self.prefetch < 0:
             raise ConfigError(f"--prefetch must be >= 0, got {self.prefetch}")
+        if self.permutations < 1 or self.debias_questions < 1:
+            raise ConfigError("--permutations and --debias-questions must be >= 1")
+        if (self.permutations > 1 or self.debias) and self.answer_mode != "score":
+            raise ConfigError("--permutations and --debias are levers of score mode; drop --answer-mode generate")
+        if self.detail_frames < 0 or self.detail_max_num < 1:
+            raise ConfigError("--detail-frames must be >= 0 and --detail-max-num >= 1")
+        if self.system_prompt not in SYSTEM_PROMPT_NAMES and not Path(self.system_prompt).is_file():
+            raise ConfigError(f"--system-prompt takes {', '.join(SYSTEM_PROMPT_NAMES)} or a text file, got "
+                              f"{self.system_prompt!r} (no such file)")
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -170,14 +210,26 @@ class RunConfig:
     # Fields that change which answers a run produces. A resumed run must agree
     # on these with the run that wrote predictions.jsonl.
     ANSWER_FIELDS = (
-        "model", "adapter", "quantization", "min_frames", "max_frames", "frames_per_second",
+        "model", "quantization", "min_frames", "max_frames", "frames_per_second",
         "max_visual_tokens", "support_frames", "support_window", "support_share",
         "max_num", "use_thumbnail", "simple_prompts", "answer_mode", "max_new_tokens", "seed", "sample_timeout",
         "decoder_scaling",
     )
 
+    # The adapter and the levers join the answer settings only when switched on, so runs without them keep
+    # the settings (and the eval folders, named by their hash) they had before these existed.
+    OPTIONAL_FIELDS = ("adapter", "system_prompt", "permutations", "debias", "debias_questions", "debias_prior", "detail_frames",
+                    "detail_max_num")
+
     def answer_settings(self) -> dict:
         settings = {name: getattr(self, name) for name in self.ANSWER_FIELDS}
+        default = RunConfig()
+        active = {"debias_questions": self.debias, "debias_prior": self.debias, "detail_max_num": self.detail_frames}
+        for name in self.OPTIONAL_FIELDS:
+            if getattr(self, name) != getattr(default, name) and active.get(name, True):
+                settings[name] = getattr(self, name)
+        if self.system_prompt not in SYSTEM_PROMPT_NAMES:  # a file: its text decides, not its name
+            settings["system_prompt_sha256"] = hashlib.sha256(Path(self.system_prompt).read_bytes()).hexdigest()[:16]
         if self.adapter is not None:  # the same folder with other weights in it gives other answers
             from roadbuddy.adapters import adapter_digest
 

@@ -25,10 +25,11 @@ IO = "input and output"
 MODEL = "model"
 FRAMES = "frames and tiles"
 PROMPTS = "prompts and answers"
+LEVERS = "test-time accuracy levers"
 SPEED = "speed and diagnostics"
 TRAINING = "fine-tuning"
 LORA = "LoRA"
-GROUPS = (IO, MODEL, FRAMES, PROMPTS, SPEED, TRAINING, LORA)
+GROUPS = (IO, MODEL, FRAMES, PROMPTS, LEVERS, SPEED, TRAINING, LORA)
 
 
 @dataclass(frozen=True)

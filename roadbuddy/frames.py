@@ -108,3 +108,23 @@ def select_frames(num_frames: int, fps: float, count: int, support_times: Sequen
         picks = ((np.arange(need) + 0.5) * len(unused) / need).astype(np.int64)
         chosen.update(int(i) for i in unused[picks])
     return sorted(chosen)
+
+
+def detail_frames(chosen: Sequence[int], k: int, fps: float, support_times: Sequence[float] = ()) -> list[int]:
+    """`k` of a question's chosen frames (ascending) for detail tiling: the one nearest each support
+    timestamp first (distinct frames, timestamps in order), then frames spread evenly over the rest."""
+    chosen = sorted(chosen)
+    k = min(k, len(chosen))
+    picked: list[int] = []
+    if fps and fps > 0 and math.isfinite(fps):
+        for t in sorted(support_times):
+            if len(picked) == k:
+                break
+            free = [f for f in chosen if f not in picked]
+            if free:
+                picked.append(min(free, key=lambda f: (abs(f / fps - t), f)))
+    rest = [f for f in chosen if f not in picked]
+    need = k - len(picked)
+    if need > 0:
+        picked += [rest[int((i + 0.5) * len(rest) / need)] for i in range(need)]
+    return sorted(picked)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from roadbuddy import frames, prompts, tiles
+from roadbuddy import choice_orders, frames, prompts, tiles
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question
 from roadbuddy.video import VideoError, open_video
@@ -48,7 +48,9 @@ class FrameGroup:
     tile_rows: list[int]  # rows of the clip's tiles (and of its encoded features) for these frames, in order
     tiles_per_frame: list[int]
     prefix_ids: torch.Tensor  # [1, T] int64, CPU
-    suffix_ids: dict[str, torch.Tensor]  # question id -> [1, T] int64, CPU
+    suffix_ids: dict[str, torch.Tensor]  # question id -> [1, T] int64, CPU: the choices in the file's order
+    # --permutations: question id -> (order of the file's choices as shown, suffix ids), one per order
+    asks: dict[str, list[tuple[tuple[int, ...], torch.Tensor]]] = field(default_factory=dict)
 
     @property
     def tiles(self) -> int:
@@ -78,14 +80,35 @@ class PreparedClip:
         return [round(i / self.fps, 3) if self.fps > 0 else 0.0 for i in frame_indices]
 
 
-def plan_frames(info, questions: list[Question], cfg: RunConfig, image_size: int,
-                tokens_per_tile: int) -> dict[str, tuple[int, ...]]:
-    """Frame indices per question: the adaptive count, plus windows around support timestamps."""
-    per_frame = tokens_per_tile * frames.tiles_per_frame(info.width, info.height, cfg.max_num, cfg.use_thumbnail,
-                                                         image_size=image_size)
+def frame_budget(info, cfg: RunConfig, image_size: int, tokens_per_tile: int) -> tuple[int, int]:
+    """(frames per question, detail frames among them): the adaptive count, then cut until every visual token
+    (the detail frames' extra tiles included) fits --max-visual-tokens; detail frames go first when even one
+    frame with them would not fit."""
+    def tiles_of(max_num):
+        return frames.tiles_per_frame(info.width, info.height, max_num, cfg.use_thumbnail, image_size=image_size)
+
+    per_frame = tokens_per_tile * tiles_of(cfg.max_num)
     count = frames.frame_count(info.duration, min_frames=cfg.min_frames, max_frames=cfg.max_frames,
                                frames_per_second=cfg.frames_per_second, max_visual_tokens=cfg.max_visual_tokens,
                                tokens_per_frame=per_frame)
+    if not cfg.detail_frames:
+        return count, 0
+    extra = tokens_per_tile * (tiles_of(max(cfg.detail_max_num, cfg.max_num)) - tiles_of(cfg.max_num))
+    count = frames.frame_count(info.duration, min_frames=cfg.min_frames, max_frames=cfg.max_frames,
+                               frames_per_second=cfg.frames_per_second, max_visual_tokens=10 ** 12,
+                               tokens_per_frame=per_frame)
+    while count > 1 and count * per_frame + min(cfg.detail_frames, count) * extra > cfg.max_visual_tokens:
+        count -= 1
+    detail = min(cfg.detail_frames, count)
+    while detail and count * per_frame + detail * extra > cfg.max_visual_tokens:
+        detail -= 1
+    return count, detail
+
+
+def plan_frames(info, questions: list[Question], cfg: RunConfig, image_size: int,
+                tokens_per_tile: int) -> dict[str, tuple[int, ...]]:
+    """Frame indices per question: the adaptive count, plus windows around support timestamps."""
+    count, _ = frame_budget(info, cfg, image_size, tokens_per_tile)
     planned = {}
     for q in questions:
         support = q.support_frames if cfg.support_frames else ()
@@ -93,6 +116,20 @@ def plan_frames(info, questions: list[Question], cfg: RunConfig, image_size: int
                                                    support_window=cfg.support_window,
                                                    support_share=cfg.support_share))
     return planned
+
+
+def plan_detail(info, planned: dict[str, tuple[int, ...]], questions: list[Question], cfg: RunConfig,
+                image_size: int, tokens_per_tile: int) -> set[int]:
+    """The clip's frames that get --detail-frames tiling: each question's nearest its support timestamps,
+    else spread across its frames (a frame one question sees in detail, all see in detail)."""
+    _, k = frame_budget(info, cfg, image_size, tokens_per_tile)
+    if not k:
+        return set()
+    chosen = set()
+    for q in questions:
+        support = q.support_frames if cfg.support_frames else ()
+        chosen.update(frames.detail_frames(planned[q.id], k, info.fps, support))
+    return chosen
 
 
 def tokenize(tokenizer, text: str, *, as_text: bool = False) -> torch.Tensor:
@@ -104,7 +141,7 @@ def tokenize(tokenizer, text: str, *, as_text: bool = False) -> torch.Tensor:
 def prefix_ids(tokenizer, tiles_per_frame, tokens_per_tile: int, cfg: RunConfig) -> torch.Tensor:
     """The shared prefix: system turn, the frames' image slots and the question-independent intro."""
     frames_block = prompts.frames_text(tiles_per_frame, tokens_per_tile) + prompts.intro_text(cfg.simple_prompts)
-    return tokenize(tokenizer, prompts.prompt_prefix(frames_block))
+    return tokenize(tokenizer, prompts.prompt_prefix(frames_block, prompts.system_text(cfg.system_prompt)))
 
 
 def question_ids(tokenizer, q: Question, cfg: RunConfig) -> torch.Tensor:
@@ -125,10 +162,14 @@ def frame_groups(planned: dict[str, tuple[int, ...]], questions: list[Question],
     for frame_idx, group in by_frames.items():
         counts = [tiles_per_frame[position[f]] for f in frame_idx]
         rows = [r for f in frame_idx for r in range(starts[position[f]], starts[position[f] + 1])]
+        asks = {}
+        if cfg.permutations > 1:  # each order of the choices is one more suffix on the same prefix
+            asks = {q.id: [(order, question_ids(spec.tokenizer, choice_orders.permute_choices(q, order), cfg))
+                           for order in choice_orders.orders(q.choices, cfg.permutations)] for q in group}
         groups.append(FrameGroup(
             frames=frame_idx, questions=group, tile_rows=rows, tiles_per_frame=counts,
             prefix_ids=prefix_ids(spec.tokenizer, counts, spec.tokens_per_tile, cfg),
-            suffix_ids={q.id: question_ids(spec.tokenizer, q, cfg) for q in group}))
+            suffix_ids={q.id: question_ids(spec.tokenizer, q, cfg) for q in group}, asks=asks))
     return groups
 
 
@@ -148,18 +189,40 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec: I
         scale = (size, size) if cfg.decoder_scaling and cfg.max_num == 1 else None
         with open_video(video, threads=cfg.decode_threads, prefer="pyav" if scale else "decord") as reader:
             planned = plan_frames(reader.info, questions, cfg, size, spec.tokens_per_tile)
+            detail = plan_detail(reader.info, planned, questions, cfg, size, spec.tokens_per_tile)
             clip.fps = reader.info.fps
             clip.frame_order = sorted({f for idx in planned.values() for f in idx})
-            decoded = reader.get(clip.frame_order, size=scale)
-        if cfg.thumbnail_dir is not None:
-            write_thumbnails(decoded, clip.frame_order, questions[0].video_rel, cfg.thumbnail_dir)
-        clip.tiles, clip.tiles_per_frame = tiles.frames_to_tiles(
-            decoded, size, max_num=cfg.max_num, use_thumbnail=cfg.use_thumbnail)
+            if detail:
+                clip.tiles, clip.tiles_per_frame = _tiles_with_detail(reader, clip, detail, scale, cfg, size)
+            else:
+                decoded = reader.get(clip.frame_order, size=scale)
+                if cfg.thumbnail_dir is not None:
+                    write_thumbnails(decoded, clip.frame_order, questions[0].video_rel, cfg.thumbnail_dir)
+                clip.tiles, clip.tiles_per_frame = tiles.frames_to_tiles(
+                    decoded, size, max_num=cfg.max_num, use_thumbnail=cfg.use_thumbnail)
         clip.groups = frame_groups(planned, questions, clip.frame_order, clip.tiles_per_frame, cfg, spec)
     except VideoError as exc:
         clip.error = str(exc)
     clip.prepare_ms = (time.perf_counter() - start) * 1000
     return clip
+
+
+def _tiles_with_detail(reader, clip: PreparedClip, detail: set[int], scale, cfg: RunConfig, size: int):
+    """The clip's tiles when some frames are detail frames: those decoded full size and tiled up to
+    --detail-max-num tiles plus a thumbnail, the others as without detail (decoder-scaled when it applies)."""
+    plain = [f for f in clip.frame_order if f not in detail]
+    fine = sorted(detail)
+    by_frame: dict[int, torch.Tensor] = {}
+    for group, read_size, max_num in ((plain, scale, cfg.max_num), (fine, None, max(cfg.detail_max_num, cfg.max_num))):
+        if not group:
+            continue
+        decoded = reader.get(group, size=read_size)
+        if cfg.thumbnail_dir is not None:
+            write_thumbnails(decoded, group, clip.questions[0].video_rel, cfg.thumbnail_dir)
+        stacked, counts = tiles.frames_to_tiles(decoded, size, max_num=max_num, use_thumbnail=cfg.use_thumbnail)
+        by_frame.update(zip(group, torch.split(stacked, counts)))
+    parts = [by_frame[f] for f in clip.frame_order]
+    return torch.cat(parts), [int(p.shape[0]) for p in parts]
 
 
 THUMBNAIL_WIDTH = 160

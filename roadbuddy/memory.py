@@ -150,7 +150,17 @@ def planned_prompt_tokens(cfg, image_size: int, tokens_per_tile: int) -> int:
     per_frame = tokens_per_tile * tiles_per_frame(2560, 1440, cfg.max_num, cfg.use_thumbnail, image_size=image_size)
     visual = min(cfg.max_frames * per_frame, max(per_frame, cfg.max_visual_tokens // per_frame * per_frame))
     frames = visual // per_frame
-    return visual + PREFIX_TEXT_TOKENS + TEXT_TOKENS_PER_FRAME * frames + LONGEST_SUFFIX_TOKENS
+    if cfg.detail_frames:  # the same cut as inputs.frame_budget: every detail tile counts against the budget
+        detail = tokens_per_tile * tiles_per_frame(2560, 1440, max(cfg.detail_max_num, cfg.max_num), cfg.use_thumbnail,
+                                                   image_size=image_size)
+        frames = min(cfg.max_frames, max(1, (cfg.max_visual_tokens - min(cfg.detail_frames, frames) * (detail - per_frame))
+                                         // per_frame))
+        k = min(cfg.detail_frames, frames)
+        while k and frames * per_frame + k * (detail - per_frame) > cfg.max_visual_tokens:
+            k -= 1
+        visual = frames * per_frame + k * (detail - per_frame)
+    suffixes = LONGEST_SUFFIX_TOKENS * max(1, min(cfg.permutations, 4))  # a question's orders pack together
+    return visual + PREFIX_TEXT_TOKENS + TEXT_TOKENS_PER_FRAME * frames + suffixes
 
 
 def print_estimate(cfg, say, free_memory=None) -> MemoryEstimate | None:

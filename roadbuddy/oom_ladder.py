@@ -37,13 +37,14 @@ def _free_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def answer_with_ladder(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig, spec: InputSpec) -> Iterator[dict]:
+def answer_with_ladder(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig, spec: InputSpec,
+                       prior: dict[int, list[float]] | None = None) -> Iterator[dict]:
     """answer_clip, retrying the unanswered questions a rung down the ladder on each CUDA OOM."""
     attempt_cfg, retries = cfg, 0
     while True:
         answered = set()
         try:
-            for record in answer_clip(lm, clip, attempt_cfg):
+            for record in answer_clip(lm, clip, attempt_cfg, prior):
                 if retries:
                     record.update(oom_retries=retries, degraded={"max_num": attempt_cfg.max_num,
                                                                  "max_frames": attempt_cfg.max_frames})

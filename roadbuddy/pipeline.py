@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from roadbuddy import distributed, memory
+from roadbuddy import distributed, letter_prior, memory
 from roadbuddy.answering import error_records
 from roadbuddy.config import RunConfig
 from roadbuddy.data import group_by_video, load_questions
@@ -74,8 +74,7 @@ def _guarded(records: Iterator[dict], clip: PreparedClip, summary: RunSummary) -
         yield from error_records(failed)
 
 
-def _answer_pending(cfg: RunConfig, clips, paths: OutputPaths, summary: RunSummary, progress: JobProgress,
-                    model_loader, say) -> None:
+def _load(cfg: RunConfig, model_loader, say):
     from roadbuddy.model import load_model
 
     torch.manual_seed(cfg.seed)
@@ -85,12 +84,17 @@ def _answer_pending(cfg: RunConfig, clips, paths: OutputPaths, summary: RunSumma
         say(note)
     say(f"model: {lm.source} on {lm.device} ({str(lm.dtype).replace('torch.', '')}, "
         f"{cfg.quantization or 'no quantization'}, attention {lm.attn_impl})")
+    return lm
+
+
+def _answer_pending(cfg: RunConfig, clips, lm, paths: OutputPaths, summary: RunSummary, progress: JobProgress,
+                    prior: dict[int, list[float]] | None = None) -> None:
     budget = SampleBudget(cfg.sample_timeout) if cfg.sample_timeout else None
     with PredictionLog(paths.predictions) as out:
         spec = InputSpec.of(lm)
         for clip in iter_prepared(clips, cfg, spec, budget):
             records = (error_records(clip) if clip.error else
-                       _guarded(answer_with_ladder(lm, clip, cfg, spec), clip, summary))
+                       _guarded(answer_with_ladder(lm, clip, cfg, spec, prior), clip, summary))
             clip_records = []
             for record in records:
                 if clip.frame_cap is not None:
@@ -105,6 +109,32 @@ def _answer_pending(cfg: RunConfig, clips, paths: OutputPaths, summary: RunSumma
                 progress.answered()
             if budget:
                 budget.observe(clip, clip_records)
+
+
+def _letter_prior(cfg: RunConfig, questions, clips, done, shard: Shard, paths: OutputPaths, load, summary,
+                  progress, say) -> tuple[dict[int, list[float]], set[str]]:
+    """--debias: the run's one prior, and the ids of the estimation questions (answered here by rank 0 in
+    all their cyclic orders, unless a prior.json or --debias-prior already gives it)."""
+    doc = letter_prior.load(cfg.debias_prior) if cfg.debias_prior else letter_prior.read(paths)
+    ids = set() if cfg.debias_prior else set(letter_prior.estimation_ids(questions, cfg.debias_questions))
+    if doc is None and shard.rank == 0:
+        todo = [(video, [q for q in qs if q.id in ids and q.id not in done]) for video, qs in clips]
+        todo = [(video, qs) for video, qs in todo if qs]
+        if todo:
+            say(f"--debias: estimating the letter prior from {len(ids)} questions asked in all their choice orders")
+            estimating = cfg.replace(permutations=max(q.num_choices for q in questions))
+            _answer_pending(estimating, todo, load(), paths, summary, progress)
+        doc = letter_prior.estimate(load_all_predictions(paths), questions, sorted(ids))
+        letter_prior.write(paths, doc)
+    distributed.barrier(shard)
+    if doc is None:
+        doc = letter_prior.read(paths)
+    elif shard.rank == 0:
+        letter_prior.write(paths, doc)  # run.json was rewritten at the start of this run
+    table = letter_prior.as_table(doc)
+    say("--debias: letter prior " + "; ".join(f"{n} choices " + " ".join(f"{p:.3f}" for p in prior)
+                                             for n, prior in table.items()))
+    return table, ids
 
 
 def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
@@ -144,12 +174,26 @@ def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
             summary.resumed = len(done)
             if summary.resumed:
                 say(f"resuming: {summary.resumed} of {len(questions)} questions already answered in {paths.folder}")
-            if pending:
+            if pending or cfg.debias:  # --debias: every rank meets at the prior's barrier
                 others = [p for p in paths.prediction_files() if p != paths.predictions] if shard.distributed else []
                 progress = JobProgress(all_pending if shard.distributed else pending,
                                        enabled=cfg.progress and shard.rank == 0, other_shards=others)
+                lm = None
+
+                def load():
+                    nonlocal lm
+                    lm = lm or _load(cfg, model_loader, say)
+                    return lm
+
                 try:
-                    _answer_pending(cfg, clips, paths, summary, progress, model_loader, say)
+                    prior = None
+                    if cfg.debias:  # rank 0 may answer estimation questions of any rank's clips first
+                        prior, estimated = _letter_prior(cfg, questions, group_by_video(questions), done, shard,
+                                                         paths, load, summary, progress, say)
+                        clips = [(video, [q for q in qs if q.id not in estimated]) for video, qs in clips]
+                        clips = [(video, qs) for video, qs in clips if qs]
+                    if clips:
+                        _answer_pending(cfg, clips, load(), paths, summary, progress, prior)
                 finally:
                     progress.close()
             else:

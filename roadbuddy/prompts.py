@@ -16,6 +16,7 @@ trusted, so callers pass choices already stripped of them.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from roadbuddy.data import LETTERS
@@ -35,6 +36,30 @@ SYSTEM_PROMPT = (
     "và các phương tiện, theo Luật Giao thông đường bộ Việt Nam. "
     "Chỉ trả lời bằng chữ cái của phương án đúng, không giải thích."
 )
+
+# The original InternVL chat's default system message (its remote-code `model.chat` sends it): "You are
+# InternVL (书生·万象), a multimodal large language model jointly developed by Shanghai AI Laboratory,
+# Tsinghua University and partner institutions."
+INTERNVL_SYSTEM_PROMPT = ("你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
+                          "多模态大语言模型。")
+# --system-prompt: the project's Vietnamese prompt, none (what the -HF checkpoints' chat template sends),
+# the original InternVL default, or the text of a file
+SYSTEM_PROMPTS = {"project": SYSTEM_PROMPT, "none": None, "internvl": INTERNVL_SYSTEM_PROMPT}
+
+
+def system_text(choice: str) -> str | None:
+    """The system prompt a --system-prompt value names: a name of SYSTEM_PROMPTS, or a UTF-8 file's text."""
+    if choice in SYSTEM_PROMPTS:
+        return SYSTEM_PROMPTS[choice]
+    return _file_text(choice)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_text(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).read_text(encoding="utf-8").strip()
+
 
 # English gloss: "The images above are consecutive frames from the dashcam video
 # of a car driving on a Vietnamese road. Look carefully at the traffic signs,
@@ -108,9 +133,10 @@ def question_text(question: str, choices: Sequence[str], simple: bool = False) -
     return intro_text(simple) + question_body(question, choices, simple)
 
 
-def prompt_prefix(frames: str, system: str = SYSTEM_PROMPT) -> str:
-    """System turn and the start of the user turn up to the end of the frames."""
-    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{frames}"
+def prompt_prefix(frames: str, system: str | None = SYSTEM_PROMPT) -> str:
+    """System turn (none when `system` is None) and the start of the user turn up to the end of the frames."""
+    turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+    return f"{turn}<|im_start|>user\n{frames}"
 
 
 def prompt_suffix(question_block: str) -> str:

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from roadbuddy.choice_orders import permute_choices
 from roadbuddy.config import RunConfig
-from roadbuddy.data import LETTERS, Question, QuestionFileError, group_by_video, load_questions
+from roadbuddy.data import Question, QuestionFileError, group_by_video, load_questions
 from roadbuddy.inputs import InputSpec
 from roadbuddy.prefetch import iter_prepared
 from roadbuddy.video import VideoError, open_video
@@ -87,14 +87,6 @@ def unreadable_clips(questions: list[Question], threads: int = 0) -> dict[str, s
         except VideoError as exc:
             bad[qs[0].video_rel] = exc.reason
     return bad
-
-
-def permute_choices(q: Question, order: list[int]) -> Question:
-    """The question with its choices in `order` (indices into the file's choices); the answer letter follows
-    its choice's new position, so a choice text repeated at two positions keeps pointing at the right one."""
-    answer = None if q.answer is None else LETTERS[order.index(LETTERS.index(q.answer))]
-    return dataclasses.replace(q, choices=tuple(q.choices[i] for i in order),
-                               raw_choices=tuple(q.raw_choices[i] for i in order), answer=answer)
 
 
 def choice_order(q: Question, seed: int, epoch: int) -> list[int]:

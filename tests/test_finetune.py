@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from roadbuddy import answering, finetune_cli, inputs, tiny_task, train_data
+from roadbuddy.choice_orders import permute_choices
 from roadbuddy.config import RunConfig
 from roadbuddy.data import group_by_video, load_questions
 from roadbuddy.model import encode_tiles, load_model
@@ -143,7 +144,7 @@ def test_repeated_choice_texts_keep_the_right_position():
     q = Question(id="train_0405", question="?", choices=("100m", "200m", "200m", "300m"),
                  raw_choices=("A. 100m", "B. 200m", "C. 200m", "D. 300m"), video_path=Path("v.mp4"),
                  video_rel="v.mp4", answer="C")
-    p = train_data.permute_choices(q, [2, 0, 3, 1])
+    p = permute_choices(q, [2, 0, 3, 1])
     assert p.choices == ("200m", "100m", "300m", "200m") and p.answer == "A"
     assert p.raw_choices[0] == "C. 200m"
 

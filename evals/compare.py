@@ -1,0 +1,100 @@
+"""Several eval reports side by side: one row per configuration, against the first.
+
+    python -m evals.compare runs/eval/base runs/eval/perm4 runs/eval/debias [--out compare.md]
+
+Each argument is a report folder or its report.json. A row gives the accuracy with its 95% interval,
+McNemar's exact p against the first report on the questions both answered (wins and losses), the
+answer-position bias (the largest share of answers at one letter above the share of questions whose
+answer is there), the mean and p95 time per question, and what its settings change from the first's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from evals import report as rep
+
+# settings that say which run it was, not how it answered
+IGNORED = {"answered_now", "resumed", "fingerprint", "questions_selected", "split", "data_dir", "device", "ids",
+           "limit"}
+
+
+def _bias(report: dict) -> tuple[float, str]:
+    worst, where = 0.0, ""
+    for row in report["position_bias"]:
+        for letter, excess in row["excess"].items():
+            if excess > worst:
+                worst, where = excess, f"{letter} of {row['num_choices']}"
+    return worst, where
+
+
+def _changes(first: dict, settings: dict) -> str:
+    keys = sorted((set(first) | set(settings)) - IGNORED)
+    changed = [f"{k}={settings.get(k)}" for k in keys if str(first.get(k)) != str(settings.get(k))]
+    return ", ".join(changed) or "(the first's settings)"
+
+
+def rows(reports: list[tuple[str, dict]]) -> list[dict]:
+    """One dict per report: the figures of the table."""
+    first_name, first = reports[0]
+    first_right = {q["id"]: bool(q["correct"]) for q in first["per_question"]}
+    out = []
+    for name, r in reports:
+        acc = r["accuracy"]
+        right = {q["id"]: bool(q["correct"]) for q in r["per_question"]}
+        common = sorted(set(right) & set(first_right))
+        wins = sum(right[i] and not first_right[i] for i in common)
+        losses = sum(first_right[i] and not right[i] for i in common)
+        times = [q["time_ms"] for q in r["per_question"] if q.get("time_ms") is not None]
+        bias, where = _bias(r)
+        out.append({
+            "report": name, "questions": r["questions"], "accuracy": acc["accuracy"], "ci95": acc["ci95"],
+            "wins": wins, "losses": losses, "common": len(common),
+            "mcnemar_p": None if name == first_name else rep.mcnemar_p(wins, losses),
+            "bias": bias, "bias_at": where,
+            "mean_ms": float(np.mean(times)) if times else None,
+            "p95_ms": float(np.percentile(times, 95)) if times else None,
+            "changes": "-" if name == first_name else _changes(first.get("settings", {}), r.get("settings", {})),
+        })
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    def ms(x):
+        return "-" if x is None else f"{x:.0f}"
+
+    lines = ["| report | n | accuracy | 95% CI | vs first: wins / losses | McNemar p | position bias | mean ms "
+             "| p95 ms | settings changed |", "| --- " * 10 + "|"]
+    for r in table:
+        p = "-" if r["mcnemar_p"] is None else f"{r['mcnemar_p']:.3g}"
+        vs = "-" if r["mcnemar_p"] is None else f"{r['wins']} / {r['losses']} of {r['common']}"
+        bias = f"+{100 * r['bias']:.1f} pts ({r['bias_at']})" if r["bias_at"] else "0"
+        lines.append(f"| {r['report']} | {r['questions']} | {100 * r['accuracy']:.1f}% | {100 * r['ci95'][0]:.1f}-"
+                     f"{100 * r['ci95'][1]:.1f}% | {vs} | {p} | {bias} | {ms(r['mean_ms'])} | {ms(r['p95_ms'])} "
+                     f"| {r['changes']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="report folders or report.json files; the first is "
+                                                              "the baseline")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    try:
+        loaded = [(str(p.parent if p.suffix == ".json" else p), rep.load_report(p)) for p in args.reports]
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = markdown(rows(loaded))
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
