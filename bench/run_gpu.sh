@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU sweep as one prepared command, for a machine with no registry:
-#   bench/run_gpu.sh [smoke|sweep|issue7] [extra pytest args]
+#   bench/run_gpu.sh [smoke|sweep|issue7|finetune] [extra pytest args]
+# finetune: roadbuddy-finetune steps, LoRA bf16 and QLoRA 4-bit at 16 and 32 frames (bench/gpu_finetune.py).
 # issue7: bench/gpu_smoke.py (the CUDA paths, about a minute), bench/gpu_overlap.py, the CPU benches (python -m bench.cpu datapath/model) on the
 # machine's quiet cores, and the bf16 rows of the sweep.
 # Carried packages: .gpu/site (an unpacked, slimmed bitsandbytes) and .gpu/*.whl
@@ -37,6 +38,11 @@ if [ "$mode" = issue7 ]; then  # throughput figures: GPU overlap, CPU data path 
   python3 -m pytest -m gpu bench/test_gpu.py -p no:cacheprovider -q -s -rA --bench-out "$out" \
     --bench-data .gpu/bench-data --bench-quant bf16 "$@" 2>&1 | tee "$out/bench.log"; rc=$((rc | PIPESTATUS[0]))
   exit "$rc"
+fi
+if [ "$mode" = finetune ]; then
+  python3 -m pytest -m gpu bench/test_gpu_finetune.py -p no:cacheprovider -q -s -rA --bench-out "$out" \
+    --bench-data .gpu/bench-data "$@" 2>&1 | tee "$out/finetune.log"
+  exit "${PIPESTATUS[0]}"
 fi
 if [ "$mode" = smoke ]; then
   python3 bench/gpu_smoke.py "$out" "$@" 2>&1 | tee "$out/smoke.log"

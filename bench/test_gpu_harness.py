@@ -74,6 +74,21 @@ def test_sweep_loads_an_adapter_as_predict_does(tiny_checkpoint, tmp_path):
     assert probs["base"] != probs["adapted"]  # the adapter was applied
 
 
+def test_finetune_bench_rows_on_the_cpu(tiny_checkpoint, tmp_path):
+    """bench/gpu_finetune.py's sweep, on the CPU with the tiny checkpoint (bf16 rows only: 4-bit needs CUDA)."""
+    from bench import gpu_finetune
+    from roadbuddy.testing import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", clips=2, with_answers=False)
+    settings = [gpu_finetune.TrainSetting("4f", None, 4), gpu_finetune.TrainSetting("4f-4bit", "4bit", 4)]
+    doc = gpu_finetune.sweep(tiny_checkpoint, data, tmp_path / "work", CountingSampler(), settings=settings,
+                             device="cpu", steps=2, log=lambda _m: None)
+    (row,) = doc["rows"]  # the 4-bit row needs CUDA and is left out here
+    assert row["label"] == "finetune bf16 4f" and row["questions"] == 8 and row["nvml_peak_gib"] == 2.0
+    assert row["questions_per_s"] > 0 and row["trained_parameters"] > 0
+    assert "| finetune bf16 4f | 2.00 |" in gpu_finetune.markdown_table(doc)
+
+
 def test_gpu_overlap_dataset_and_measurement_on_the_cpu(tiny_checkpoint, tmp_path):
     """bench/gpu_overlap.py's dataset (clips copied up to 10) and bench.cpu.measure_overlap as it calls them."""
     from bench import cpu, gpu_overlap

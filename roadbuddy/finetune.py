@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -75,9 +76,10 @@ def step_seed(seed: int, epoch: int, slot: int) -> int:
     return int.from_bytes(hashlib.sha256(f"dropout:{seed}:{epoch}:{slot}".encode()).digest()[:8], "little") >> 1
 
 
-def answer_loss(lm: LoadedModel, examples: list, features: list[torch.Tensor], stop_id: int) -> torch.Tensor:
-    """Summed cross-entropy of the answer letter after the assistant turn opens and of the end of the turn
-    after it, for right-padded examples in one forward; logits only at those two positions per example."""
+def answer_loss(lm: LoadedModel, examples: list, features: list[torch.Tensor], stop_id: int):
+    """The summed cross-entropy of the answer letter after the assistant turn opens and of the end of the turn
+    after it (their mean per example), for right-padded examples in one forward, with logits only at those
+    two positions per example; and, detached, the letter's part alone (what score mode reads)."""
     letter_ids = [lm.letter_ids[e.target] for e in examples]
     rows = [torch.cat([e.prefix_ids, e.suffix_ids, torch.tensor([[lid]])], dim=1)[0]
             for e, lid in zip(examples, letter_ids)]
@@ -95,8 +97,9 @@ def answer_loss(lm: LoadedModel, examples: list, features: list[torch.Tensor], s
     picked = out.last_hidden_state[torch.arange(len(rows), device=lm.device)[:, None], at]
     logits = lm.model.lm_head(picked).float()  # [examples, 2, vocab]
     targets = torch.tensor([[lid, stop_id] for lid in letter_ids], device=lm.device)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                             reduction="sum") / 2
+    each = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             reduction="none").view(-1, 2)
+    return each.sum() / 2, each[:, 0].sum().detach()
 
 
 @dataclass
@@ -234,15 +237,15 @@ class FineTune:
                 order = train_data.epoch_order(self.train_questions, cfg.seed, st.epoch, cfg.shuffle_choices)
                 while st.slot < len(order) and st.step < self.total_steps:
                     end = min(st.slot + self.per_step, len(order))
-                    loss = self._step(order, st.slot, end)
+                    loss, letter_loss = self._step(order, st.slot, end)
                     examples_seen += end - st.slot
                     st.slot, st.step = end, st.step + 1
                     lr = self.scheduler.get_last_lr()[0]
                     rate = examples_seen / max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.2f}", epoch=st.epoch)
                     bar.update(1)
-                    self._log({"step": st.step, "epoch": st.epoch, "loss": loss, "lr": lr,
-                               "samples_per_s": round(rate, 3)})
+                    self._log({"step": st.step, "epoch": st.epoch, "loss": loss, "letter_loss": letter_loss,
+                               "lr": lr, "samples_per_s": round(rate, 3)})
                     epoch_done = st.slot >= len(order)
                     if self._validation_due(epoch_done):
                         self.validate()
@@ -261,7 +264,7 @@ class FineTune:
             return True
         return self.state.step % self.cfg.val_every == 0 if self.cfg.val_every else epoch_done
 
-    def _step(self, order, start: int, end: int) -> float:
+    def _step(self, order, start: int, end: int) -> tuple[float, float]:
         """One optimizer step over the slots [start, end) of the epoch's order (this rank's share of them)."""
         cfg, lm, st = self.cfg, self.lm, self.state
         self.peft.train()
@@ -269,7 +272,7 @@ class FineTune:
             lm.model.model.vision_tower.eval()
         mine = train_data.rank_slots(start, end, self.shard.rank, self.shard.world_size)
         scale = 1.0 / (end - start)  # the step's loss is the mean over all its examples, on every rank
-        total = torch.zeros((), dtype=torch.float64, device=lm.device)
+        total = torch.zeros(2, dtype=torch.float64, device=lm.device)  # the step's mean loss, and its letter part
         features_of: tuple[str, torch.Tensor] | None = None
         batch: list = []
         try:
@@ -295,7 +298,7 @@ class FineTune:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(total)
+        return float(total[0]), float(total[1])
 
     def _backward(self, batch, scale: float, total: torch.Tensor, features_of, epoch: int):
         """Forward and backward of one micro-batch; returns the cached (clip key, features) of the frozen tower."""
@@ -310,9 +313,10 @@ class FineTune:
                     features_of = (e.clip_key, encode_tiles(lm, e.clip_tiles, self.run_cfg.vision_batch).clone())
             feats.append(features_of[1][e.tile_rows])
         torch.manual_seed(step_seed(self.cfg.seed, epoch, batch[0].slot))
-        loss = answer_loss(lm, batch, feats, self.stop_id)
+        loss, letter = answer_loss(lm, batch, feats, self.stop_id)
         (loss * scale).backward()
-        total += float(loss.detach()) * scale
+        total[0] += float(loss.detach()) * scale
+        total[1] += float(letter) * scale
         return features_of
 
     # --- validation, checkpoints, the end --------------------------------------------------------
@@ -375,7 +379,7 @@ class FineTune:
             "base_model": self.run_cfg.model,
             "base_architecture": adapters.architecture(self.lm.config),
             "made_by": "roadbuddy-finetune",
-            "command": " ".join(sys.argv),
+            "command": "roadbuddy-finetune " + shlex.join(sys.argv[1:]),
             "settings": self.settings,
             "train_json": str(self.cfg.train_json),
             "split": self.split.describe(),
@@ -453,6 +457,9 @@ def plot_log(log_path: Path, png: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     if steps:
         ax.plot([e["step"] for e in steps], [e["loss"] for e in steps], color="tab:blue", lw=1, label="loss")
+        if all("letter_loss" in e for e in steps):
+            ax.plot([e["step"] for e in steps], [e["letter_loss"] for e in steps], color="tab:green", lw=1,
+                    label="its answer-letter part")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (mean per question)")
     if vals:

@@ -1,0 +1,102 @@
+"""A skill learned, nothing forgotten: the committed LoRA adapter through the real pipeline.
+
+The tiny seeing checkpoint (roadbuddy/tiny_seeing/) was never trained on the rule questions (what the
+traffic light means for the driver: roadbuddy.tiny_task.rule_question). evals/tiny-rule-adapter/ is what
+roadbuddy-finetune made of it on a synthetic labeled split (command and seed in its TRAINING.md). Here the
+base model and the adapter answer a held-out split of fresh scenes (rule questions and the old kinds),
+through the predict pipeline: the adapter must reach 90% on the rule questions and keep colour, order and
+time at 90%, with McNemar's test against the base model's report. The full regeneration of the adapter
+(about 10 minutes on two cores) is a `slow` test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from evals import harness
+from roadbuddy import tiny_task
+
+pytestmark = pytest.mark.eval
+
+ADAPTER = Path(__file__).resolve().parent / "tiny-rule-adapter"
+MIN_ACCURACY = 0.90
+HELDOUT_CLIPS = 48  # 96 questions, about half of them rule questions
+# the committed adapter's recipe (TRAINING.md): what the slow test reruns
+TRAIN_CLIPS = 600
+RECIPE = ["--model", str(tiny_task.CHECKPOINT), "--device", "cpu", "--min-frames", str(tiny_task.FRAMES_SHOWN),
+          "--max-frames", str(tiny_task.FRAMES_SHOWN), "--no-support-frames", "--no-gradient-checkpointing",
+          "--batch-size", "16", "--grad-accum", "1", "--lr", "1e-3", "--warmup-steps", "20", "--max-steps", "500",
+          "--val-every", "100", "--seed", "0"]
+
+
+def by_kind(result, split: Path) -> dict[str, float]:
+    kinds = {item["id"]: item["_kind"] for item in json.loads(split.read_text(encoding="utf-8"))["data"]}
+    right = defaultdict(list)
+    for row in result.table.itertuples():
+        right[kinds[row.id]].append(bool(row.correct))
+    return {kind: sum(v) / len(v) for kind, v in sorted(right.items())}
+
+
+@pytest.fixture(scope="module")
+def rule_heldout(tiny_report_root) -> Path:
+    return tiny_task.write_labeled_split(tiny_report_root.parent / "tiny-rule" / "heldout-data", clips=HELDOUT_CLIPS,
+                                         seed=tiny_task.RULE_HELDOUT_SEED, rule_share=0.5, prefix="heldout")
+
+
+@pytest.fixture(scope="module")
+def zero_shot(rule_heldout, tiny_report_root, tiny_lm):
+    cfg = tiny_task.eval_config(tiny_task.CHECKPOINT, rule_heldout, "unused/submission.csv")
+    return harness.run_eval(cfg, tiny_report_root.parent / "tiny-rule" / "zero-shot", fresh=True,
+                            model_loader=lambda _cfg: tiny_lm, say=lambda _m: None)
+
+
+@pytest.mark.tiny_eval
+def test_the_adapter_teaches_the_rule_and_keeps_the_rest(rule_heldout, zero_shot, tiny_report_root):
+    if not (ADAPTER / "adapter_model.safetensors").is_file():
+        pytest.fail(f"the committed adapter is missing from {ADAPTER}; regenerate it with the command in its TRAINING.md")
+    cfg = tiny_task.eval_config(tiny_task.CHECKPOINT, rule_heldout, "unused/submission.csv", adapter=ADAPTER)
+    tuned = harness.run_eval(cfg, tiny_report_root.parent / "tiny-rule" / "adapter", fresh=True,
+                             baseline=zero_shot.paths["json"], say=lambda _m: None)
+    before, after = by_kind(zero_shot, rule_heldout), by_kind(tuned, rule_heldout)
+    comparison = tuned.report["comparison"]
+    print(f"\nrule questions {before['rule']:.1%} -> {after['rule']:.1%}; before {before}, after {after}; "
+          f"{comparison['wins']} wins, {comparison['losses']} losses, McNemar p = {comparison['mcnemar_p']:.2g}")
+    assert before["rule"] < 0.6  # a skill the base model does not have
+    assert after["rule"] >= MIN_ACCURACY, after
+    for kind in ("colour", "order", "time"):
+        assert after[kind] >= MIN_ACCURACY, (kind, after)
+    assert comparison["wins"] > comparison["losses"] and comparison["mcnemar_p"] < 0.01
+    assert str(tuned.report["settings"]["adapter"]) == str(ADAPTER)
+
+
+@pytest.mark.tiny_eval
+def test_generate_mode_still_stops_and_parses_after_fine_tuning(rule_heldout, tiny_report_root):
+    """The adapter was trained to end the turn after the letter: greedy text parses, with no fallbacks."""
+    cfg = tiny_task.eval_config(tiny_task.CHECKPOINT, rule_heldout, "unused/submission.csv", adapter=ADAPTER,
+                                answer_mode="generate", max_new_tokens=4)
+    result = harness.run_eval(cfg, tiny_report_root.parent / "tiny-rule" / "adapter-generate", fresh=True,
+                              say=lambda _m: None)
+    records = [json.loads(x) for x in (result.paths["json"].parent / "predictions.jsonl").read_text().splitlines()]
+    assert result.report["fallbacks"]["count"] == 0
+    assert all(r["mode"] == "generate" and r["raw"].strip() in "ABCD" for r in records), records[:3]
+    assert result.accuracy >= MIN_ACCURACY
+
+
+@pytest.mark.slow
+def test_the_committed_adapter_regenerates_from_its_command(tmp_path, rule_heldout):
+    """The command in evals/tiny-rule-adapter/TRAINING.md, from nothing: the same validation curve."""
+    split = tiny_task.write_labeled_split(tmp_path / "data", clips=TRAIN_CLIPS, seed=tiny_task.RULE_SEED)
+    out = tmp_path / "adapter"
+    res = subprocess.run([sys.executable, "-m", "roadbuddy.finetune_cli", "--train-json", str(split), "--output",
+                          str(out), *RECIPE, "--no-progress"], capture_output=True, text=True, timeout=3600,
+                         env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert res.returncode == 0, res.stderr
+    card = json.loads((out / "roadbuddy_adapter.json").read_text(encoding="utf-8"))
+    committed = json.loads((ADAPTER / "roadbuddy_adapter.json").read_text(encoding="utf-8"))
+    assert [v["accuracy"] for v in card["validation_curve"]] == [v["accuracy"] for v in committed["validation_curve"]]
