@@ -86,15 +86,27 @@ def write_bench_dataset(directory: Path, seconds=(6, 8, 10, 12), fps: int = 30) 
     return path
 
 
+def bench_tokenizer():
+    """The real Qwen vocabulary (roadbuddy.qwen_vocab), so prompts are as long as the real model's, or where it
+    cannot be had (no wheel carried, no network) the tests' small BPE; returns (tokenizer, what it is)."""
+    from roadbuddy.qwen_vocab import QwenVocabUnavailable, qwen_tokenizer
+    from roadbuddy.testing import build_tokenizer
+
+    try:
+        return qwen_tokenizer(), "qwen (151,643 BPE ranks + InternVL's special tokens)"
+    except QwenVocabUnavailable as exc:
+        return build_tokenizer(), f"test BPE (600 entries; prompt lengths differ from the real model's: {exc})"
+
+
 def build_random_checkpoint(directory: Path) -> Path:
     """The 4B architecture with random bf16 weights, built on the GPU and saved as safetensors + tokenizer."""
     from transformers import InternVLForConditionalGeneration
 
-    from roadbuddy.testing import build_tokenizer
-
     if (directory / "config.json").is_file():
         return directory
-    tokenizer = build_tokenizer()
+    tokenizer, vocabulary = bench_tokenizer()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "VOCABULARY.txt").write_text(vocabulary + "\n")
     config = memory.load_config(BENCH_CONFIG)
     config.image_token_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     torch.manual_seed(0)
@@ -204,6 +216,8 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
         "weights": weights,
         "model": str(model_path) if weights == "trained" else f"{BENCH_CONFIG} architecture, random weights",
         "adapter": str(adapter) if adapter else None,
+        "tokenizer": ((Path(model_path) / "VOCABULARY.txt").read_text().strip()
+                      if (Path(model_path) / "VOCABULARY.txt").is_file() else "the checkpoint's"),
         "clips": "2560x1440 30 fps H.264, 6/8/10/12 s, 2-4 questions each (bench.json)",
         "rows": rows,
     }

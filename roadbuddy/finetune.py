@@ -38,69 +38,16 @@ from pathlib import Path
 
 import torch
 
-from roadbuddy import adapters, distributed, train_checkpoint, train_data
+from roadbuddy import adapters, distributed, train_checkpoint, train_data, train_log
 from roadbuddy.config import RunConfig
 from roadbuddy.distributed import Shard
 from roadbuddy.inputs import InputSpec
-from roadbuddy.model import LoadedModel, _embed, encode_tiles, load_model
+from roadbuddy.model import LoadedModel, encode_tiles, load_model
 from roadbuddy.output import atomic_write_text
 from roadbuddy.train_config import TrainConfig
+from roadbuddy.train_loss import answer_loss, lora_target_regex, step_seed
 
 log = logging.getLogger(__name__)
-
-LM_LAYERS = r"model\.language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{names})"
-VISION_LAYERS = (r"model\.vision_tower\.encoder\.layer\.\d+\.(?:attention\.(?:q_proj|k_proj|v_proj|projection_layer)"
-                 r"|mlp\.(?:fc1|fc2))|model\.multi_modal_projector\.linear_\d+")
-LOG_NAME, CHART_NAME = "training_log.jsonl", "training.png"
-
-
-class TrainingOOM(RuntimeError):
-    """CUDA ran out of memory in a training step; the message names the knobs to turn."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def lora_target_regex(cfg: TrainConfig) -> str:
-    pattern = LM_LAYERS.format(names="|".join(cfg.targets))
-    return f"{pattern}|{VISION_LAYERS}" if cfg.lora_vision else pattern
-
-
-def step_seed(seed: int, epoch: int, slot: int) -> int:
-    """The dropout seed of the forward pass that starts at this slot: the same in any process layout."""
-    return int.from_bytes(hashlib.sha256(f"dropout:{seed}:{epoch}:{slot}".encode()).digest()[:8], "little") >> 1
-
-
-def answer_loss(lm: LoadedModel, examples: list, features: list[torch.Tensor], stop_id: int):
-    """The summed cross-entropy of the answer letter after the assistant turn opens and of the end of the turn
-    after it (their mean per example), for right-padded examples in one forward, with logits only at those
-    two positions per example; and, detached, the letter's part alone (what score mode reads)."""
-    letter_ids = [lm.letter_ids[e.target] for e in examples]
-    rows = [torch.cat([e.prefix_ids, e.suffix_ids, torch.tensor([[lid]])], dim=1)[0]
-            for e, lid in zip(examples, letter_ids)]
-    embeds = [_embed(lm, r[None].to(lm.device), f)[0] for r, f in zip(rows, features)]
-    width = max(len(r) for r in rows)
-    hidden_size = embeds[0].shape[-1]
-    batch = embeds[0].new_zeros(len(rows), width, hidden_size)
-    mask = torch.zeros(len(rows), width, dtype=torch.long, device=lm.device)
-    for i, e in enumerate(embeds):
-        batch[i, : e.shape[0]] = e
-        mask[i, : e.shape[0]] = 1
-    out = lm.model.model.language_model(inputs_embeds=batch, attention_mask=mask, use_cache=False)
-    ends = torch.tensor([len(r) for r in rows], device=lm.device)
-    at = torch.stack([ends - 2, ends - 1], dim=1)  # the position before the letter, and the letter itself
-    picked = out.last_hidden_state[torch.arange(len(rows), device=lm.device)[:, None], at]
-    logits = lm.model.lm_head(picked).float()  # [examples, 2, vocab]
-    targets = torch.tensor([[lid, stop_id] for lid in letter_ids], device=lm.device)
-    each = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                             reduction="none").view(-1, 2)
-    return each.sum() / 2, each[:, 0].sum().detach()
-
 
 @dataclass
 class TrainState:
@@ -113,6 +60,18 @@ class TrainState:
     validations: list = field(default_factory=list)
     skipped: dict = field(default_factory=dict)  # question id -> why it taught nothing (an unreadable clip)
     seconds: float = 0.0
+
+
+class TrainingOOM(RuntimeError):
+    """CUDA ran out of memory in a training step; the message names the knobs to turn."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class FineTune:
@@ -204,7 +163,7 @@ class FineTune:
         if found is None:
             if self.shard.rank == 0:
                 self.out.mkdir(parents=True, exist_ok=True)
-                (self.out / LOG_NAME).unlink(missing_ok=True)
+                (self.out / train_log.LOG_NAME).unlink(missing_ok=True)
             return
         trainable, opt_tensors, opt_rest, state = train_checkpoint.load(found)
         diff = _differences(state.get("settings", {}), self.settings)
@@ -219,7 +178,7 @@ class FineTune:
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(**state["progress"])
         if self.shard.rank == 0:
-            _truncate_log(self.out / LOG_NAME, self.state.step)
+            train_log.truncate(self.out / train_log.LOG_NAME, self.state.step)
         self.say(f"resuming at step {self.state.step} of {self.total_steps} from {found}")
 
     # --- the loop -------------------------------------------------------------------------------
@@ -399,15 +358,14 @@ class FineTune:
                 self.save_adapter()
             else:
                 self.write_card()
-            plot_log(self.out / LOG_NAME, self.out / CHART_NAME)
+            train_log.plot(self.out / train_log.LOG_NAME, self.out / train_log.CHART_NAME)
         distributed.finish(self.shard)
         return {"steps": self.state.step, "best": self.state.best, "skipped": len(self.state.skipped),
                 "output": self.out}
 
     def _log(self, entry: dict) -> None:
         if self.shard.rank == 0:
-            with open(self.out / LOG_NAME, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            train_log.append(self.out / train_log.LOG_NAME, entry)
 
 
 def _normalised(lm: LoadedModel, tiles: torch.Tensor) -> torch.Tensor:
@@ -426,54 +384,4 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
 
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop the log lines of steps after the checkpoint (a killed run did them; the rerun does them again)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and _line_step(line) is not None and _line_step(line) <= step]
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-def _line_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def plot_log(log_path: Path, png: Path) -> None:
-    """training.png: the loss per step and the validation accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    entries = [json.loads(x) for x in log_path.read_text(encoding="utf-8").splitlines() if x.strip()] \
-        if log_path.is_file() else []
-    steps = [e for e in entries if "loss" in e]
-    vals = [e for e in entries if "validation" in e]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    if steps:
-        ax.plot([e["step"] for e in steps], [e["loss"] for e in steps], color="tab:blue", lw=1, label="loss")
-        if all("letter_loss" in e for e in steps):
-            ax.plot([e["step"] for e in steps], [e["letter_loss"] for e in steps], color="tab:green", lw=1,
-                    label="its answer-letter part")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (mean per question)")
-    if vals:
-        ax2 = ax.twinx()
-        ax2.plot([e["step"] for e in vals], [e["validation"]["accuracy"] for e in vals], "o-", color="tab:orange",
-                 label="validation accuracy")
-        ax2.set_ylim(0, 1)
-        ax2.set_ylabel("validation accuracy")
-        ax2.legend(loc="upper right")
-    ax.legend(loc="upper left")
-    ax.set_title("roadbuddy-finetune")
-    fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
 

@@ -131,12 +131,13 @@ def write_tiny_adapter(checkpoint: Path | str, directory: Path | str, *, seed: i
 
     from roadbuddy import adapters
     from roadbuddy.train_config import LM_TARGETS
+    from roadbuddy.train_loss import LM_LAYERS
 
     directory = Path(directory)
     model = InternVLForConditionalGeneration.from_pretrained(str(checkpoint))
     torch.manual_seed(seed)
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,  # random B: not a no-op
-                      target_modules=rf"model\.language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{'|'.join(LM_TARGETS)})")
+                      target_modules=LM_LAYERS.format(names="|".join(LM_TARGETS)))
     get_peft_model(model, lora).save_pretrained(str(directory), safe_serialization=True)
     card = {"base_model": str(checkpoint), "base_architecture": adapters.architecture(model.config),
             "made_by": "roadbuddy.testing.write_tiny_adapter"}
