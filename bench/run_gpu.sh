@@ -4,8 +4,8 @@
 # finetune: roadbuddy-finetune steps, LoRA bf16 and QLoRA 4-bit at 16 and 32 frames (bench/gpu_finetune.py).
 # issue7: bench/gpu_smoke.py (the CUDA paths, about a minute), bench/gpu_overlap.py, the CPU benches (python -m bench.cpu datapath/model) on the
 # machine's quiet cores, and the bf16 rows of the sweep.
-# Carried packages: .gpu/site (an unpacked, slimmed bitsandbytes) and .gpu/*.whl
-# (decord), prepared by bench/prepare_gpu_carry.sh on a machine with pip.
+# Carried packages: .gpu/site (an unpacked, slimmed bitsandbytes), .gpu/*.whl (decord) and
+# .gpu/qwen-vocab/ (the dashscope wheel), prepared with pip download on a machine with pip (bench/README.md).
 # Results: bench/results/<date>-<gpu>.{json,md}, and $OUT when set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
