@@ -52,6 +52,7 @@ SETTINGS = [
 PLAIN_SETTING = Setting("32f-plain", 32, share_prefix=False)  # issue 7: the per-question path beside it
 EXTRA_BF16 = [  # issue 7 beside the default: the card's PIL resize; one forward per question on the shared prefix
     Setting("32f-card-resize", 32, decoder_scaling=False), Setting("32f-one-at-a-time", 32, batch_questions=False)]
+FUSED_SETTINGS = [Setting("32f", 32), Setting("adaptive", None)]  # issue 14: rerun with --fused-attention beside them
 QUANTS = [None, "8bit", "4bit"]
 
 # Real RoadBuddy-style questions (train split wording) so text token counts are realistic.
@@ -186,7 +187,7 @@ def measure(lm, cfg: RunConfig, sampler, counts, label: str) -> dict:
 
 def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=QUANTS, settings=SETTINGS,
           log=print, plain: Setting | None = PLAIN_SETTING, extra=tuple(EXTRA_BF16), on_row=None,
-          adapter: Path | None = None) -> dict:
+          adapter: Path | None = None, fused=tuple(FUSED_SETTINGS)) -> dict:
     """Run every (quantization, setting); returns the results document (environment + rows).
 
     `adapter` (a roadbuddy-finetune adapter) is loaded as roadbuddy-predict --adapter loads it: merged in
@@ -249,6 +250,22 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
+        if quant is None and fused:  # issue 14: the same rows with --fused-attention (a model loaded with it)
+            lm = load_model(base.replace(fused_attention=True))
+            measure(lm, run_settings[0].apply(base).replace(limit=2, output=work / "fused-warmup" / "s.csv"),
+                    sampler, counts, "warmup")
+            for setting in fused:
+                cfg = setting.apply(base).replace(fused_attention=True, output=work / f"bf16-{setting.name}-fused" / "s.csv")
+                row = measure(lm, cfg, sampler, counts, f"bf16 {setting.name}-fused")
+                row.update(setting=f"{setting.name}-fused", load_s=load_s, weights=weights)
+                rows.append(row)
+                log(format_row(row))
+                if on_row:
+                    on_row(doc)
+            del lm
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
     return doc
 
 

@@ -36,15 +36,24 @@ def normalise_matches_cpu(device: str) -> str:
 def batched_matches_one_at_a_time(model: Path, data: Path, out: Path, device: str, tol: float) -> str:
     """The CLI with the clip's questions batched (default) and with --no-batch-questions: the same letter
     probabilities within `tol`, and the same answers wherever the top two letters are further apart."""
+    return same_answers_with(["--no-batch-questions"], model, data, out, device, tol)
+
+
+def same_answers_with(flags_: list[str], model: Path, data: Path, out: Path, device: str, tol: float) -> str:
+    """The CLI by default and with `flags_` (--no-batch-questions, --fused-attention): the same letter
+    probabilities within `tol`, and the same answers wherever the top two letters are further apart."""
     from roadbuddy.cli import main as predict
 
     runs = {}
-    for name, flags in {"batched": [], "one": ["--no-batch-questions"]}.items():
+    tag = "-".join(f.strip("-") for f in flags_)
+    for name, flags in {"batched": [], "one": flags_}.items():
+        name = name if name == "batched" else tag
         target = out / f"smoke-{name}" / "submission.csv"
         rc = predict(["--model", str(model), "--test-json", str(data), "--output", str(target), "--no-progress",
                       "--device", device, "--no-support-frames"] + flags)
         assert rc == 0, f"{name}: exit {rc}"
-        runs[name] = {r["id"]: r for r in map(json.loads, (target.parent / "predictions.jsonl").read_text().splitlines())}
+        runs["one" if name == tag else name] = {r["id"]: r for r in map(
+            json.loads, (target.parent / "predictions.jsonl").read_text().splitlines())}
     assert runs["batched"].keys() == runs["one"].keys()
     worst = 0.0
     for qid, a in runs["batched"].items():
@@ -101,6 +110,8 @@ def main(out: Path) -> int:
     check("normalisation on cuda", lambda: normalise_matches_cpu("cuda"))
     check("batched questions on cuda (bf16)", lambda: batched_matches_one_at_a_time(
         CARRY / "tiny", data, out, "cuda", tol=2e-2))
+    check("--fused-attention on cuda (bf16)", lambda: same_answers_with(
+        ["--fused-attention"], CARRY / "tiny", data, out, "cuda", tol=2e-2))
 
     def decode():
         from roadbuddy.video import open_video

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU sweep as one prepared command, for a machine with no registry:
-#   bench/run_gpu.sh [smoke|sweep|issue7|finetune] [extra pytest args]
+#   bench/run_gpu.sh [smoke|sweep|issue7|issue14|finetune] [extra pytest args]
 # finetune: roadbuddy-finetune steps, LoRA bf16 and QLoRA 4-bit at 16 and 32 frames (bench/gpu_finetune.py).
+# issue14: the smoke checks (--fused-attention among them), the per-step profile of one clip against its
+# arithmetic floor for both attention paths (bench/gpu_profile.py), and the bf16 sweep with its -fused rows.
 # issue7: bench/gpu_smoke.py (the CUDA paths, about a minute), bench/gpu_overlap.py, the CPU benches (python -m bench.cpu datapath/model) on the
 # machine's quiet cores, and the bf16 rows of the sweep.
 # Carried packages: .gpu/site (an unpacked, slimmed bitsandbytes), .gpu/*.whl (decord) and
@@ -37,6 +39,14 @@ if [ "$mode" = issue7 ]; then  # throughput figures: GPU overlap, CPU data path 
   python3 bench/gpu_overlap.py "$out" 2>&1 | tee "$out/gpu-overlap.log"; rc=$((rc | PIPESTATUS[0]))
   python3 -m bench.cpu datapath --rounds 3 --decode-threads 1 --out "$out" 2>&1 | tee "$out/cpu-datapath.log"; rc=$((rc | PIPESTATUS[0]))
   python3 -m bench.cpu model --rounds 3 --model-threads 1,2 --out "$out" 2>&1 | tee "$out/cpu-model.log"; rc=$((rc | PIPESTATUS[0]))
+  python3 -m pytest -m gpu bench/test_gpu.py -p no:cacheprovider -q -s -rA --bench-out "$out" \
+    --bench-data .gpu/bench-data --bench-quant bf16 "$@" 2>&1 | tee "$out/bench.log"; rc=$((rc | PIPESTATUS[0]))
+  exit "$rc"
+fi
+if [ "$mode" = issue14 ]; then
+  rc=0
+  python3 bench/gpu_smoke.py "$out" 2>&1 | tee "$out/smoke.log"; rc=$((rc | PIPESTATUS[0]))
+  python3 bench/gpu_profile.py "$out/profile" --data .gpu/bench-data 2>&1 | tee "$out/profile.log"; rc=$((rc | PIPESTATUS[0]))
   python3 -m pytest -m gpu bench/test_gpu.py -p no:cacheprovider -q -s -rA --bench-out "$out" \
     --bench-data .gpu/bench-data --bench-quant bf16 "$@" 2>&1 | tee "$out/bench.log"; rc=$((rc | PIPESTATUS[0]))
   exit "$rc"

@@ -39,11 +39,14 @@ def test_sweep_rows_and_table(tiny_checkpoint, tmp_path):
     settings = [gpu.Setting("4f", 4), gpu.Setting("4f-6t", 4, max_num=6), gpu.Setting("adaptive", None)]
     doc = gpu.sweep(tiny_checkpoint, data, tmp_path / "work", sampler, quants=[None], settings=settings,
                     plain=gpu.Setting("4f-plain", 4, share_prefix=False),
-                    extra=[gpu.Setting("4f-card", 4, decoder_scaling=False)], log=lambda _m: None)
+                    extra=[gpu.Setting("4f-card", 4, decoder_scaling=False)], fused=[gpu.Setting("4f", 4)],
+                    log=lambda _m: None)
     assert doc["weights"] == "trained"
     labels = [r["label"] for r in doc["rows"]]
-    assert labels == ["bf16 4f", "bf16 4f-6t", "bf16 adaptive", "bf16 4f-plain", "bf16 4f-card"]
-    assert sampler.resets == len(labels) + 1  # plus the warm-up
+    assert labels == ["bf16 4f", "bf16 4f-6t", "bf16 adaptive", "bf16 4f-plain", "bf16 4f-card", "bf16 4f-fused"]
+    assert sampler.resets == len(labels) + 2  # plus the two warm-ups (the fused rows load their own model)
+    answers = {r["setting"]: r for r in doc["rows"]}
+    assert answers["4f-fused"]["questions"] == answers["4f"]["questions"]
     by = {r["setting"]: r for r in doc["rows"]}
     n = len(json.loads(data.read_text(encoding="utf-8"))["data"])
     for row in doc["rows"]:
@@ -67,7 +70,7 @@ def test_sweep_loads_an_adapter_as_predict_does(tiny_checkpoint, tmp_path):
     probs = {}
     for name, extra in {"base": {}, "adapted": {"adapter": adapter}}.items():
         doc = gpu.sweep(tiny_checkpoint, data, tmp_path / name, CountingSampler(), quants=[None],
-                        settings=[gpu.Setting("4f", 4)], plain=None, extra=(), log=lambda _m: None, **extra)
+                        settings=[gpu.Setting("4f", 4)], plain=None, extra=(), fused=(), log=lambda _m: None, **extra)
         assert doc["adapter"] == (str(adapter) if extra else None) and doc["rows"][0]["errors"] == 0
         preds = (tmp_path / name / "bf16-4f" / "predictions.jsonl").read_text().splitlines()
         probs[name] = [json.loads(x)["probs"] for x in preds]
@@ -87,6 +90,24 @@ def test_finetune_bench_rows_on_the_cpu(tiny_checkpoint, tmp_path):
     assert row["label"] == "finetune bf16 4f" and row["questions"] == 8 and row["nvml_peak_gib"] == 2.0
     assert row["questions_per_s"] > 0 and row["trained_parameters"] > 0
     assert "| finetune bf16 4f | 2.00 |" in gpu_finetune.markdown_table(doc)
+
+
+def test_profile_script_runs_on_the_cpu(tiny_checkpoint, tmp_path):
+    """bench/gpu_profile.py (issue 14) with the tiny model on the CPU: every step timed for both attention
+    paths, costs and floors computed, the table written."""
+    from bench import gpu_profile
+    from roadbuddy.testing import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", clips=3, with_answers=False)
+    doc = gpu_profile.run(tiny_checkpoint, data, tmp_path / "out", frames=4, device="cpu", rounds=1, matmul_size=256)
+    steps = [r["step"] for r in doc["rows"]]
+    assert steps[:2] == ["vision", "embed + splice"] and steps[-1] == "questions (packed)"
+    assert any(s.startswith("prefill 0-") for s in steps) and doc["paths"] == ["sdpa", "fused"]
+    for r in doc["rows"]:
+        assert r["sdpa_s"] > 0 and r["fused_s"] > 0
+        if r["step"] != "embed + splice":
+            assert r["tflop"] > 0 and r["floor_s"] > 0
+    assert "| vision |" in (tmp_path / "out" / "profile.md").read_text()
 
 
 def test_gpu_overlap_dataset_and_measurement_on_the_cpu(tiny_checkpoint, tmp_path):

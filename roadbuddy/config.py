@@ -57,6 +57,11 @@ class RunConfig:
         ("--load-in-8bit", "8bit", "8-bit LLM.int8 language model (bitsandbytes, CUDA)"),
         ("--load-in-4bit", "4bit", "4-bit NF4 language model (bitsandbytes, CUDA)"),
     ))  # None: bf16 on CUDA, fp32 on CPU
+    fused_attention: bool = flag(False, "--fused-attention",
+                                 "experimental: the language model's attention without materialised masks (SDPA "
+                                 "with a bottom-right causal bias and grouped-query heads, roadbuddy/attention.py); "
+                                 "same answers, speed not yet measured on a GPU (default: transformers' SDPA)",
+                                 MODEL, action="store_true")
     flash_attn: bool = flag(True, "--no-flash-attn",
                             "use PyTorch SDPA even when flash-attn is installed (default: flash_attention_2 when "
                             "flash-attn imports and CUDA is present, else SDPA)", MODEL, action="store_false")

@@ -88,9 +88,14 @@ def pick_device(requested: str) -> torch.device:
     return device
 
 
-def pick_attention(device: torch.device, want_flash: bool) -> str:
+def pick_attention(device: torch.device, want_flash: bool, fused: bool = False) -> str:
+    """flash_attention_2 when asked for and importable on CUDA; else --fused-attention's function; else SDPA."""
     if want_flash and device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
+    if fused:
+        from roadbuddy import attention
+
+        return attention.register()
     return "sdpa"
 
 
@@ -158,7 +163,7 @@ def load_model(cfg: RunConfig) -> LoadedModel:
     if Path(name).exists():
         _check_native_format(Path(name))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    attn = pick_attention(device, cfg.flash_attn)
+    attn = pick_attention(device, cfg.flash_attn, cfg.fused_attention)
     quant = quantization_config(cfg.quantization, device)
     kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=False, use_safetensors=True)
     if quant is not None:
@@ -272,7 +277,7 @@ def forward(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None, c
 def can_pack(lm: LoadedModel) -> bool:
     """Whether several question suffixes can share one forward (an explicit 4D mask is needed: SDPA and
     eager attention take one, flash_attention_2 does not)."""
-    return lm.attn_impl in ("sdpa", "eager")
+    return lm.attn_impl in ("sdpa", "eager", "roadbuddy_fused_sdpa")
 
 
 @torch.inference_mode()
