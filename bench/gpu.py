@@ -235,38 +235,38 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
         run_settings = list(settings) + ([plain, *extra] if quant is None and plain else [])
         warm = run_settings[0].apply(base).replace(quantization=quant, limit=2, output=work / f"{tag}-warmup" / "s.csv")
         measure(lm, warm, sampler, counts, "warmup")
-        for setting in run_settings:
-            cfg = setting.apply(base).replace(quantization=quant, output=work / f"{tag}-{setting.name}" / "s.csv")
-            try:
-                row = measure(lm, cfg, sampler, counts, f"{tag} {setting.name}")
-            except torch.cuda.OutOfMemoryError as exc:
-                row = {"label": f"{tag} {setting.name}", "quantization": tag, "error": f"CUDA OOM: {exc}"}
-            row.update(setting=setting.name, load_s=load_s, weights=weights)
-            rows.append(row)
-            log(format_row(row))
-            if on_row:
-                on_row(doc)
-        del lm
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        if quant is None and fused:  # issue 14: the same rows with --fused-attention (a model loaded with it)
-            lm = load_model(base.replace(fused_attention=True))
-            measure(lm, run_settings[0].apply(base).replace(limit=2, output=work / "fused-warmup" / "s.csv"),
-                    sampler, counts, "warmup")
-            for setting in fused:
-                cfg = setting.apply(base).replace(fused_attention=True, output=work / f"bf16-{setting.name}-fused" / "s.csv")
-                row = measure(lm, cfg, sampler, counts, f"bf16 {setting.name}-fused")
-                row.update(setting=f"{setting.name}-fused", load_s=load_s, weights=weights)
+
+        def rows_of(lm, settings_, changes: dict, suffix: str = "") -> None:
+            for setting in settings_:
+                name = f"{setting.name}{suffix}"
+                cfg = setting.apply(base).replace(output=work / f"{tag}-{name}" / "s.csv", **changes)
+                try:
+                    row = measure(lm, cfg, sampler, counts, f"{tag} {name}")
+                except torch.cuda.OutOfMemoryError as exc:
+                    row = {"label": f"{tag} {name}", "quantization": tag, "error": f"CUDA OOM: {exc}"}
+                row.update(setting=name, load_s=load_s, weights=weights)
                 rows.append(row)
                 log(format_row(row))
                 if on_row:
                     on_row(doc)
+
+        rows_of(lm, run_settings, {"quantization": quant})
+        del lm
+        _release(device)
+        if quant is None and fused:  # issue 14: the same rows with --fused-attention (a model loaded with it)
+            lm = load_model(base.replace(fused_attention=True))
+            measure(lm, run_settings[0].apply(base).replace(limit=2, output=work / "fused-warmup" / "s.csv"),
+                    sampler, counts, "warmup")
+            rows_of(lm, fused, {"fused_attention": True}, "-fused")
             del lm
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
+            _release(device)
     return doc
+
+
+def _release(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def format_row(row: dict) -> str:

@@ -33,6 +33,17 @@ exit codes: 0 done, 1 unexpected failure (or --strict with failed videos),
 """
 
 
+def say_failure(exc: Exception, say, kept: str) -> int:
+    """One sentence for a failure that is not bad input (a full disk, a bug), saying what stands; exit 1."""
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        say(f"error: cannot write the output ({exc.strerror}); {kept}: free some space and run the same command "
+            "again to resume")
+    else:
+        say(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({kept}; "
+            "rerun with --verbose for the traceback)")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="roadbuddy-predict",
@@ -118,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one sentence, not a traceback, unless --verbose
         if args.verbose:
             raise
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            say(f"error: cannot write the output ({exc.strerror}); every answer finished so far is saved in "
-                "predictions.jsonl: free some space and run the same command again to resume")
-            return 1
-        say(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "(answers so far are saved; rerun with --verbose for the traceback)")
-        return 1
+        return say_failure(exc, say, "every answer finished so far is saved in predictions.jsonl")
     for line in summary.lines():
         say(line)
     if args.demo:

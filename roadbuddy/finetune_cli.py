@@ -11,7 +11,7 @@ import os
 import sys
 
 from roadbuddy import flags
-from roadbuddy.cli import DISK_ERRNOS
+from roadbuddy.cli import say_failure
 from roadbuddy.config import ConfigError, RunConfig
 from roadbuddy.distributed import Shard
 from roadbuddy.train_config import TrainConfig
@@ -91,13 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one sentence, not a traceback, unless --verbose
         if args.verbose:
             raise
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            say(f"error: cannot write the output ({exc.strerror}); the last checkpoint stands: free some space "
-                "and run the same command again to resume")
-            return 1
-        say(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "(the last checkpoint stands; rerun with --verbose for the traceback)")
-        return 1
+        return say_failure(exc, say, "the last checkpoint stands")
     best = summary["best"]
     kept = (f"the adapter of step {best['step']} (validation {best['correct']}/{best['n']} = {best['accuracy']:.1%})"
             if best else f"the adapter of the last step ({summary['steps']})")
