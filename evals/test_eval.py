@@ -70,9 +70,35 @@ def test_tiny_model_sees(eval_request, tiny_report_root, tiny_eval_config, tiny_
     for line in harness.summary_lines(result):
         _say(line)
     _say(f"by kind: {_kind_accuracy(result)}; mean p(right letter) {result.report['confidence']['mean']:.3f}")
+    check_page(result)
     if result.failures:
         pytest.fail("; ".join(result.failures) + f" (report: {result.paths['md']})", pytrace=False)
     assert result.report["confidence"]["mean"] >= TINY_MIN_CONFIDENCE, result.report["confidence"]
+
+
+def check_page(result) -> None:
+    """report.html of a real eval, parsed: one card per question in file order, the true and the predicted
+    letter marked as the report has them, wrong cards marked wrong, and every frame the model saw as a
+    thumbnail file written by the pipeline, in the order it saw them (reversed, for frames-reversed)."""
+    import json as _json
+
+    from evals.test_html_report import cards, parse
+
+    page = result.paths["html"]
+    found = cards(parse(page.read_text(encoding="utf-8")))
+    rows = {q["id"]: q for q in result.report["per_question"]}
+    assert [c.attrs["data-id"] for c in found] == list(rows)
+    records = {r["id"]: r for r in map(_json.loads, (page.parent / "predictions.jsonl").read_text().splitlines())}
+    for card in found:
+        row = rows[card.attrs["data-id"]]
+        choices = card.find_all("div", "ch")
+        assert [c.attrs["data-letter"] for c in choices if "truth" in c.classes] == [row["truth"]]
+        assert [c.attrs["data-letter"] for c in choices if "pred" in c.classes] == [row["answer"]]
+        assert ("wrong" in card.classes) == (not row["correct"])
+        frames = [int(f.attrs["data-frame"]) for f in card.find_all("figure")]
+        assert frames == records[row["id"]]["frames"]  # in the order the model was shown them
+        images = [page.parent / img.attrs["src"] for img in card.find_all("img")]
+        assert len(images) == len(frames) and all(p.is_file() for p in images)
 
 
 # --- planted defects: each is one realistic break of one pipeline step ----------
@@ -143,6 +169,8 @@ def test_planted_defect_is_caught(defect, monkeypatch, tiny_report_root, tiny_ev
     DEFECTS[defect](monkeypatch)
     result = harness.run_eval(tiny_eval_config, tiny_report_root / "defects" / defect, fresh=True,
                               model_loader=lambda _cfg: tiny_lm, say=lambda _m: None)
+    if defect in ("letters-shifted", "frames-reversed"):  # the page of a broken run shows what went wrong
+        check_page(result)
     by_kind = _kind_accuracy(result)
     confidence = result.report["confidence"]["mean"]
     _say(f"{defect}: accuracy {result.accuracy:.1%}, mean p(right letter) {confidence:.3f}, by kind {by_kind}")
