@@ -20,7 +20,7 @@ from dataclasses import dataclass
 PREDICT, EVAL, FINETUNE = "predict", "eval", "finetune"
 ALL = frozenset({PREDICT, EVAL, FINETUNE})
 
-# argument groups, in the order --help shows them
+# argument groups (--help shows them in the order the declarations first use them)
 IO = "input and output"
 MODEL = "model"
 FRAMES = "frames and tiles"
@@ -29,7 +29,6 @@ LEVERS = "test-time accuracy levers"
 SPEED = "speed and diagnostics"
 TRAINING = "fine-tuning"
 LORA = "LoRA"
-GROUPS = (IO, MODEL, FRAMES, PROMPTS, LEVERS, SPEED, TRAINING, LORA)
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,6 @@ class PreparedClip:
     error: str | None = None
     frame_cap: int | None = None  # set when --sample-timeout lowered this clip's frame count
 
-    @property
-    def frames_by_question(self) -> dict[str, tuple[int, ...]]:
-        return {q.id: g.frames for g in self.groups for q in g.questions}
-
     def seconds(self, frame_indices) -> list[float]:
         return [round(i / self.fps, 3) if self.fps > 0 else 0.0 for i in frame_indices]
 
