@@ -9,21 +9,15 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "roadbuddy-data"
+CHALLENGE_DATA = Path(__file__).resolve().parent / "challenge-data"
 
 
 @pytest.fixture(scope="session")
-def real_data_dir_or_none() -> Path | None:
-    """The folder of the real RoadBuddy question files (../shared beside the repo), or None where absent."""
-    return SHARED_DATA if (SHARED_DATA / "train.json").is_file() else None
-
-
-@pytest.fixture(scope="session")
-def real_data_dir(real_data_dir_or_none) -> Path:
-    """The real RoadBuddy question files, which live outside the repo in ../shared."""
-    if real_data_dir_or_none is None:
-        pytest.skip(f"real question files not found at {SHARED_DATA} (they live in ../shared beside the repo)")
-    return SHARED_DATA
+def real_data_dir() -> Path:
+    """The real RoadBuddy question files (train, public and private test, the sample submission), kept in
+    the repository as test data: every clone runs the tests that parse them."""
+    assert (CHALLENGE_DATA / "train.json").is_file(), f"the real question files are missing from {CHALLENGE_DATA}"
+    return CHALLENGE_DATA
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +52,8 @@ def pytest_addoption(parser):
                     help="labeled question file to evaluate (train.json layout), as a path or relative to "
                          "--data-dir (default: the tiny-model eval on generated clips)")
     group.addoption("--ids", dest="eval_ids", default=None,
-                    help="evaluate only these question ids: comma-separated, or @FILE with one id per line")
+                    help="evaluate only these question ids: comma-separated, or --ids=@FILE with one id per line "
+                         "(with the =: pytest reads a lone @FILE argument as a file of its own arguments)")
     group.addoption("--baseline", dest="eval_baseline", default=None,
                     help="an earlier report.json (or its folder) to compare with: wins, losses, McNemar test")
     group.addoption("--min-accuracy", dest="eval_min_accuracy", type=float, default=None,

@@ -1,6 +1,6 @@
 """Prompt lengths with the real Qwen tokenizer, over a question file (train.json by default).
 
-    python -m bench.prompt_lengths [--train-json ../shared/roadbuddy-data/train.json]
+    python -m bench.prompt_lengths [--train-json challenge-data/train.json]
                                    [--frames 32] [--tiles 1] [--simple-prompts] [--json]
 
 Why: the VRAM estimate and the prefill benches need the text tokens a real prompt carries, and
@@ -19,7 +19,7 @@ from pathlib import Path
 from roadbuddy import data
 from roadbuddy.qwen_vocab import QwenVocabUnavailable, qwen_tokenizer
 
-DEFAULT_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "roadbuddy-data" / "train.json"
+DEFAULT_TRAIN = Path(__file__).resolve().parents[1] / "challenge-data" / "train.json"
 TOKENS_PER_TILE = 256  # InternVL3.5: 448 px tiles, 14 px patches, pixel shuffle 0.5
 
 

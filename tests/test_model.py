@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -76,23 +75,16 @@ def _prompt(lm, frames: int, question: str, choices):
     return tokenize(lm, prefix), tokenize(lm, suffix)
 
 
-def test_pipeline_split_tokenizes_like_the_whole_prompt(lm, real_data_dir_or_none):
+def test_pipeline_split_tokenizes_like_the_whole_prompt(lm, real_data_dir):
     """The shared prefix (frames + intro) and each question's suffix, tokenized apart as the pipeline does,
     are the tokens of the whole prompt: moving the intro into the prefix changes nothing the model reads.
-    Every real question where ../shared is present, else synthetic ones."""
+    Every real question of the three files."""
     from roadbuddy.config import RunConfig
     from roadbuddy.data import load_questions
     from roadbuddy.inputs import prefix_ids, question_ids
 
-    if real_data_dir_or_none is not None:
-        questions = [q for name in ("train.json", "public_test.json", "private_test.json")
-                     for q in load_questions(real_data_dir_or_none / name)]
-    else:
-        from roadbuddy.data import Question
-        questions = [Question(id=f"q{i}", question=text, choices=choices, raw_choices=choices,
-                              video_path=Path("x.mp4"), video_rel="x.mp4")
-                     for i, (text, choices) in enumerate([("Biển báo nào xuất hiện?", ("Cấm rẽ trái", "Cấm đỗ xe")),
-                                                          ("Xe được đi thẳng không?", ("Đúng", "Sai", "Không rõ", "Có"))])]
+    questions = [q for name in ("train.json", "public_test.json", "private_test.json")
+                 for q in load_questions(real_data_dir / name)]
     for simple in (False, True):
         cfg = RunConfig(simple_prompts=simple)
         prefix = prefix_ids(lm.tokenizer, [1, 2], lm.tokens_per_tile, cfg)[0].tolist()
