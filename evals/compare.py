@@ -6,6 +6,8 @@ Each argument is a report folder or its report.json. A row gives the accuracy wi
 McNemar's exact p against the first report on the questions both answered (wins and losses), the
 answer-position bias (the largest share of answers at one letter above the share of questions whose
 answer is there), the mean and p95 time per question, and what its settings change from the first's.
+A report that shares no question with the first is refused (exit 2): it was made from another question
+file; one that shares only some is compared on those, with a warning.
 """
 from __future__ import annotations
 
@@ -38,11 +40,12 @@ def _changes(first: dict, settings: dict) -> str:
 
 
 def rows(reports: list[tuple[str, dict]]) -> list[dict]:
-    """One dict per report: the figures of the table."""
-    first_name, first = reports[0]
+    """One dict per report: the figures of the table; the first report (by position, whatever its name) is
+    the baseline of the others."""
+    first = reports[0][1]
     first_right = {q["id"]: bool(q["correct"]) for q in first["per_question"]}
     out = []
-    for name, r in reports:
+    for index, (name, r) in enumerate(reports):
         acc = r["accuracy"]
         right = {q["id"]: bool(q["correct"]) for q in r["per_question"]}
         common = sorted(set(right) & set(first_right))
@@ -53,12 +56,36 @@ def rows(reports: list[tuple[str, dict]]) -> list[dict]:
         out.append({
             "report": name, "questions": r["questions"], "accuracy": acc["accuracy"], "ci95": acc["ci95"],
             "wins": wins, "losses": losses, "common": len(common),
-            "mcnemar_p": None if name == first_name else rep.mcnemar_p(wins, losses),
+            "mcnemar_p": None if index == 0 else rep.mcnemar_p(wins, losses),
             "bias": bias, "bias_at": where,
             "mean_ms": float(np.mean(times)) if times else None,
             "p95_ms": float(np.percentile(times, 95)) if times else None,
-            "changes": "-" if name == first_name else _changes(first.get("settings", {}), r.get("settings", {})),
+            "changes": "-" if index == 0 else _changes(first.get("settings", {}), r.get("settings", {})),
         })
+    return out
+
+
+class IncomparableReports(ValueError):
+    """A report shares no question with the first: one sentence naming both."""
+
+
+def overlap_warnings(reports: list[tuple[str, dict]]) -> list[str]:
+    """One sentence per report that shares only some of its questions with the first; raises
+    IncomparableReports for one that shares none (another question file: 0 wins and losses of 0 say nothing)."""
+    first_name, first = reports[0]
+    first_ids = {q["id"] for q in first["per_question"]}
+    out = []
+    for name, r in reports[1:]:
+        ids = {q["id"] for q in r["per_question"]}
+        common = len(ids & first_ids)
+        splits = (first.get("settings", {}).get("split"), r.get("settings", {}).get("split"))
+        made_from = f" (made from {splits[1]} and {splits[0]})" if splits[0] != splits[1] else ""
+        if not common:
+            raise IncomparableReports(f"{name} shares no question with {first_name}{made_from}: compare reports "
+                                      "of the same question file")
+        if ids != first_ids:
+            out.append(f"warning: {name} shares {common} questions with {first_name} ({len(ids)} and "
+                       f"{len(first_ids)} questions){made_from}: its wins, losses and McNemar p count only those")
     return out
 
 
@@ -86,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         loaded = [(str(p.parent if p.suffix == ".json" else p), rep.load_report(p)) for p in args.reports]
+        warnings = overlap_warnings(loaded)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for line in warnings:
+        print(line, file=sys.stderr)
     text = markdown(rows(loaded))
     print(text, end="")
     if args.out:

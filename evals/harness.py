@@ -56,8 +56,11 @@ def resolve_split(split: Path | str, data_dir: Path | str | None) -> Path:
 
 
 def default_report_dir(cfg: RunConfig, split: Path) -> Path:
-    """runs/eval/<split>-<model>-<settings hash>: the same command lands in the same folder and resumes."""
+    """runs/eval/<split>-<model>[+<adapter>]-<settings hash>: the same command lands in the same folder and
+    resumes; the folder names what was evaluated (an adapter's eval is not its base model's)."""
     model = Path(cfg.model.rstrip("/")).name or "model"
+    if cfg.adapter is not None:
+        model += "+" + (Path(str(cfg.adapter).rstrip("/")).name or "adapter")
     return DEFAULT_REPORTS / f"{split.stem}-{model}-{cfg.fingerprint()[:8]}"
 
 

@@ -21,6 +21,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from evals import report as rep
 from roadbuddy.data import Question
 from roadbuddy.inputs import thumbnail_path  # the page reads the thumbnails where the pipeline writes them
 from roadbuddy.output import atomic_write_text
@@ -98,14 +99,18 @@ apply();
 """
 
 
+def title(report: dict) -> str:
+    s = report.get("settings") or {}
+    return f"{rep.evaluated(s)} on {Path(str(s.get('split') or 'split')).name}"
+
+
 def _summary(report: dict, baseline: dict | None, changed: int) -> list[str]:
     acc, prior, vp = report["accuracy"], report["prior"], report["vs_prior"]
     s = report.get("settings") or {}
     lo, hi = acc["ci95"]
-    out = [f'<h1>Eval report: {_e(Path(str(s.get("split") or "split")).name)}</h1><div class="sum">']
+    out = [f'<h1>Eval report: {_e(title(report))}</h1><div class="sum">']
     if s:
-        keys = ("model", "max_frames", "max_num", "support_frames", "answer_mode", "quantization", "device")
-        out.append('<p class="meta">' + _e(", ".join(f"{k}={s[k]}" for k in keys if k in s)) + "</p>")
+        out.append('<p class="meta">' + _e(rep.settings_line(s)) + "</p>")
     out.append(f"<p><b>Accuracy {_pct(acc['accuracy'])}</b> ({acc['correct']}/{acc['n']}; 95% CI {_pct(lo)} to "
                f"{_pct(hi)}) on {report['questions']} questions from {report['clips']} clips.</p>")
     out.append(f"<p>Prior baseline ({_e(prior.get('rule', ''))}): {_pct(prior['accuracy'])}; margin "
@@ -263,7 +268,8 @@ def render_html(report: dict, questions: list[Question], records: dict[str, dict
     changed = [r["id"] in theirs and theirs[r["id"]]["answer"] != r["answer"] for r in rows]
     order = sorted(range(len(rows)), key=lambda i: not changed[i])  # stable: file order within each group
     present: dict[Path, set[str]] = {}
-    parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>eval report</title>'
+    parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+             f"<title>eval report: {_e(title(report))}</title>"
              f"<style>{CSS}</style></head><body>", *_summary(report, baseline, sum(changed)),
              *_controls(report, baseline), '<div id="cards">']
     for pos, i in enumerate(order):

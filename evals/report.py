@@ -351,14 +351,34 @@ def _md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+# the settings line of report.md and report.html: what was evaluated, on what, and the answer settings a reader
+# compares first (the adapter and the levers only when a run has them)
+SETTINGS_LINE = ("model", "adapter", "split", "questions_selected", "min_frames", "max_frames", "max_num",
+                 "max_visual_tokens", "support_frames", "simple_prompts", "answer_mode", "quantization",
+                 "system_prompt", "permutations", "debias", "detail_frames", "device")
+
+
+def evaluated(settings: dict) -> str:
+    """What an eval evaluated, for titles: the model's name, and the adapter's when one was loaded (an eval of
+    an adapter must not read as one of its base model)."""
+    def name(path) -> str:
+        return Path(str(path).rstrip("/")).name or str(path)
+
+    adapter = settings.get("adapter")
+    model = name(settings.get("model") or "model")
+    return f"{model} + adapter {name(adapter)}" if adapter else model
+
+
+def settings_line(settings: dict) -> str:
+    return ", ".join(f"{k}={settings[k]}" for k in SETTINGS_LINE if k in settings)
+
+
 def render_markdown(report: dict, chart: str | None = "report.png") -> str:
     acc, prior = report["accuracy"], report["prior"]
     s = report.get("settings", {})
-    out = [f"# Eval report: {Path(s.get('split') or 'split').name}", ""]
+    out = [f"# Eval report: {evaluated(s)} on {Path(s.get('split') or 'split').name}", ""]
     if s:
-        keys = ["model", "split", "questions_selected", "min_frames", "max_frames", "max_num", "max_visual_tokens",
-                "support_frames", "simple_prompts", "answer_mode", "quantization", "device"]
-        out.append("Settings: " + ", ".join(f"{k}={s[k]}" for k in keys if k in s) + ".")
+        out.append("Settings: " + settings_line(s) + ".")
         out.append("")
     out += [
         f"**Accuracy {_pct(acc['accuracy'])}** ({acc['correct']}/{acc['n']}; 95% CI {_ci(acc)}) on "
@@ -520,9 +540,8 @@ def plot(report: dict, path: Path | str) -> None:
     ax.legend(fontsize=8)
 
     s = report.get("settings", {})
-    model = Path(str(s.get("model") or "model").rstrip("/")).name
     split = Path(str(s.get("split") or "split")).name
-    fig.suptitle(f"{model} on {split} ({report['questions']} questions): accuracy {acc:.1%} "
+    fig.suptitle(f"{evaluated(s)} on {split} ({report['questions']} questions): accuracy {acc:.1%} "
                  f"(95% CI {report['accuracy']['ci95'][0]:.1%}-{report['accuracy']['ci95'][1]:.1%}), "
                  f"prior {report['prior']['accuracy']:.1%}", fontsize=11)
     fig.tight_layout()

@@ -81,6 +81,7 @@ def check_page(result) -> None:
     letter marked as the report has them, wrong cards marked wrong, and every frame the model saw as a
     thumbnail file written by the pipeline, in the order it saw them (reversed, for frames-reversed)."""
     import json as _json
+    from urllib.parse import unquote
 
     from evals.test_html_report import cards, parse
 
@@ -97,7 +98,7 @@ def check_page(result) -> None:
         assert ("wrong" in card.classes) == (not row["correct"])
         frames = [int(f.attrs["data-frame"]) for f in card.find_all("figure")]
         assert frames == records[row["id"]]["frames"]  # in the order the model was shown them
-        images = [page.parent / img.attrs["src"] for img in card.find_all("img")]
+        images = [page.parent / unquote(img.attrs["src"]) for img in card.find_all("img")]  # src is a URL
         assert len(images) == len(frames) and all(p.is_file() for p in images)
 
 

@@ -5,7 +5,7 @@ import json
 import os
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from PIL import Image, ImageDraw, ImageStat
@@ -153,8 +153,13 @@ def render(case: dict) -> str:
 
 
 def test_thumbnail_path_rule(tmp_path):
-    assert hr.thumbnail_path(tmp_path, "train/videos/abc.mp4", 12) == tmp_path / "train__videos__abc" / "000012.jpg"
-    assert hr.thumbnail_path(tmp_path, "./videos/x.y.mp4", 123456) == tmp_path / "videos__x.y" / "123456.jpg"
+    # distinct clips, distinct folders (a/b.mp4, a__b.mp4 and a__b.avi once shared one)
+    clips = ["a/b.mp4", "a__b.mp4", "a__b.avi", "a%2Fb.mp4", "a/b", "a%b.mp4"]
+    assert len({hr.thumbnail_path(tmp_path, c, 0).parent for c in clips}) == len(clips)
+    assert all(hr.thumbnail_path(tmp_path, c, 0).parent.parent == tmp_path for c in clips)  # one flat folder each
+    assert hr.thumbnail_path(tmp_path, "train/videos/abc.mp4", 12) == \
+        tmp_path / "train%2Fvideos%2Fabc.mp4" / "000012.jpg"
+    assert hr.thumbnail_path(tmp_path, "./videos/x.y.mp4", 123456) == tmp_path / "videos%2Fx.y.mp4" / "123456.jpg"
 
 
 def test_structure_letters_thumbnails_and_support_mark(tmp_path):
@@ -181,8 +186,8 @@ def test_structure_letters_thumbnails_and_support_mark(tmp_path):
     srcs = [img.attrs["src"] for img in t1.find_all("img")]
     expected = [quote(os.path.relpath(hr.thumbnail_path(case["thumbnails"], "train/videos/clip_a.mp4", f),
                                       case["page_dir"])) for f in (0, 15, 30, 45, 60)]
-    assert srcs == expected == [f"thumbs/train__videos__clip_a/{f:06d}.jpg" for f in (0, 15, 30, 45, 60)]
-    assert all((case["page_dir"] / s).is_file() for s in srcs)
+    assert srcs == expected == [f"thumbs/train%252Fvideos%252Fclip_a.mp4/{f:06d}.jpg" for f in (0, 15, 30, 45, 60)]
+    assert all((case["page_dir"] / unquote(s)).is_file() for s in srcs)  # a URL: its "%" is quoted
     # support at 1.1 s: frame 30 (1.0 s) is the nearest; t2's 0.0 s and 2.0 s mark its first and last frames
     assert [f.attrs["data-frame"] for f in t1.find_all("figure") if "sup" in f.classes] == ["30"]
     assert [f.attrs["data-frame"] for f in t2.find_all("figure") if "sup" in f.classes] == ["0", "60"]

@@ -8,6 +8,7 @@ Three paths, the same answers (tests compare them):
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -80,7 +81,7 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig,
                 if len(asks[q.id]) == 1:
                     record = answer_record(lm, q, logits, cache, cfg, prior)
                 else:
-                    asked.append((order, letter_probs(lm, logits, q.letters)))
+                    asked.append((order, letter_logprobs(lm, logits, q.letters)))
                 if cfg.share_prefix:
                     rewind(cache, prefix_len)
             if asked:
@@ -145,6 +146,15 @@ def _rounded(probs: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in probs.items()}
 
 
+def letter_logprobs(lm: LoadedModel, logits: torch.Tensor, letters: tuple[str, ...]) -> dict[str, float]:
+    """Log-softmax over the next-token logits of this question's valid letters, in float32 whatever the
+    model's dtype: --debias estimates the letter prior from these, and a confident model's wrong letters
+    are 15-20 logits down, where probabilities rounded for a record are 0."""
+    ids = [lm.letter_ids[letter] for letter in letters]
+    logs = torch.log_softmax(logits[ids].float(), dim=-1)
+    return {letter: float(v) for letter, v in zip(letters, logs)}
+
+
 def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg: RunConfig,
                   prior: dict[int, list[float]] | None = None) -> dict:
     """The record of one answer: the scored letter and its probabilities (with the position prior divided
@@ -170,13 +180,22 @@ def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg
 
 def ensemble_record(q: Question, asked: list[tuple[tuple[int, ...], dict[str, float]]],
                     prior: dict[int, list[float]] | None = None) -> dict:
-    """The record of a question asked in several orders: each order's probabilities (by shown letter),
-    their mean per file choice (after dividing out the position prior, --debias), and its best letter."""
+    """The record of a question asked in several orders, from each order's log-probabilities by shown letter:
+    what the model said in each order (`orders`: probabilities rounded, log-probabilities at full precision,
+    which --debias estimates its prior from), their mean per file choice, and its best letter. With a
+    position prior (--debias) it is divided out of each order before the mean, and the mean of what the
+    model said is kept as `observed_probs`, as for a question asked once."""
+    observed = [(order, {letter: math.exp(v) for letter, v in logs.items()}) for order, logs in asked]
+    probs = choice_orders.ensemble(observed)
+    record = {"id": q.id, "mode": "score"}
     if prior is not None and q.num_choices in prior:
-        asked = [(order, choice_orders.debias(shown, prior[q.num_choices])) for order, shown in asked]
-    probs = choice_orders.ensemble(asked)
-    return {"id": q.id, "mode": "score", "answer": choice_orders.pick(probs), "probs": _rounded(probs),
-            "orders": [{"order": list(order), "probs": _rounded(shown)} for order, shown in asked]}
+        record["observed_probs"] = _rounded(probs)
+        probs = choice_orders.ensemble([(order, choice_orders.debias(shown, prior[q.num_choices]))
+                                        for order, shown in observed])
+    record.update(answer=choice_orders.pick(probs), probs=_rounded(probs),
+                  orders=[{"order": list(order), "probs": _rounded(shown), "logprobs": dict(logs)}
+                          for (order, shown), (_, logs) in zip(observed, asked)])
+    return record
 
 
 def error_records(clip: PreparedClip) -> list[dict]:

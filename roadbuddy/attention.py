@@ -7,10 +7,13 @@ the decode steps all run masked, non-flash kernels on repeated K/V. This attenti
 with transformers under its own name, so transformers builds no mask for it at all (a custom attention
 gets none); it then asks SDPA for what the call needs: causal aligned to the bottom right (PyTorch's
 `causal_lower_right`, which SDPA dispatches to its fused kernels) when the queries follow a cache, plain
-causal when they fill it, full attention for the vision tower and for single-token decode steps, always
-with `enable_gqa` instead of repeated K/V. An explicit 4D mask (the packed question suffixes) is used as
-given. Padding is never masked: the pipeline sends one sequence at a time, and fine-tuning pads on the
-right, where causality alone keeps real tokens from seeing the padding.
+causal when they fill it, full attention for the vision tower and for single-token decode steps, with
+`enable_gqa` instead of repeated K/V where the flash kernel can run. An explicit 4D mask (the packed question
+suffixes) is used as given, with K/V repeated: on CUDA only flash takes grouped heads and flash takes no mask,
+so a masked grouped call would leave SDPA the math kernel (fp32 scores for the whole packed pass), while
+repeated K/V reach the memory-efficient kernel, which takes the mask (`grouped_heads`). Padding is never
+masked: the pipeline sends one sequence at a time, and fine-tuning pads on the right, where causality alone
+keeps real tokens from seeing the padding.
 
 Same numbers as SDPA up to float rounding (tests/test_attention.py); whether it is faster is a GPU
 question (bench/README.md).
@@ -29,8 +32,11 @@ def fused_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value: 
     """transformers' attention-function signature: query [B, H, q, D], key/value [B, Hkv, k, D] ->
     ([B, q, H, D], None)."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    gqa = query.shape[1] != key.shape[1]
     q_len, kv_len = query.shape[2], key.shape[2]
+    gqa = grouped_heads(query, key, value, masked=attention_mask is not None, dropout=dropout)
+    if not gqa and query.shape[1] != key.shape[1]:
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     common = dict(dropout_p=dropout, scale=scaling, enable_gqa=gqa)
     if attention_mask is not None:
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, **common)
@@ -42,6 +48,23 @@ def fused_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value: 
         out = torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=causal_lower_right(q_len, kv_len), **common)
     return out.transpose(1, 2).contiguous(), None
+
+
+def grouped_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, masked: bool,
+                  dropout: float = 0.0) -> bool:
+    """Whether to hand SDPA the grouped-query heads as they are (`enable_gqa`) rather than K/V repeated to
+    every query head. On CUDA only the flash kernel takes grouped heads (PyTorch's SDPA documentation:
+    enable_gqa "works only for Flash_attention and math kernel"); the memory-efficient kernel needs them
+    repeated. Flash takes no explicit mask and needs a recent GPU and fp16/bf16, so a masked call, or one
+    flash cannot run, repeats K/V and reaches the memory-efficient kernel instead of the math kernel. On the
+    CPU unmasked calls keep grouped heads; masked ones repeat as on CUDA, so the CPU tests run that path."""
+    if query.shape[1] == key.shape[1] or masked:
+        return False
+    if query.device.type != "cuda":
+        return True
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    return can_use_flash_attention(SDPAParams(query, key, value, None, dropout, False, True))
 
 
 def register() -> str:

@@ -72,13 +72,21 @@ def pick(probs: dict[str, float]) -> str:
 
 
 def question_prior(asked: list[tuple[Sequence[int], dict[str, float]]]) -> list[float] | None:
-    """PriDe's estimate of one question's position prior from its answers in every cyclic order: the
-    normalised geometric mean over the orders of the probability observed at each position. None unless
-    the question was asked in all its cyclic orders."""
+    """PriDe's estimate of one question's position prior from its answers (probabilities) in every cyclic
+    order; see question_prior_from_logs, which a confident model needs."""
+    return question_prior_from_logs([(order, {letter: math.log(max(p, 1e-12)) for letter, p in shown.items()})
+                                     for order, shown in asked])
+
+
+def question_prior_from_logs(asked: list[tuple[Sequence[int], dict[str, float]]]) -> list[float] | None:
+    """PriDe's estimate of one question's position prior from its log-probabilities in every cyclic order:
+    the normalised geometric mean over the orders of the probability observed at each position. None unless
+    the question was asked in all its cyclic orders. Log-probabilities, because a confident model's wrong
+    letters sit 15-20 logits down: as probabilities rounded for a record they are 0, and the prior collapses."""
     n = len(asked[0][0])
     if len(asked) < n:
         return None
-    logs = [sum(math.log(max(shown[LETTERS[pos]], 1e-12)) for _, shown in asked) / len(asked) for pos in range(n)]
+    logs = [sum(shown[LETTERS[pos]] for _, shown in asked) / len(asked) for pos in range(n)]
     top = max(logs)
     weights = [math.exp(v - top) for v in logs]
     return [w / sum(weights) for w in weights]

@@ -41,7 +41,8 @@ class InputSpec:
 
 @dataclass
 class FrameGroup:
-    """Questions of a clip that see the same frames: one prefix (system turn, frames, intro) for all."""
+    """Questions of a clip that see the same frames (and the same of them in detail, --detail-frames): one
+    prefix (system turn, frames, intro) for all."""
 
     frames: tuple[int, ...]
     questions: list[Question]
@@ -51,6 +52,7 @@ class FrameGroup:
     suffix_ids: dict[str, torch.Tensor]  # question id -> [1, T] int64, CPU: the choices in the file's order
     # --permutations: question id -> (order of the file's choices as shown, suffix ids), one per order
     asks: dict[str, list[tuple[tuple[int, ...], torch.Tensor]]] = field(default_factory=dict)
+    detail_frames: tuple[int, ...] = ()  # those of `frames` tiled up to --detail-max-num tiles
 
     @property
     def tiles(self) -> int:
@@ -65,8 +67,12 @@ class PreparedClip:
     questions: list[Question]
     fps: float = 0.0
     frame_order: list[int] = field(default_factory=list)  # decoded frame indices, ascending
-    tiles: torch.Tensor | None = None  # uint8 [N,3,S,S]: the tiles of frame_order, concatenated (normalised on the device)
-    tiles_per_frame: list[int] = field(default_factory=list)
+    # each tiled view of a frame, (frame index, tiled in detail), in the order of `tiles` and `tiles_per_frame`: a
+    # frame that one question sees in detail and another plainly is tiled both ways; without --detail-frames
+    # these are frame_order's frames
+    views: list[tuple[int, bool]] = field(default_factory=list)
+    tiles: torch.Tensor | None = None  # uint8 [N,3,S,S]: the views' tiles, concatenated (normalised on the device)
+    tiles_per_frame: list[int] = field(default_factory=list)  # per view
     groups: list[FrameGroup] = field(default_factory=list)
     prepare_ms: float = 0.0
     error: str | None = None
@@ -115,17 +121,17 @@ def plan_frames(info, questions: list[Question], cfg: RunConfig, image_size: int
 
 
 def plan_detail(info, planned: dict[str, tuple[int, ...]], questions: list[Question], cfg: RunConfig,
-                image_size: int, tokens_per_tile: int) -> set[int]:
-    """The clip's frames that get --detail-frames tiling: each question's nearest its support timestamps,
-    else spread across its frames (a frame one question sees in detail, all see in detail)."""
+                image_size: int, tokens_per_tile: int) -> dict[str, tuple[int, ...]]:
+    """Each question's --detail-frames frames (empty without them): the ones nearest its support timestamps,
+    else spread across its frames. A question sees its own detail frames only: another question's detail
+    frame among its frames stays an ordinary frame for it, or it would see more detail tiles than
+    frame_budget allowed and exceed --max-visual-tokens (and the VRAM estimate)."""
     _, k = frame_budget(info, cfg, image_size, tokens_per_tile)
     if not k:
-        return set()
-    chosen = set()
-    for q in questions:
-        support = q.support_frames if cfg.support_frames else ()
-        chosen.update(frames.detail_frames(planned[q.id], k, info.fps, support))
-    return chosen
+        return {}
+    return {q.id: tuple(frames.detail_frames(planned[q.id], k, info.fps,
+                                             q.support_frames if cfg.support_frames else ()))
+            for q in questions}
 
 
 def tokenize(tokenizer, text: str, *, as_text: bool = False) -> torch.Tensor:
@@ -146,18 +152,22 @@ def question_ids(tokenizer, q: Question, cfg: RunConfig) -> torch.Tensor:
     return torch.cat([block, tokenize(tokenizer, prompts.prompt_suffix(""))], dim=1)
 
 
-def frame_groups(planned: dict[str, tuple[int, ...]], questions: list[Question], frame_order: list[int],
-                 tiles_per_frame: list[int], cfg: RunConfig, spec: InputSpec) -> list[FrameGroup]:
-    """The clip's questions grouped by frame set, in order of first appearance, each with its token ids."""
-    starts = np.concatenate([[0], np.cumsum(tiles_per_frame)]).astype(int)
-    position = {f: i for i, f in enumerate(frame_order)}
-    by_frames: dict[tuple[int, ...], list[Question]] = {}
+def frame_groups(planned: dict[str, tuple[int, ...]], questions: list[Question], views: list[tuple[int, bool]],
+                 tiles_per_view: list[int], cfg: RunConfig, spec: InputSpec,
+                 detail: dict[str, tuple[int, ...]] | None = None) -> list[FrameGroup]:
+    """The clip's questions grouped by frame set (and detail frames), in order of first appearance, each with
+    its token ids."""
+    detail = detail or {}
+    starts = np.concatenate([[0], np.cumsum(tiles_per_view)]).astype(int)
+    position = {view: i for i, view in enumerate(views)}
+    by_frames: dict[tuple[tuple[int, ...], tuple[int, ...]], list[Question]] = {}
     for q in questions:
-        by_frames.setdefault(planned[q.id], []).append(q)
+        by_frames.setdefault((planned[q.id], detail.get(q.id, ())), []).append(q)
     groups = []
-    for frame_idx, group in by_frames.items():
-        counts = [tiles_per_frame[position[f]] for f in frame_idx]
-        rows = [r for f in frame_idx for r in range(starts[position[f]], starts[position[f] + 1])]
+    for (frame_idx, fine), group in by_frames.items():
+        seen = [position[(f, f in fine)] for f in frame_idx]
+        counts = [tiles_per_view[i] for i in seen]
+        rows = [r for i in seen for r in range(starts[i], starts[i + 1])]
         asks = {}
         if cfg.permutations > 1:  # each order of the choices is one more suffix on the same prefix
             asks = {q.id: [(order, question_ids(spec.tokenizer, choice_orders.permute_choices(q, order), cfg))
@@ -165,7 +175,7 @@ def frame_groups(planned: dict[str, tuple[int, ...]], questions: list[Question],
         groups.append(FrameGroup(
             frames=frame_idx, questions=group, tile_rows=rows, tiles_per_frame=counts,
             prefix_ids=prefix_ids(spec.tokenizer, counts, spec.tokens_per_tile, cfg),
-            suffix_ids={q.id: question_ids(spec.tokenizer, q, cfg) for q in group}, asks=asks))
+            suffix_ids={q.id: question_ids(spec.tokenizer, q, cfg) for q in group}, asks=asks, detail_frames=fine))
     return groups
 
 
@@ -188,36 +198,36 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec: I
             detail = plan_detail(reader.info, planned, questions, cfg, size, spec.tokens_per_tile)
             clip.fps = reader.info.fps
             clip.frame_order = sorted({f for idx in planned.values() for f in idx})
+            clip.views = sorted({(f, f in detail.get(q.id, ())) for q in questions for f in planned[q.id]})
             if detail:
-                clip.tiles, clip.tiles_per_frame = _tiles_with_detail(reader, clip, detail, scale, cfg, size)
+                clip.tiles, clip.tiles_per_frame = _tiles_with_detail(reader, clip, scale, cfg, size)
             else:
                 decoded = reader.get(clip.frame_order, size=scale)
                 if cfg.thumbnail_dir is not None:
                     write_thumbnails(decoded, clip.frame_order, questions[0].video_rel, cfg.thumbnail_dir)
                 clip.tiles, clip.tiles_per_frame = tiles.frames_to_tiles(
                     decoded, size, max_num=cfg.max_num, use_thumbnail=cfg.use_thumbnail)
-        clip.groups = frame_groups(planned, questions, clip.frame_order, clip.tiles_per_frame, cfg, spec)
+        clip.groups = frame_groups(planned, questions, clip.views, clip.tiles_per_frame, cfg, spec, detail)
     except VideoError as exc:
         clip.error = str(exc)
     clip.prepare_ms = (time.perf_counter() - start) * 1000
     return clip
 
 
-def _tiles_with_detail(reader, clip: PreparedClip, detail: set[int], scale, cfg: RunConfig, size: int):
-    """The clip's tiles when some frames are detail frames: those decoded full size and tiled up to
+def _tiles_with_detail(reader, clip: PreparedClip, scale, cfg: RunConfig, size: int):
+    """The tiles of the clip's views when some are detail views: those decoded full size and tiled up to
     --detail-max-num tiles plus a thumbnail, the others as without detail (decoder-scaled when it applies)."""
-    plain = [f for f in clip.frame_order if f not in detail]
-    fine = sorted(detail)
-    by_frame: dict[int, torch.Tensor] = {}
-    for group, read_size, max_num in ((plain, scale, cfg.max_num), (fine, None, max(cfg.detail_max_num, cfg.max_num))):
+    by_view: dict[tuple[int, bool], torch.Tensor] = {}
+    for fine, read_size, max_num in ((False, scale, cfg.max_num), (True, None, max(cfg.detail_max_num, cfg.max_num))):
+        group = [f for f, d in clip.views if d == fine]
         if not group:
             continue
         decoded = reader.get(group, size=read_size)
         if cfg.thumbnail_dir is not None:
             write_thumbnails(decoded, group, clip.questions[0].video_rel, cfg.thumbnail_dir)
         stacked, counts = tiles.frames_to_tiles(decoded, size, max_num=max_num, use_thumbnail=cfg.use_thumbnail)
-        by_frame.update(zip(group, torch.split(stacked, counts)))
-    parts = [by_frame[f] for f in clip.frame_order]
+        by_view.update(((f, fine), t) for f, t in zip(group, torch.split(stacked, counts)))
+    parts = [by_view[view] for view in clip.views]
     return torch.cat(parts), [int(p.shape[0]) for p in parts]
 
 
@@ -227,10 +237,12 @@ THUMBNAIL_WIDTH = 160
 def thumbnail_path(folder: Path, video_rel: str, frame: int) -> Path:
     """Where the thumbnail of decoded frame `frame` of clip `video_rel` lives (written here, read by
     evals/html_report.py): FOLDER/<clip key>/<frame as 6 digits>.jpg, the clip key being video_rel
-    normalised, its suffix dropped and "/" replaced by "__" ("train/videos/abc.mp4", frame 12 ->
-    FOLDER/train__videos__abc/000012.jpg): one flat folder per clip, linked from the page by a relative path."""
+    normalised, with "%" and "/" escaped as "%25" and "%2F" ("train/videos/abc.mp4", frame 12 ->
+    FOLDER/train%2Fvideos%2Fabc.mp4/000012.jpg): one flat folder per clip, linked from the page by a
+    URL-quoted relative path. The escape can be undone, so two clips never share a folder (a/b.mp4,
+    a__b.mp4 and a__b.avi did when "/" became "__" and the suffix was dropped)."""
     rel = posixpath.normpath(video_rel.replace("\\", "/"))
-    key = posixpath.splitext(rel)[0].replace("/", "__")
+    key = rel.replace("%", "%25").replace("/", "%2F")
     return Path(folder) / key / f"{int(frame):06d}.jpg"
 
 

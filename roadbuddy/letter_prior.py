@@ -2,10 +2,13 @@
 
 The first --debias-questions questions of each number of choices, in the file's order, are the estimation
 questions: they are asked in all their cyclic orders (roadbuddy.choice_orders), answered by that ensemble,
-and their observed probabilities give the prior. It is written to prior.json in the output folder (and
-into run.json) before any other question is answered, so a resumed run and every torchrun rank divide
-the same prior out; rank 0 answers the estimation questions. --debias-prior takes the prior from an eval
-report (its `letter_prior`) or a run's prior.json instead.
+and their observed log-probabilities (kept at full precision in the records: a confident model's wrong
+letters round to 0) give the prior. It is written to prior.json in the output folder (and into run.json)
+before any other question is answered, so a resumed run and every torchrun rank divide the same prior out;
+rank 0 answers the estimation questions, and on a resume those whose clip failed, which then no longer
+change the prior. A number of choices none of whose estimation questions could be answered has no prior:
+the run warns, naming it. --debias-prior takes the prior from an eval report (its `letter_prior`) or a
+run's prior.json instead.
 """
 from __future__ import annotations
 
@@ -36,8 +39,9 @@ def estimation_ids(questions: list[Question], per_choices: int) -> list[str]:
 
 
 def estimate(records: dict[str, dict], questions: list[Question], ids: list[str]) -> dict:
-    """The prior per number of choices from the estimation questions' records (each order's probabilities),
-    with the ids it came from."""
+    """The prior per number of choices from the estimation questions' records (each order's log-probabilities
+    at full precision; the rounded probabilities of records written before they were kept), with the ids it
+    came from."""
     wanted = set(ids)
     priors: dict[int, list[list[float]]] = defaultdict(list)
     used = []
@@ -45,7 +49,11 @@ def estimate(records: dict[str, dict], questions: list[Question], ids: list[str]
         record = records.get(q.id)
         if q.id not in wanted or not record or not record.get("orders"):
             continue
-        prior = choice_orders.question_prior([(o["order"], o["probs"]) for o in record["orders"]])
+        orders = record["orders"]
+        if all("logprobs" in o for o in orders):
+            prior = choice_orders.question_prior_from_logs([(o["order"], o["logprobs"]) for o in orders])
+        else:
+            prior = choice_orders.question_prior([(o["order"], o["probs"]) for o in orders])
         if prior is not None:
             priors[q.num_choices].append(prior)
             used.append(q.id)
@@ -55,6 +63,19 @@ def estimate(records: dict[str, dict], questions: list[Question], ids: list[str]
 
 def as_table(doc: dict) -> dict[int, list[float]]:
     return {int(n): list(p) for n, p in doc["prior"].items()}
+
+
+def pending(clips: list[tuple[Path, list[Question]]], ids: set[str], done: dict[str, dict]) -> list:
+    """The clips of the estimation questions still to answer in all their orders: never answered, or
+    answered with an error (a resumed run tries failed clips again; the prior already written stays)."""
+    todo = [(video, [q for q in qs if q.id in ids and q.id not in done]) for video, qs in clips]
+    return [(video, qs) for video, qs in todo if qs]
+
+
+def unestimated(table: dict[int, list[float]], questions: list[Question]) -> list[int]:
+    """The numbers of choices among `questions` that the prior has no estimate for (every estimation
+    question of that number failed): those questions are answered without the correction."""
+    return sorted({q.num_choices for q in questions} - set(table))
 
 
 def write(paths: OutputPaths, doc: dict) -> None:

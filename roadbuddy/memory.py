@@ -144,21 +144,21 @@ PREFIX_TEXT_TOKENS, TEXT_TOKENS_PER_FRAME, LONGEST_SUFFIX_TOKENS = 146, 8, 353
 
 
 def planned_prompt_tokens(cfg, image_size: int, tokens_per_tile: int) -> int:
-    """Tokens of the largest prompt a RunConfig allows on a 16:9 clip (what the estimate plans for)."""
-    from roadbuddy.frames import tiles_per_frame
+    """Tokens of the largest prompt a RunConfig allows on a 16:9 clip (what the estimate plans for): the
+    frames and detail frames inputs.frame_budget gives a clip long enough for --max-frames, each question
+    seeing only its own detail frames (inputs.plan_detail)."""
+    from types import SimpleNamespace
 
-    per_frame = tokens_per_tile * tiles_per_frame(2560, 1440, cfg.max_num, cfg.use_thumbnail, image_size=image_size)
-    visual = min(cfg.max_frames * per_frame, max(per_frame, cfg.max_visual_tokens // per_frame * per_frame))
-    frames = visual // per_frame
-    if cfg.detail_frames:  # the same cut as inputs.frame_budget: every detail tile counts against the budget
-        detail = tokens_per_tile * tiles_per_frame(2560, 1440, max(cfg.detail_max_num, cfg.max_num), cfg.use_thumbnail,
-                                                   image_size=image_size)
-        frames = min(cfg.max_frames, max(1, (cfg.max_visual_tokens - min(cfg.detail_frames, frames) * (detail - per_frame))
-                                         // per_frame))
-        k = min(cfg.detail_frames, frames)
-        while k and frames * per_frame + k * (detail - per_frame) > cfg.max_visual_tokens:
-            k -= 1
-        visual = frames * per_frame + k * (detail - per_frame)
+    from roadbuddy.frames import tiles_per_frame
+    from roadbuddy.inputs import frame_budget
+
+    def tokens(max_num):
+        return tokens_per_tile * tiles_per_frame(2560, 1440, max_num, cfg.use_thumbnail, image_size=image_size)
+
+    longest = SimpleNamespace(width=2560, height=1440, duration=1e9)
+    frames, detail = frame_budget(longest, cfg, image_size, tokens_per_tile)
+    per_frame = tokens(cfg.max_num)
+    visual = frames * per_frame + detail * (tokens(max(cfg.detail_max_num, cfg.max_num)) - per_frame)
     suffixes = LONGEST_SUFFIX_TOKENS * max(1, min(cfg.permutations, 4))  # a question's orders pack together
     return visual + PREFIX_TEXT_TOKENS + TEXT_TOKENS_PER_FRAME * frames + suffixes
 

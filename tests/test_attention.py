@@ -39,6 +39,68 @@ def test_the_function_matches_sdpa_for_each_kind_of_call():
         assert torch.allclose(got, expected.transpose(1, 2), atol=1e-6)
 
 
+def test_masked_calls_repeat_kv_and_the_others_keep_grouped_heads():
+    """Which SDPA call each kind of attention call makes. On CUDA only flash takes grouped-query heads and
+    flash takes no mask, so a masked call with grouped heads would leave the math kernel (fp32 scores for the
+    packed pass): masked calls get K/V repeated to every query head, which the memory-efficient kernel takes;
+    the unmasked ones keep grouped heads (enable_gqa) for flash."""
+    from torch.overrides import TorchFunctionMode
+
+    calls = []
+
+    class Recorder(TorchFunctionMode):  # sees each SDPA call as made (kernels dispatch below it)
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.scaled_dot_product_attention:
+                key, value = args[1:3]
+                calls.append((key.shape[1], value.shape[1], kwargs.get("enable_gqa", False),
+                              kwargs.get("attn_mask") is not None))
+            return func(*args, **kwargs)
+
+    class Causal:
+        is_causal = True
+
+    q, k, v = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8)
+    mask = torch.zeros(1, 1, 5, 12)
+    with Recorder():
+        attention.fused_sdpa_attention(Causal(), q, k, v, mask)
+        attention.fused_sdpa_attention(Causal(), q, k, v, None)  # suffix after a cache: bottom-right causal
+        attention.fused_sdpa_attention(Causal(), q[:, :, :1], k, v, None)  # a decode step
+        attention.fused_sdpa_attention(Causal(), torch.randn(1, 4, 12, 8), k, v, None)  # prefill
+    assert calls == [(4, 4, False, True),  # masked: K/V repeated to the 4 query heads, no enable_gqa
+                     (2, 2, True, True), (2, 2, True, False), (2, 2, True, False)]  # grouped heads, flash's way
+    assert attention.grouped_heads(q, k, v, masked=True) is False
+    assert attention.grouped_heads(q, k, v, masked=False) is True
+    assert attention.grouped_heads(q, q, q, masked=False) is False  # as many K/V heads as queries: nothing to group
+
+
+@pytest.mark.gpu
+def test_on_cuda_masked_calls_reach_the_memory_efficient_kernel():
+    """On a GPU: with only the memory-efficient kernel allowed, a masked grouped-head call runs (PyTorch's SDPA
+    documentation: grouped heads work only on flash and math, so with a mask they would need the math kernel);
+    unmasked ones run on flash alone."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    class Causal:
+        is_causal = True
+
+    def t(*shape):
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+
+    q, k, v = t(1, 32, 64, 128), t(1, 8, 512, 128), t(1, 8, 512, 128)
+    mask = torch.zeros(1, 1, 64, 512, device="cuda", dtype=torch.bfloat16)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+        got, _ = attention.fused_sdpa_attention(Causal(), q, k, v, mask)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(4, 1),
+                                                                v.repeat_interleave(4, 1), attn_mask=mask)
+    assert torch.allclose(got, expected.transpose(1, 2), atol=2e-2)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        attention.fused_sdpa_attention(Causal(), t(1, 32, 512, 128), k, v, None)  # causal prefill
+        attention.fused_sdpa_attention(Causal(), q, k, v, None)  # bottom-right causal after a cache
+
+
 def test_prefill_chunks_suffixes_packs_and_decode_equal_the_default(models, synthetic_dataset):
     plain, fused = models
     questions = load_questions(synthetic_dataset)
@@ -58,7 +120,7 @@ def test_prefill_chunks_suffixes_packs_and_decode_equal_the_default(models, synt
         rewind(cache, length)
         packed = forward_packed(lm, suffixes, cache)
         out[name] = (features, prefix, one, text, packed)
-    for a, b in zip(out["plain"], out["fused"]):
+    for a, b in zip(out["plain"], out["fused"], strict=True):
         if isinstance(a, str):
             assert a == b
         else:
@@ -72,7 +134,9 @@ def test_the_pipeline_answers_alike_with_fused_attention(models, synthetic_datas
         clip = inputs.prepare_clip(video, qs, cfg, inputs.InputSpec.of(plain))
         a = list(answering.answer_clip(plain, clip, cfg))
         b = list(answering.answer_clip(fused, clip, cfg))
-        for ra, rb in zip(a, b):
+        # every question answered, and as many fused records: a fused run that answered none passed a plain zip
+        assert sorted(r["id"] for r in a) == sorted(q.id for q in qs)
+        for ra, rb in zip(a, b, strict=True):
             assert ra["answer"] == rb["answer"] and ra["probs"] == pytest.approx(rb["probs"], abs=1e-5)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evals import categories, harness
+from evals import categories, compare, harness, html_report
 from evals import report as rep
 from roadbuddy.config import RunConfig
 from roadbuddy.data import Question, load_questions
@@ -270,6 +270,70 @@ def test_default_report_dir_follows_the_settings(tmp_path):
     b = harness.default_report_dir(RunConfig(model="/m/ckpt", max_frames=16), split)
     assert a.name.startswith("train-ckpt-") and a != b
     assert a == harness.default_report_dir(RunConfig(model="/m/ckpt", limit=5), split)  # a subset resumes
+
+
+def test_what_was_evaluated_is_named_by_the_folder_the_titles_and_the_settings_line(tmp_path, monkeypatch):
+    """An adapter's eval says so wherever a reader looks first: its folder, report.md's title and settings
+    line, report.html's title and heading, report.png's title (report.json alone used to)."""
+    adapter = Path(__file__).resolve().parents[1] / "evals" / "tiny-rule-adapter"
+    split = tmp_path / "train.json"
+    base = harness.default_report_dir(RunConfig(model="/m/ckpt"), split)
+    tuned = harness.default_report_dir(RunConfig(model="/m/ckpt", adapter=adapter), split)
+    assert base.name.startswith("train-ckpt-") and tuned.name.startswith("train-ckpt+tiny-rule-adapter-")
+    questions, records = sample_run()
+    settings = {"split": "/d/train.json", "model": "/m/InternVL3_5-4B-HF", "adapter": "/a/qlora-r16/",
+                "max_frames": 16, "permutations": 4}
+    r = rep.build_report(rep.question_table(questions, records), settings=settings)
+    titles = []
+    monkeypatch.setattr("matplotlib.figure.Figure.suptitle", lambda fig, text, **kw: titles.append(text))
+    paths = rep.write_report(r, tmp_path / "out")
+    md = paths["md"].read_text(encoding="utf-8").splitlines()
+    assert md[0] == "# Eval report: InternVL3_5-4B-HF + adapter qlora-r16 on train.json"
+    assert md[2].startswith("Settings: model=/m/InternVL3_5-4B-HF, adapter=/a/qlora-r16/, split=/d/train.json")
+    assert "permutations=4" in md[2]
+    assert titles and titles[0].startswith("InternVL3_5-4B-HF + adapter qlora-r16 on train.json (6 questions)")
+    page = html_report.render_html(r, questions, records, thumbnails=None, page_dir=tmp_path)
+    assert "<title>eval report: InternVL3_5-4B-HF + adapter qlora-r16 on train.json</title>" in page
+    assert "<h1>Eval report: InternVL3_5-4B-HF + adapter qlora-r16 on train.json</h1>" in page
+    assert "adapter=/a/qlora-r16/" in page
+    without = rep.render_markdown(rep.build_report(rep.question_table(questions, records),
+                                                   settings={"split": "s.json", "model": "/m/ckpt"}), chart=None)
+    assert without.startswith("# Eval report: ckpt on s.json\n") and "adapter" not in without
+
+
+def _report_file(folder: Path, questions, records, split="train.json") -> Path:
+    folder.mkdir(parents=True)
+    r = rep.build_report(rep.question_table(questions, records), settings={"split": split, "model": "m"})
+    (folder / "report.json").write_text(json.dumps(r))
+    return folder
+
+
+def test_compare_takes_the_first_report_as_the_baseline_whatever_the_folders_names(tmp_path, capsys):
+    questions, records = sample_run()
+    first = _report_file(tmp_path / "a" / "run", questions, records)
+    second = _report_file(tmp_path / "b" / "run", questions, dict(records, b=rec("b", "B")))  # b now right
+    table = compare.rows([("run", rep.load_report(first)), ("run", rep.load_report(second))])
+    assert table[0]["mcnemar_p"] is None and table[1]["mcnemar_p"] == pytest.approx(1.0)
+    assert (table[1]["wins"], table[1]["losses"], table[1]["common"]) == (1, 0, 6)
+    assert compare.main([str(first), str(second / "report.json")]) == 0
+    assert "| 1 / 0 of 6 | 1 |" in capsys.readouterr().out
+
+
+def test_compare_refuses_reports_of_other_questions_and_warns_on_a_partial_overlap(tmp_path, capsys):
+    questions, records = sample_run()
+    first = _report_file(tmp_path / "a", questions, records)
+    renamed = [Question(id=f"x{x.id}", question=x.question, choices=x.choices, raw_choices=x.raw_choices,
+                        video_path=x.video_path, video_rel=x.video_rel, answer=x.answer) for x in questions]
+    other = _report_file(tmp_path / "other", renamed, {f"x{k}": dict(v, id=f"x{k}") for k, v in records.items()},
+                         split="public_test.json")
+    assert compare.main([str(first), str(other)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1  # one sentence, no table of "0 / 0 of 0"
+    assert err.startswith(f"error: {other} shares no question with {first}") and "public_test.json" in err
+    part = _report_file(tmp_path / "part", questions[:4], {k: records[k] for k in "abcd"})
+    assert compare.main([str(first), str(part)]) == 0
+    out, err = capsys.readouterr()
+    assert "of 4 |" in out and err.startswith(f"warning: {part} shares 4 questions with {first} (4 and 6 questions)")
 
 
 def test_resolve_split(tmp_path):

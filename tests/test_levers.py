@@ -6,10 +6,14 @@ they buy against a planted letter bias is measured in evals/test_levers_eval.py.
 from __future__ import annotations
 
 import json
+import math
 import random
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +21,7 @@ from roadbuddy import answering, choice_orders, inputs, letter_prior, memory, pr
 from roadbuddy.config import ConfigError, RunConfig
 from roadbuddy.data import LETTERS, Question, load_questions
 from roadbuddy.model import load_model
+from roadbuddy.output import OutputPaths, PredictionLog, load_all_predictions
 from roadbuddy.pipeline import run
 from roadbuddy.testing import write_synthetic_dataset
 from roadbuddy.video import VideoInfo
@@ -111,13 +116,10 @@ def _asked(lm, clip_path: Path, q: Question, cfg: RunConfig) -> dict:
     return record
 
 
-REAL_ITEMS = Path(__file__).resolve().parents[2] / "shared" / "roadbuddy-data" / "train.json"
+REAL_ITEMS = Path(__file__).resolve().parents[1] / "challenge-data" / "train.json"
 
 
 def _real_items(limit=40) -> list[tuple[str, tuple[str, ...]]]:
-    if not REAL_ITEMS.is_file():
-        return [("Biển báo trong video là biển gì?", ("Cấm đỗ xe", "Cấm dừng và đỗ xe", "Cấm rẽ trái", "200m")),
-                ("Xe có được phép rẽ trái không?", ("Có", "Không"))]
     questions = load_questions(REAL_ITEMS)
     picked = [q for q in questions if q.id == "train_0405"] + [q for q in questions if q.num_choices in (2, 3, 4)]
     return [(q.question, q.choices) for q in picked[:limit]]
@@ -233,6 +235,98 @@ def test_debias_prior_from_an_earlier_report(seeing, heldout, tmp_path):
             letter_prior.load(tmp_path / "bad.json")
 
 
+def test_debias_prior_of_a_confident_model_comes_from_what_is_on_disk(tmp_path):
+    """A model 16 to 20 logits sure of the right choice, over a planted position prior: the prior estimated
+    from the records as written to disk is the planted one. (From the records' probabilities, rounded to 6
+    decimals, the wrong letters were 0 and the prior collapsed: [.888, .095, .016, .001] at 16 logits.)"""
+    planted = [0.4, 0.3, 0.2, 0.1]
+    lm = SimpleNamespace(letter_ids={letter: i for i, letter in enumerate("ABCD")})  # logits indexed by letter
+    paths = OutputPaths.for_submission(tmp_path / "submission.csv")
+    questions = []
+    with PredictionLog(paths.predictions) as out:
+        for i, margin in enumerate((16.0, 17.0, 18.0, 19.0, 20.0)):
+            q = Question(f"q{i}", "?", ("w", "x", "y", "z"), ("w", "x", "y", "z"), Path("v.mp4"), "v.mp4")
+            right = i % 4
+            asked = []
+            for order in choice_orders.orders(q.choices, 4):
+                logits = torch.tensor([math.log(planted[pos]) + margin * (order[pos] == right) for pos in range(4)])
+                asked.append((order, answering.letter_logprobs(lm, logits, q.letters)))
+            record = answering.ensemble_record(q, asked)
+            assert record["answer"] == LETTERS[right]
+            out.append(record)
+            questions.append(q)
+    doc = letter_prior.estimate(load_all_predictions(paths), questions, [q.id for q in questions])
+    assert doc["questions"] == {"4": 5} and doc["prior"]["4"] == pytest.approx(planted, abs=1e-5)
+
+
+def test_permutations_with_debias_record_what_the_model_said(seeing, heldout, tmp_path):
+    """--permutations with --debias: each order's probabilities in `orders` and their mean in `observed_probs`
+    are what the model said (as the same run without --debias records them); `probs` is the mean after
+    dividing the prior out of each order."""
+    common = dict(permutations=4, limit=16)
+    plain = tiny_task.eval_config(tiny_task.CHECKPOINT, heldout, tmp_path / "p" / "submission.csv", **common)
+    both = plain.replace(output=tmp_path / "d" / "submission.csv", debias=True, debias_questions=3)
+    for cfg in (plain, both):
+        run(cfg, model_loader=lambda _c: seeing, say=lambda _m: None)
+    said, debiased = records(tmp_path / "p"), records(tmp_path / "d")
+    doc = json.loads((tmp_path / "d" / "prior.json").read_text())
+    estimated = set(doc["ids"])
+    assert len(estimated) == 6 and debiased.keys() == said.keys()
+    for qid, r in debiased.items():
+        observed = [(o["order"], o["probs"]) for o in r["orders"]]
+        assert [o["order"] for o in r["orders"]] == [o["order"] for o in said[qid]["orders"]]
+        for mine, theirs in zip(r["orders"], said[qid]["orders"], strict=True):
+            assert mine["probs"] == pytest.approx(theirs["probs"], abs=1e-6)
+        if qid in estimated:  # asked in all orders to estimate the prior: nothing divided out
+            assert "observed_probs" not in r and r["probs"] == pytest.approx(said[qid]["probs"], abs=1e-6)
+            continue
+        prior = doc["prior"][str(len(r["probs"]))]
+        assert r["observed_probs"] == pytest.approx(choice_orders.ensemble(observed), abs=2e-6)
+        assert r["observed_probs"] == pytest.approx(said[qid]["probs"], abs=2e-6)
+        fixed = choice_orders.ensemble([(order, choice_orders.debias(shown, prior)) for order, shown in observed])
+        assert r["probs"] == pytest.approx(fixed, abs=2e-5) and r["answer"] == choice_orders.pick(r["probs"])
+
+
+def test_failed_estimation_questions_are_retried_and_a_missing_prior_is_named(seeing, heldout, tmp_path):
+    """Estimation questions whose clip failed are answered again (in all their orders) by a resumed run; a
+    number of choices left without an estimate is named in a warning, not silently left undebiased."""
+    data = tmp_path / "data"
+    shutil.copytree(heldout.parent.parent, data)  # DIR/train/train.json, video paths relative to DIR
+    items = json.loads((data / "train" / heldout.name).read_text(encoding="utf-8"))["data"]
+    four = [it for it in items if len(it["choices"]) == 4]
+    two = [it for it in items if len(it["choices"]) == 2]
+    # estimation (2 per number of choices): two 4-choice questions, then two 2-choice ones from other clips
+    broken = {it["video_path"] for it in two[2:4]}
+    chosen = four[:2] + two[2:4] + four[4:5] + two[4:5]
+    assert not broken & {it["video_path"] for it in four[:2] + four[4:5] + two[4:5]}
+    split = data / "train" / "subset.json"
+    split.write_text(json.dumps({"data": chosen}, ensure_ascii=False), encoding="utf-8")
+    for rel in broken:
+        (data / rel).rename(data / (rel + ".away"))
+    cfg = tiny_task.eval_config(tiny_task.CHECKPOINT, split, tmp_path / "out" / "submission.csv", debias=True,
+                                debias_questions=2)
+    said = []
+    run(cfg, model_loader=lambda _c: seeing, say=said.append)
+    doc = json.loads((tmp_path / "out" / "prior.json").read_text())
+    assert set(doc["prior"]) == {"4"} and len(doc["ids"]) == 2
+    warning = "WARNING: --debias has no letter prior for 2 choices"
+    assert any(m.startswith(warning) for m in said), said
+    first = records(tmp_path / "out")
+    failed = [it["id"] for it in two[2:4]]
+    assert all(first[qid]["mode"] == "error-prior" for qid in failed)
+    assert "observed_probs" not in first[two[4]["id"]]  # answered without the correction, as the warning says
+    for rel in broken:
+        (data / (rel + ".away")).rename(data / rel)
+    said.clear()
+    run(cfg, model_loader=lambda _c: seeing, say=said.append)
+    again = records(tmp_path / "out")
+    for qid in failed:  # tried again, in all their orders
+        assert "error" not in again[qid] and len(again[qid]["orders"]) == 2
+    assert any("answering 2 estimation questions that failed before" in m for m in said), said
+    assert json.loads((tmp_path / "out" / "prior.json").read_text()) == doc  # the prior already used stays
+    assert any(m.startswith(warning) for m in said)
+
+
 # --- system prompt ---------------------------------------------------------------------------------
 
 def test_system_prompt_choices(tmp_path):
@@ -280,10 +374,10 @@ def test_detail_frames_count_every_token_against_the_budget():
     roomy = cfg.replace(max_visual_tokens=8192)
     assert inputs.frame_budget(INFO, roomy, 448, 256) == (16, 2)
     planned = inputs.plan_frames(INFO, [q], roomy, 448, 256)
-    detail = inputs.plan_detail(INFO, planned, [q], roomy, 448, 256)
+    detail = set(inputs.plan_detail(INFO, planned, [q], roomy, 448, 256)["q"])
     assert len(detail) == 2 and detail <= set(planned["q"])
     assert {min(planned["q"], key=lambda f: abs(f / 30 - t)) for t in (2.0, 7.5)} == detail  # nearest support
-    spread = inputs.plan_detail(INFO, planned, [q], roomy.replace(support_frames=False), 448, 256)
+    spread = inputs.plan_detail(INFO, planned, [q], roomy.replace(support_frames=False), 448, 256)["q"]
     assert len(spread) == 2
     # the VRAM estimate plans for the same tokens
     assert memory.planned_prompt_tokens(roomy, 448, 256) == 16 * 256 + 2 * 2 * 256 + 146 + 8 * 16 + 353
@@ -307,3 +401,34 @@ def test_detail_frames_tiles_and_prompt(seeing, tmp_path):
     assert image_tokens == sum(counts) * seeing.tokens_per_tile
     (record,) = answering.answer_clip(seeing, clip, cfg)
     assert record["tiles_per_frame"] == counts and record["visual_tokens"] == image_tokens
+
+
+def test_each_question_sees_its_own_detail_frames_within_the_budget(seeing, tmp_path):
+    """Questions of one clip with different support frames: each sees its K detail frames (the ones nearest
+    its own timestamps) and no other question's, so no prompt exceeds --max-visual-tokens, and the VRAM
+    estimate plans exactly the visual tokens sent. (With the clip's detail frames the union over its
+    questions, a question saw 3 or 4 detail frames here, up to 64 visual tokens for a budget of 48.)"""
+    from roadbuddy.synth import write_road_clip
+
+    clip_path = write_road_clip(tmp_path / "v.mp4", seconds=4.0, fps=10, width=224, height=126, light="red")
+    support = [(0.5,), (1.0,), (1.5,), (2.0, 3.0), (2.6,)]
+    questions = [Question(f"q{i}", "?", ("a", "b"), ("a", "b"), clip_path, "v.mp4", support_frames=t)
+                 for i, t in enumerate(support)]
+    per_frame, detail_tiles = 1, 3  # 16:9 at --detail-max-num 6: the 2x1 grid + thumbnail
+    budget = seeing.tokens_per_tile * (8 * per_frame + 2 * (detail_tiles - per_frame))
+    cfg = RunConfig(min_frames=8, max_frames=8, detail_frames=2, detail_max_num=6, max_visual_tokens=budget,
+                    prefetch=0)
+    clip = inputs.prepare_clip(clip_path, questions, cfg, inputs.InputSpec.of(seeing))
+    assert clip.error is None
+    recs = {r["id"]: r for r in answering.answer_clip(seeing, clip, cfg)}
+    for q in questions:
+        r = recs[q.id]
+        detail = [f for f, n in zip(r["frames"], r["tiles_per_frame"], strict=True) if n == detail_tiles]
+        assert len(r["frames"]) == 8 and len(detail) == 2, (q.id, r["tiles_per_frame"])
+        assert all(min(r["frames"], key=lambda f: abs(f / 10 - t)) in detail for t in q.support_frames)
+        assert r["visual_tokens"] == sum(r["tiles_per_frame"]) * seeing.tokens_per_tile == budget
+    # a frame one question sees in detail and another plainly is tiled both ways
+    assert any(d for _, d in clip.views) and len(clip.views) > len(clip.frame_order)
+    image_size, tokens = seeing.image_size, seeing.tokens_per_tile
+    text = memory.PREFIX_TEXT_TOKENS + memory.TEXT_TOKENS_PER_FRAME * 8 + memory.LONGEST_SUFFIX_TOKENS
+    assert memory.planned_prompt_tokens(cfg, image_size, tokens) == budget + text

@@ -83,6 +83,19 @@ def test_planned_prompt_holds_the_real_vocabularys_longest_prompt():
     assert memory.planned_prompt_tokens(RunConfig(max_frames=8), 448, 256) == 2048 + 146 + 64 + 353
 
 
+def test_planned_prompt_is_what_a_long_clip_is_sent_with_detail_frames():
+    """The estimate plans the frames and detail frames inputs.frame_budget gives (its own cut of the budget
+    planned 1 frame with 1 detail frame, 768 visual tokens, where 2 and 2, 1,536 tokens, are sent)."""
+    from roadbuddy import inputs
+    from roadbuddy.config import RunConfig
+    from roadbuddy.video import VideoInfo
+
+    cfg = RunConfig(max_frames=8, max_visual_tokens=2048, detail_frames=4, detail_max_num=6)
+    long_clip = VideoInfo(path=None, fps=30.0, num_frames=3000, width=2560, height=1440, backend="test")
+    assert inputs.frame_budget(long_clip, cfg, 448, 256) == (2, 2)
+    assert memory.planned_prompt_tokens(cfg, 448, 256) == 2 * 256 + 2 * (3 - 1) * 256 + 146 + 8 * 2 + 353
+
+
 def test_estimate_warns_when_the_gpu_has_less_free_memory(tmp_path):
     from roadbuddy.config import RunConfig
 
