@@ -6,7 +6,8 @@ roadbuddy-finetune made of it on a synthetic labeled split (command and seed in 
 base model and the adapter answer a held-out split of fresh scenes (rule questions and the old kinds),
 through the predict pipeline: the adapter must reach 90% on the rule questions and keep colour, order and
 time at 90%, with McNemar's test against the base model's report. The full regeneration of the adapter
-(about 10 minutes on two cores) is a `slow` test.
+(about 14 minutes on two cores) is a `slow` test, and so is that of the README's choice-shuffle figures
+(evals/choice_shuffle.py, recorded in evals/choice-shuffle.json).
 """
 from __future__ import annotations
 
@@ -84,13 +85,19 @@ def test_generate_mode_still_stops_and_parses_after_fine_tuning(rule_heldout, ti
                               say=lambda _m: None)
     records = [json.loads(x) for x in (result.paths["json"].parent / "predictions.jsonl").read_text().splitlines()]
     assert result.report["fallbacks"]["count"] == 0
-    assert all(r["mode"] == "generate" and r["raw"].strip() in "ABCD" for r in records), records[:3]
+    # each text is one letter and nothing else, the answer parsed from it ("" and "AB" are in "ABCD" as substrings)
+    odd = [r for r in records if r["mode"] != "generate" or r["raw"].strip() not in ("A", "B", "C", "D")
+           or r["raw"].strip() != r["answer"]]
+    assert not odd, odd[:3]
     assert result.accuracy >= MIN_ACCURACY
 
 
 @pytest.mark.slow
 def test_the_committed_adapter_regenerates_from_its_command(tmp_path, rule_heldout):
-    """The command in evals/tiny-rule-adapter/TRAINING.md, from nothing: the same validation curve."""
+    """The command in evals/tiny-rule-adapter/TRAINING.md, from nothing: the same validation curve, to within
+    3 of its 120 questions at each point: the committed one was made on a Xeon, and float32 rounding differs
+    between CPUs (the order of a kernel's sums); over 500 AdamW steps that can flip a few nearly tied questions.
+    Bit equality is what one machine guarantees (tests/test_finetune.py: two runs, one adapter), not two."""
     split = tiny_task.write_labeled_split(tmp_path / "data", clips=TRAIN_CLIPS, seed=tiny_task.RULE_SEED)
     out = tmp_path / "adapter"
     res = subprocess.run([sys.executable, "-m", "roadbuddy.finetune_cli", "--train-json", str(split), "--output",
@@ -99,4 +106,23 @@ def test_the_committed_adapter_regenerates_from_its_command(tmp_path, rule_heldo
     assert res.returncode == 0, res.stderr
     card = json.loads((out / "roadbuddy_adapter.json").read_text(encoding="utf-8"))
     committed = json.loads((ADAPTER / "roadbuddy_adapter.json").read_text(encoding="utf-8"))
-    assert [v["accuracy"] for v in card["validation_curve"]] == [v["accuracy"] for v in committed["validation_curve"]]
+    assert [v["step"] for v in card["validation_curve"]] == [v["step"] for v in committed["validation_curve"]]
+    for ours, theirs in zip(card["validation_curve"], committed["validation_curve"], strict=True):
+        assert ours["n"] == theirs["n"] and abs(ours["correct"] - theirs["correct"]) <= 3, (ours, theirs)
+
+
+@pytest.mark.slow
+def test_the_choice_shuffle_figures_regenerate(tmp_path):
+    """README's figures on shuffling the choices, recorded in evals/choice-shuffle.json by evals.choice_shuffle:
+    rerun from nothing (the unshuffled adapter is trained again, about 14 minutes on two cores)."""
+    from evals import choice_shuffle
+
+    recorded = json.loads(choice_shuffle.RESULTS.read_text(encoding="utf-8"))["figures"]
+    measured = choice_shuffle.measure(tmp_path, threads=2, say=lambda _m: None)["figures"]
+    cells = [(name, order, n) for name in recorded for order in recorded[name] for n in recorded[name][order]]
+    assert cells == [(name, order, n) for name in measured for order in measured[name] for n in measured[name][order]]
+    # within 2 of the 96 questions: the unshuffled adapter is retrained, and float32 rounding differs between
+    # CPUs (a different sum order in a kernel); over 500 AdamW steps that can flip a question whose two best
+    # letters are nearly tied. The README's point is a 30-point gap (57.3% against 88.5%, choices reversed).
+    for name, order, n in cells:
+        assert abs(measured[name][order][n]["correct"] - recorded[name][order][n]["correct"]) <= 2, (name, order, n)

@@ -5,12 +5,16 @@ adapter_model.safetensors) plus roadbuddy_adapter.json, its card: the base
 model and its architecture, every setting, the train file's hash, the data
 split, library versions and the validation curve. Loading refuses a folder
 that is not an adapter and an adapter made for another architecture, each in
-one sentence (the CLI exits 2).
+one sentence (the CLI exits 2); the architecture is checked against the base's
+config.json before its weights load (`check_for_base`), so a wrong pair costs
+no model load.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -82,6 +86,23 @@ def check_base(path: Path | str, config) -> None:
                            f"text {made_for.get('text')}) than the one loaded (text {architecture(config)['text']})")
 
 
+def check_for_base(path: Path | str, config) -> Path:
+    """The adapter folder if it is an adapter made for `config`'s architecture (the base checkpoint's
+    config.json, read before its weights load); AdapterError otherwise."""
+    path = check_folder(path)
+    check_base(path, config)
+    return path
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft reads transformers' `is_gradient_checkpointing` when it wraps a model, which transformers 5.2x
+    deprecated with a FutureWarning; it is peft's to change, not something a user of ours can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply(model, path: Path | str, *, merge: bool):
     """The base model with the adapter's LoRA layers in it: merged into the weights (`merge`, bf16 and
     fp32 runs: no extra work per token) or beside them (quantized bases, whose weights cannot take it)."""
@@ -90,7 +111,8 @@ def apply(model, path: Path | str, *, merge: bool):
     path = check_folder(path)
     check_base(path, model.config)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        with quiet_peft():
+            peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
     except (ValueError, KeyError, RuntimeError) as exc:  # shapes or module names that do not fit this base
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AdapterError(f"--adapter {path} does not fit the loaded base model ({first[:200]})") from None

@@ -12,18 +12,23 @@ Features:
   it, so generate mode still stops. Choices are shuffled each epoch, the letter moving with its text.
 - Memory: logits at those two positions only (never the vocabulary over the whole prompt), gradient
   checkpointing in the language model, the frozen vision tower without gradients, QLoRA on a 4-bit
-  base with predict's quantization skip list.
+  base with predict's quantization skip list; what is not 4-bit stays bf16 (nothing is upcast to fp32).
 - Validation through the real predict pipeline in score mode, every N steps or each epoch; the best
-  adapter is the one kept in the output folder, and the log says which step it is.
+  adapter is the one kept in the output folder, and the log says which step it is. The checkpoint
+  carries the best step's adapter too, and a resume puts it back, so the folder and its card agree.
 - A checkpoint every N steps (roadbuddy.train_checkpoint), written atomically; the same command
   resumes there and ends with the adapter an uninterrupted run makes (dropout is reseeded from the
   seed and the position before each forward, so no random state is lost with the process).
 - torchrun: each rank takes every world-th example of a step; the LoRA gradients are summed across
-  ranks (all_reduce) and every rank steps alike; rank 0 validates and writes.
+  ranks (all_reduce; a rank with no example in a step sends zeros, so every rank takes part in every
+  collective with the same tensors) and every rank steps alike; rank 0 validates and writes.
+- CUDA out of memory anywhere in a step (forward, backward, optimizer) or in validation: one sentence
+  naming the knobs (TrainingOOM); the last checkpoint stands.
 - Deterministic with a seed: two CPU runs give the same adapter bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -49,6 +54,9 @@ from roadbuddy.train_loss import answer_loss, lora_target_regex, step_seed
 
 log = logging.getLogger(__name__)
 
+BEST_ADAPTER = "best-adapter"  # in checkpoint/: the adapter of the best validated step so far
+
+
 @dataclass
 class TrainState:
     """What the checkpoint carries besides tensors; JSON-ready."""
@@ -62,8 +70,49 @@ class TrainState:
     seconds: float = 0.0
 
 
-class TrainingOOM(RuntimeError):
-    """CUDA ran out of memory in a training step; the message names the knobs to turn."""
+class TrainingOOM(torch.cuda.OutOfMemoryError):
+    """CUDA ran out of memory in a training step or a validation; the message names the knobs to turn (still an
+    OutOfMemoryError to callers that catch one, as bench/gpu_finetune.py does)."""
+
+
+KNOBS = ("try --load-in-4bit (QLoRA), fewer --max-frames or --max-visual-tokens, --batch-size 1 with a larger "
+         "--grad-accum, or drop --no-gradient-checkpointing")
+
+
+@contextlib.contextmanager
+def oom_named(where: str):
+    """CUDA's out-of-memory error as one sentence saying where it happened and which knobs to turn."""
+    try:
+        yield
+    except TrainingOOM:
+        raise
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingOOM(f"CUDA ran out of memory in {where}: {KNOBS}") from None
+
+
+def with_lora(model: torch.nn.Module, cfg: TrainConfig):
+    """The loaded base (bf16, fp32 on the CPU, or 4-bit with predict's skip list) wrapped with LoRA layers.
+
+    Nothing of the base is cast: peft's prepare_model_for_kbit_training would upcast every parameter that is
+    not 4-bit (vision tower, projector, embeddings, lm_head, norms) to fp32, past the memory QLoRA plans and
+    onto another numeric path than predict's bf16. What it does besides is done here: the base is frozen
+    (get_peft_model), and gradient checkpointing is non-reentrant, which reaches the LoRA weights inside the
+    checkpointed layers without the layers' inputs requiring gradients (so no enable_input_require_grads).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same on every rank
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                      target_modules=lora_target_regex(cfg))
+    with adapters.quiet_peft():
+        peft_model = get_peft_model(model, lora)
+    base = peft_model.get_base_model()
+    if cfg.gradient_checkpointing:  # transformers 5.2x renamed it; 5.17 has only the old name
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return peft_model
 
 
 def file_sha256(path: Path) -> str:
@@ -81,6 +130,7 @@ class FineTune:
         self.shard = Shard(run_cfg.rank, run_cfg.world_size, run_cfg.local_rank)
         self.out = Path(train_cfg.output)
         self.state = TrainState()
+        self.checkpoint_step: int | None = None  # the step of the checkpoint on disk, once there is one
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -115,29 +165,13 @@ class FineTune:
         self._resume()
 
     def _model(self) -> None:
-        from peft import LoraConfig, get_peft_model
-
         cfg = self.cfg
         run_cfg = self.run_cfg.replace(adapter=None)
         if self.shard.distributed and torch.cuda.is_available() and run_cfg.device in ("auto", "cuda"):
             run_cfg = run_cfg.replace(device=f"cuda:{self.shard.local_rank}")
         lm = self.model_loader(run_cfg)
-        model = lm.model
-        if run_cfg.quantization is not None:
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
-        torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same on every rank
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-                          target_modules=lora_target_regex(cfg))
-        self.peft = get_peft_model(model, lora)
+        self.peft = with_lora(lm.model, cfg)
         base = self.peft.get_base_model()
-        if cfg.gradient_checkpointing:  # transformers 5.2x renamed it; 5.17 has only the old name
-            if hasattr(base, "activation_checkpointing_enable"):
-                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lm = dataclasses.replace(lm, model=base)
         self.spec = InputSpec.of(self.lm)
         self.stop_id = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -177,9 +211,28 @@ class FineTune:
         train_checkpoint.load_optimizer(self.optimizer, self.param_names, opt_tensors, opt_rest)
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(**state["progress"])
+        self.checkpoint_step = self.state.step
         if self.shard.rank == 0:
             train_log.truncate(self.out / train_log.LOG_NAME, self.state.step)
+            self._restore_best(found)
         self.say(f"resuming at step {self.state.step} of {self.total_steps} from {found}")
+
+    def _restore_best(self, checkpoint: Path) -> None:
+        """Make the output folder's adapter the checkpoint's best one again: a validation after the checkpoint
+        may have written a newer best before the run was stopped, which the resumed run's card would not name."""
+        kept = checkpoint / BEST_ADAPTER
+        if self.state.best is not None and (kept / adapters.ADAPTER_WEIGHTS).is_file():
+            for name in (adapters.ADAPTER_CONFIG, adapters.ADAPTER_WEIGHTS):
+                tmp = self.out / f".{name}.tmp"
+                shutil.copyfile(kept / name, tmp)
+                tmp.replace(self.out / name)
+            self.write_card()
+        elif self.state.best is None:  # no best yet at the checkpoint: an adapter here is a lost run's
+            for name in (adapters.ADAPTER_CONFIG, adapters.ADAPTER_WEIGHTS, adapters.CARD):
+                (self.out / name).unlink(missing_ok=True)
+        else:
+            log.warning("%s predates best-adapter checkpoints; the adapter in %s is left as it is", checkpoint,
+                        self.out)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -196,10 +249,10 @@ class FineTune:
                 order = train_data.epoch_order(self.train_questions, cfg.seed, st.epoch, cfg.shuffle_choices)
                 while st.slot < len(order) and st.step < self.total_steps:
                     end = min(st.slot + self.per_step, len(order))
+                    lr = self.scheduler.get_last_lr()[0]  # what this step's update uses (the scheduler then moves on)
                     loss, letter_loss = self._step(order, st.slot, end)
                     examples_seen += end - st.slot
                     st.slot, st.step = end, st.step + 1
-                    lr = self.scheduler.get_last_lr()[0]
                     rate = examples_seen / max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.2f}", epoch=st.epoch)
                     bar.update(1)
@@ -234,7 +287,7 @@ class FineTune:
         total = torch.zeros(2, dtype=torch.float64, device=lm.device)  # the step's mean loss, and its letter part
         features_of: tuple[str, torch.Tensor] | None = None
         batch: list = []
-        try:
+        with oom_named(f"step {st.step + 1}"):
             for example in train_data.iter_examples(order, mine, self.run_cfg, self.spec):
                 if example.error:
                     st.skipped[example.question.id] = example.error
@@ -245,16 +298,13 @@ class FineTune:
                     batch = []
             if batch:
                 self._backward(batch, scale, total, features_of, st.epoch)
-        except torch.cuda.OutOfMemoryError:
-            raise TrainingOOM(
-                f"CUDA ran out of memory in step {st.step + 1}: try --load-in-4bit (QLoRA), fewer --max-frames or "
-                "--max-visual-tokens, --batch-size 1 with a larger --grad-accum, or drop --no-gradient-checkpointing"
-            ) from None
-        distributed.all_reduce_sum([p.grad for p in self.trainable.values() if p.grad is not None] + [total],
-                                   self.shard)
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), cfg.max_grad_norm)
-        self.optimizer.step()
+            for p in self.trainable.values():
+                if p.grad is None:  # no example on this rank in this step (the last, short step, or unreadable clips):
+                    p.grad = torch.zeros_like(p)  # it still sends its share, the same tensors as every other rank
+            distributed.all_reduce_sum([p.grad for p in self.trainable.values()] + [total], self.shard)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), cfg.max_grad_norm)
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(total[0]), float(total[1])
@@ -272,10 +322,10 @@ class FineTune:
                     features_of = (e.clip_key, encode_tiles(lm, e.clip_tiles, self.run_cfg.vision_batch).clone())
             feats.append(features_of[1][e.tile_rows])
         torch.manual_seed(step_seed(self.cfg.seed, epoch, batch[0].slot))
-        loss, letter = answer_loss(lm, batch, feats, self.stop_id)
+        loss, letters = answer_loss(lm, batch, feats, self.stop_id)
         (loss * scale).backward()
         total[0] += float(loss.detach()) * scale
-        total[1] += float(letter) * scale
+        total[1] += float(letters.sum()) * scale
         return features_of
 
     # --- validation, checkpoints, the end --------------------------------------------------------
@@ -296,7 +346,8 @@ class FineTune:
                                            answer_mode="score", adapter=None, limit=None, progress=False,
                                            rank=0, world_size=1, local_rank=0)
             self.peft.eval()
-            run(val_cfg, model_loader=lambda _cfg: self.lm, say=lambda _m: None)
+            with oom_named(f"the validation at step {st.step}"):
+                run(val_cfg, model_loader=lambda _cfg: self.lm, say=lambda _m: None)
             records = load_predictions(OutputPaths.for_submission(val_cfg.output).predictions, truncate=False)
             correct = sum(records.get(q.id, {}).get("answer") == q.answer for q in self.split.val)
             result = {"step": st.step, "epoch": st.epoch, "accuracy": correct / len(self.split.val),
@@ -323,11 +374,16 @@ class FineTune:
         self.write_card()
 
     def save_checkpoint(self, seconds: float) -> None:
+        """The checkpoint, with a copy of the best step's adapter (the output folder's, written when it was
+        validated) so that a resume can put back the adapter its card names."""
         self.state.seconds = seconds
         if self.shard.rank == 0:
             progress = {k: v for k, v in self.state.__dict__.items()}
             state = {"settings": self.settings, "scheduler": self.scheduler.state_dict(), "progress": progress}
-            train_checkpoint.save(self.out, self.trainable, self.optimizer, self.param_names, state)
+            best = {f"{BEST_ADAPTER}/{name}": self.out / name
+                    for name in (adapters.ADAPTER_CONFIG, adapters.ADAPTER_WEIGHTS)} if self.state.best else {}
+            train_checkpoint.save(self.out, self.trainable, self.optimizer, self.param_names, state, files=best)
+        self.checkpoint_step = self.state.step
         distributed.barrier(self.shard)
 
     def write_card(self) -> None:

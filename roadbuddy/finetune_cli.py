@@ -1,7 +1,8 @@
 """roadbuddy-finetune: parse flags into a RunConfig and a TrainConfig and run the fine-tuning recipe.
 
 Exit codes: 0 done; 1 unexpected failure or CUDA out of memory (the message names the knobs);
-2 bad input or usage; 130 interrupted (rerun the same command to resume from the last checkpoint).
+2 bad input or usage; 130 interrupted (rerun the same command to resume from the last checkpoint, whose
+step the message names).
 """
 from __future__ import annotations
 
@@ -56,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name, dest in (("--train-json", "train_json"), ("--output", "output")):
-        if dest not in vars(args):
-            parser.error(f"{name} is required")
     shard = Shard.from_env(os.environ)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     rank_tag = f"[rank {shard.rank}] " if shard.distributed else ""
@@ -78,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = recipe.finish()
     except KeyboardInterrupt:
         step = recipe.state.step if recipe else 0
-        say(f"interrupted at step {step}: rerun the same command to resume from the last checkpoint")
+        say(f"interrupted at step {step}: " + (
+            f"rerun the same command to resume from the checkpoint of step {recipe.checkpoint_step}"
+            if recipe and recipe.checkpoint_step is not None else "no checkpoint yet; the same command starts over"))
         return 130
     except (QuestionFileError, ModelLoadError, ConfigError, AdapterError) as exc:
         if args.verbose:
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one sentence, not a traceback, unless --verbose
         if args.verbose:
             raise
-        return say_failure(exc, say, "the last checkpoint stands")
+        return say_failure(exc, say, f"the checkpoint of step {recipe.checkpoint_step} stands"
+                           if recipe and recipe.checkpoint_step is not None else "no checkpoint was written yet")
     best = summary["best"]
     kept = (f"the adapter of step {best['step']} (validation {best['correct']}/{best['n']} = {best['accuracy']:.1%})"
             if best else f"the adapter of the last step ({summary['steps']})")

@@ -49,6 +49,7 @@ class Flag:
     metavar: str | None = None
     commands: frozenset = ALL
     switches: tuple[tuple[str, object, str], ...] = ()  # (flag, value, help)
+    required: bool = False  # argparse refuses a command line without it (and its usage shows it unbracketed)
 
     @property
     def names(self) -> list[str]:
@@ -105,7 +106,7 @@ def add_to_parser(parser: argparse.ArgumentParser, cls, command: str,
                 exclusive.add_argument(name, dest=f.name, action="store_const", const=value,
                                        default=argparse.SUPPRESS, help=_help(f, text))
             continue
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=_help(f, spec.help))
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=_help(f, spec.help), required=spec.required)
         if spec.action == "store":
             kwargs.update(type=spec.type, choices=spec.choices, metavar=_metavar(spec))
         else:

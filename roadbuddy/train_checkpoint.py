@@ -3,6 +3,7 @@
     OUTPUT/checkpoint/trainable.safetensors   the trained (LoRA) weights, by parameter name
     OUTPUT/checkpoint/optimizer.safetensors   AdamW's moments and step counts, by parameter name
     OUTPUT/checkpoint/state.json              step, position in the data order, scheduler, log, best, settings
+    OUTPUT/checkpoint/best-adapter/           the best validated step's adapter (once there is one)
 
 Written into a temporary folder, fsynced, then swapped in by renames, so the
 folder on disk is always a whole checkpoint: the new one, or the one before
@@ -65,8 +66,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], tens
 
 
 def save(folder: Path, trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-         names: dict[int, str], state: dict) -> Path:
-    """Write the checkpoint into `folder`/checkpoint, replacing the one there only once all of it is on disk."""
+         names: dict[int, str], state: dict, files: dict[str, Path] | None = None) -> Path:
+    """Write the checkpoint into `folder`/checkpoint, replacing the one there only once all of it is on disk;
+    `files` (name in the checkpoint -> source) are copied in with it."""
     folder = Path(folder)
     final, tmp, old = folder / NAME, folder / f"{NAME}.tmp", folder / f"{NAME}.old"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -76,9 +78,15 @@ def save(folder: Path, trainable: dict[str, torch.Tensor], optimizer: torch.opti
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(rest), encoding="utf-8")
     (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
-    for name in ("trainable.safetensors", "optimizer.safetensors", "optimizer.json", "state.json"):
+    written = ["trainable.safetensors", "optimizer.safetensors", "optimizer.json", "state.json"]
+    for name, source in (files or {}).items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, tmp / name)
+        written.append(name)
+    for name in written:
         _fsynced(tmp / name)
-    _fsync_dir(tmp)
+    for sub in {(tmp / name).parent for name in written}:
+        _fsync_dir(sub)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)

@@ -21,10 +21,11 @@ SCHEDULES = ("cosine", "linear", "constant")
 @dataclass(frozen=True)
 class TrainConfig:
     train_json: Path | None = flag(None, "--train-json", "labeled question file to learn from (train.json layout: "
-                                   "every item with an answer; required)", IO, type=Path, metavar="PATH", commands=ONLY)
+                                   "every item with an answer; required)", IO, type=Path, metavar="PATH", commands=ONLY,
+                                   required=True)
     output: Path | None = flag(None, "--output", "adapter folder to write: the best adapter and its card, the "
                                "training log and chart, validation answers, and checkpoint/ to resume from "
-                               "(required)", IO, type=Path, metavar="DIR", commands=ONLY)
+                               "(required)", IO, type=Path, metavar="DIR", commands=ONLY, required=True)
 
     # validation
     val_json: Path | None = flag(None, "--val-json", "validation question file (default: --val-fraction of the "

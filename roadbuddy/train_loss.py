@@ -20,14 +20,21 @@ def lora_target_regex(cfg: TrainConfig) -> str:
 
 
 def step_seed(seed: int, epoch: int, slot: int) -> int:
-    """The dropout seed of the forward pass that starts at this slot: the same in any process layout."""
+    """The dropout seed of the forward pass that starts at this slot.
+
+    At batch size 1 (the default) a forward pass is one example, so its dropout masks are the same in any
+    process layout and after any resume. With larger batches the masks are drawn for the micro-batch's whole
+    padded tensor, so they depend on which examples share a forward: the same after a resume with the same
+    layout, but not between, say, 1 process at batch 4 and 2 processes at batch 2 (--lora-dropout 0 has no
+    masks, and the layouts then agree to rounding)."""
     return int.from_bytes(hashlib.sha256(f"dropout:{seed}:{epoch}:{slot}".encode()).digest()[:8], "little") >> 1
 
 
 def answer_loss(lm: LoadedModel, examples: list, features: list[torch.Tensor], stop_id: int):
     """The summed cross-entropy of the answer letter after the assistant turn opens and of the end of the turn
     after it (their mean per example), for right-padded examples in one forward, with logits only at those
-    two positions per example; and, detached, the letter's part alone (what score mode reads)."""
+    two positions per example; and, detached, each example's letter part alone: -log softmax of the logits
+    score mode reads for that prompt, at the letter (tests/test_finetune.py holds them equal)."""
     letter_ids = [lm.letter_ids[e.target] for e in examples]
     rows = [torch.cat([e.prefix_ids, e.suffix_ids, torch.tensor([[lid]])], dim=1)[0]
             for e, lid in zip(examples, letter_ids)]
@@ -47,4 +54,4 @@ def answer_loss(lm: LoadedModel, examples: list, features: list[torch.Tensor], s
     targets = torch.tensor([[lid, stop_id] for lid in letter_ids], device=lm.device)
     each = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                              reduction="none").view(-1, 2)
-    return each.sum() / 2, each[:, 0].sum().detach()
+    return each.sum() / 2, each[:, 0].detach()
