@@ -65,11 +65,13 @@ def config_from_args(args: argparse.Namespace, shard: Shard = Shard()) -> RunCon
                      rank=shard.rank, world_size=shard.world_size, local_rank=shard.local_rank)
 
 
-def _demo_config(cfg: RunConfig, say) -> RunConfig:
+def _demo_config(cfg: RunConfig, say, root: Path) -> RunConfig:
+    """The demo's run: the tiny task's clips written under `root` (removed when the demo ends), answered there
+    unless --output names a place to keep the answers."""
     from roadbuddy import tiny_task
 
-    root = Path(tempfile.mkdtemp(prefix="roadbuddy-demo-"))
-    say(f"demo: writing the tiny task's {tiny_task.HELDOUT_CLIPS} clips (answers only in the pixels) under {root}")
+    say(f"demo: writing the tiny task's {tiny_task.HELDOUT_CLIPS} clips (answers only in the pixels) under {root} "
+        "(removed at the end)")
     questions = tiny_task.write_heldout(root / "data")
     output = cfg.output if cfg.output != RunConfig().output else root / "output" / "submission.csv"
     return tiny_task.eval_config(tiny_task.CHECKPOINT, questions, output, progress=cfg.progress)
@@ -88,12 +90,6 @@ def _demo_score(cfg: RunConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from roadbuddy.adapters import AdapterError
-    from roadbuddy.data import QuestionFileError
-    from roadbuddy.letter_prior import PriorError
-    from roadbuddy.model import ModelLoadError
-    from roadbuddy.output import OutputError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     shard = Shard.from_env(os.environ)  # torchrun sets RANK, WORLD_SIZE, LOCAL_RANK
@@ -111,15 +107,33 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.demo and "test_json" not in vars(args):
         parser.error("--test-json is required (or --demo)")
+    if not args.demo:
+        return _predict(args, shard, say, None)
+    with tempfile.TemporaryDirectory(prefix="roadbuddy-demo-") as root:
+        return _predict(args, shard, say, Path(root))
+
+
+def _predict(args: argparse.Namespace, shard: Shard, say, demo_root: Path | None) -> int:
+    """The run and its exit code; with `demo_root`, the demo's run in that folder."""
+    from roadbuddy.adapters import AdapterError
+    from roadbuddy.data import QuestionFileError
+    from roadbuddy.letter_prior import PriorError
+    from roadbuddy.model import ModelLoadError
+    from roadbuddy.output import OutputError
+
     try:
         cfg = config_from_args(args, shard)
-        if args.demo:
-            cfg = _demo_config(cfg, say)
+        if demo_root is not None:
+            cfg = _demo_config(cfg, say, demo_root)
         from roadbuddy.pipeline import run
 
         summary = run(cfg, say=say)
     except KeyboardInterrupt:
-        say("interrupted: every answer so far is saved in predictions.jsonl; run the same command again to resume")
+        if demo_root is not None and "output" not in vars(args):  # its answers were in the folder just removed
+            say("interrupted: the demo's files are removed")
+        else:
+            say("interrupted: every answer so far is saved in predictions.jsonl; run the same command again to "
+                "resume")
         return 130
     except (QuestionFileError, OutputError, ModelLoadError, ConfigError, AdapterError, PriorError) as exc:
         if args.verbose:
@@ -132,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         return say_failure(exc, say, "every answer finished so far is saved in predictions.jsonl")
     for line in summary.lines():
         say(line)
-    if args.demo:
+    if demo_root is not None:
         say(_demo_score(cfg))
+        if cfg.output.is_relative_to(demo_root):
+            say("demo: its files are removed now; pass --output CSV to keep the answers")
     if summary.unexpected:
         say(f"{summary.unexpected} clips failed with an unexpected error (see above); their questions got the "
             "prior answer. Rerun with --verbose for the tracebacks.")

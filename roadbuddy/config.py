@@ -34,8 +34,9 @@ class RunConfig:
                            "question file (RoadBuddy JSON: {'data': [...]})", IO, type=Path,
                            metavar="PATH", commands=frozenset({PREDICT}))
     data_dir: Path | None = flag(None, "--data-dir",
-                                 "dataset root that video_path is relative to (default: tried in order: the JSON's "
-                                 "folder, then its parent; covers both the train/public and the private layout)",
+                                 "dataset root that video_path is relative to; when given, the only one tried "
+                                 "(default: tried in order: the JSON's folder, then its parent; covers both the "
+                                 "train/public and the private layout)",
                                  IO, type=Path, metavar="DIR")
     output: Path = flag(Path("output/submission.csv"), "--output",
                         "submission CSV to write; predictions.jsonl, run.json and time_submission.csv go beside "

@@ -2,13 +2,15 @@
 
 A file is `{"__count__": N, "data": [ITEM, ...]}` or a bare list of items; an
 item has `id`, `question`, `choices`, `video_path` and, in train files,
-`answer` and `support_frames` (see shared/roadbuddy-data/README.md).
+`answer` and `support_frames` (see challenge-data/README.md).
 
 Every problem raises `QuestionFileError` whose message is one sentence naming
-the file, the item (its id, or `item #K` with K its 0-based position in `data`
-when the id itself is missing or bad) and the field. A missing video is not a
+the file, the item (its id, or `item #K (index K-1)`, K counting from 1 in `data`,
+when the id itself is missing or bad) and the field; a file that cannot be read is
+named by the path given. A missing video is not a
 load error: the pipeline records it per question later (where a video_path leads, and which
-paths are refused, is roadbuddy.paths). An optional field
+paths are refused, is roadbuddy.paths), and refuses the run only when not one of the
+file's videos exists (`missing_videos`). An optional field
 (`answer`, `support_frames`) given as null counts as absent; unknown fields
 such as `_unused_` are ignored.
 
@@ -240,7 +242,8 @@ def _read_items(json_path: Path) -> list:
     try:
         raw = json_path.read_bytes()
     except OSError as exc:
-        raise QuestionFileError(f"{name}: cannot read the question file ({exc.strerror or exc}).") from None
+        # The path as given, not just its name: the folder is usually what is wrong.
+        raise QuestionFileError(f"{json_path}: cannot read the question file ({exc.strerror or exc}).") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -275,15 +278,20 @@ def load_questions(json_path: Path | str, data_dir: Path | str | None = None) ->
     name = json_path.name
     questions: list[Question] = []
     seen: set[str] = set()
-    for index, item in enumerate(_read_items(json_path)):
+    items = _read_items(json_path)
+    if data_dir is not None and not data_dir.is_dir():
+        raise QuestionFileError(f"--data-dir {data_dir}: no such folder (it is the dataset root that the video "
+                                f"paths of {name} are relative to).")
+    for index, item in enumerate(items):
+        where = f"item #{index + 1} (index {index})"  # counted as people count, with the index for programs
         if not isinstance(item, dict):
-            raise QuestionFileError(f"{name}: item #{index} must be an object (got {_type_name(item)}).")
+            raise QuestionFileError(f"{name}: {where} must be an object (got {_type_name(item)}).")
         item_id = _item_id(item)
         if item_id is None:
             value = item.get("id")
             got = ("it is missing" if "id" not in item else
                    f"got {value!r}" if isinstance(value, str) and len(value) < 40 else f"got {_type_name(value)}")
-            raise QuestionFileError(f"{name}: item #{index}: field 'id' must be a non-empty string without "
+            raise QuestionFileError(f"{name}: {where}: field 'id' must be a non-empty string without "
                                     f"surrounding spaces or control characters ({got}).")
         if item_id in seen:
             raise QuestionFileError(f"{name}: item {item_id}: field 'id' repeats an earlier item's id.")
@@ -293,6 +301,28 @@ def load_questions(json_path: Path | str, data_dir: Path | str | None = None) ->
         except _Invalid as err:
             raise QuestionFileError(f"{name}: item {item_id}: field '{err.field}' {err.reason}.") from None
     return questions
+
+
+def roots_tried(json_path: Path | str, data_dir: Path | str | None) -> str:
+    """Where video paths were looked for, in words: "--data-dir /x", or the question file's folder and parent."""
+    roots = paths.candidate_roots(Path(json_path), None if data_dir is None else Path(data_dir))
+    if data_dir is not None:
+        return f"--data-dir {roots[0]}"
+    return f"{roots[0]} (the question file's folder) or {roots[1]} (its parent)"
+
+
+def missing_videos(questions: list[Question], json_path: Path | str, data_dir: Path | str | None) -> list[Path]:
+    """The questions' distinct videos that are not files. When that is all of them, QuestionFileError naming
+    the folders tried and --data-dir: the question file was moved away from its videos or the root is wrong,
+    and every answer would be the prior letter. (Some missing ones are per-question errors of the run.)"""
+    videos = {q.video_path: q.video_rel for q in questions}
+    missing = [path for path in videos if not path.is_file()]
+    if videos and len(missing) == len(videos):
+        example = next(iter(videos.values()))
+        raise QuestionFileError(f"{json_path}: none of its {len(videos)} videos exists under "
+                                f"{roots_tried(json_path, data_dir)}, e.g. {example!r}; pass --data-dir DIR with "
+                                f"the clips at DIR/{example}.")
+    return missing
 
 
 def dataset_root(q: Question) -> Path:

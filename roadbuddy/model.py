@@ -144,13 +144,55 @@ def _check_native_format(path: Path) -> None:
         )
 
 
+def check_model_source(name: str) -> None:
+    """ModelLoadError (one sentence) when `name` is neither a folder nor something a hub id can name: a path
+    that does not exist would otherwise reach the hub client, whose complaint is about repo id syntax."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(name)
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ModelLoadError(f"--model {name} is a file; give the checkpoint's folder (config.json, *.safetensors, "
+                             "tokenizer) or a hub id")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelLoadError(f"--model {name}: no such folder") from None
+
+
+def _require_hub(name: str) -> None:
+    """Make ONE request to the hub before transformers goes online: its client retries an unreachable hub for
+    about a minute (twice over: tokenizer, then model) before failing with a message about the network."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    where = f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    get_it = (f"get it with `hf download {name}` on a machine with network (into this cache, or copy the cache "
+              "here), or pass the checkpoint's folder with --model")
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(f"model {name} is not in {where} and offline mode (HF_HUB_OFFLINE) keeps the hub out: "
+                             f"{get_it}")
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=10)  # no retries: one try
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"--model {name}: no such folder, and the Hugging Face hub has no model of that name "
+                             "(or it needs a login: hf auth login)") from None
+    except Exception as exc:  # noqa: BLE001 - any failure of the one request means the hub is not usable now
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"model {name} is not in {where} and the hub cannot be reached ({reason}): "
+                             f"{get_it}") from None
+
+
 def _from_pretrained(cls, name: str, **kwargs):
-    """A local folder or the Hugging Face cache first (no network round trips), then the hub."""
+    """A local folder or the Hugging Face cache first (no network round trips), then the hub if one request to
+    it succeeds."""
     if not Path(name).exists():
         try:
             return cls.from_pretrained(name, local_files_only=True, **kwargs)
         except OSError:
-            pass
+            _require_hub(name)
     return cls.from_pretrained(name, **kwargs)
 
 
@@ -159,9 +201,20 @@ def load_model(cfg: RunConfig) -> LoadedModel:
 
     device = pick_device(cfg.device)
     name, note = resolve_model_id(cfg.model)
+    check_model_source(name)
     notes = [note] if note else []
     if Path(name).exists():
         _check_native_format(Path(name))
+    if cfg.adapter is not None:  # an adapter for another base is refused from config.json, before the weights load
+        from transformers import AutoConfig
+
+        from roadbuddy import adapters
+
+        try:
+            base_config = _from_pretrained(AutoConfig, name, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
+        adapters.check_for_base(cfg.adapter, base_config)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     attn = pick_attention(device, cfg.flash_attn, cfg.fused_attention)
     quant = quantization_config(cfg.quantization, device)

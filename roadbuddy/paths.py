@@ -1,8 +1,9 @@
 """Where a question's clip is: a `video_path` from a question file, resolved against the dataset root.
 
-Roots are tried in order: --data-dir (when given), the question file's folder
-(private layout: `/data/private_test.json` + `videos/x.mp4`), then its parent
-(train/public layout: `/ds/train/train.json` + `train/videos/x.mp4`). A path text
+The root is --data-dir when given (and only it: a root asked for by name is never
+passed over for another that happens to hold the file); without it, the question
+file's folder (private layout: `/data/private_test.json` + `videos/x.mp4`), then its
+parent (train/public layout: `/ds/train/train.json` + `train/videos/x.mp4`). A path text
 that is absolute, holds `..` leaving the root, or cannot be a file name is
 malformed (`VideoPathError`: the question file is refused); a path that leads out
 of the root through a symlink is refused per clip (never opened), so the run goes on.
@@ -18,9 +19,10 @@ class VideoPathError(ValueError):
 
 
 def candidate_roots(json_path: Path, data_dir: Path | None) -> list[Path]:
+    if data_dir is not None:
+        return [Path(os.path.abspath(data_dir))]
     folder = Path(os.path.abspath(json_path)).parent
-    roots = [Path(os.path.abspath(data_dir))] if data_dir is not None else []
-    return roots + [folder, folder.parent]
+    return [folder, folder.parent]
 
 
 def resolve(video_rel: str, json_path: Path, data_dir: Path | None) -> tuple[Path, str | None]:

@@ -20,7 +20,7 @@ import torch
 from roadbuddy import distributed, letter_prior, memory
 from roadbuddy.answering import error_records
 from roadbuddy.config import RunConfig
-from roadbuddy.data import group_by_video, load_questions
+from roadbuddy.data import group_by_video, load_questions, missing_videos, roots_tried
 from roadbuddy.distributed import Shard
 from roadbuddy.inputs import InputSpec, PreparedClip
 from roadbuddy.oom_ladder import answer_with_ladder
@@ -44,6 +44,7 @@ class RunSummary:
     seconds: float = 0.0
     paths: OutputPaths | None = None
     modes: Counter = field(default_factory=Counter)
+    hint: str = ""  # where missing videos were looked for
 
     def lines(self) -> list[str]:
         out = [f"answered {self.answered} new + {self.resumed} resumed of {self.total} questions "
@@ -53,6 +54,8 @@ class RunSummary:
         if self.errors:
             out.append(f"{len(self.errors)} questions got the prior answer because their video failed:")
             out += [f"  {qid}: {why}" for qid, why in self.errors.items()]
+            if self.hint:
+                out.append(self.hint)
         if self.paths:
             out.append(f"wrote {self.paths.submission} and {self.paths.time_submission}")
         return out
@@ -74,11 +77,18 @@ def _guarded(records: Iterator[dict], clip: PreparedClip, summary: RunSummary) -
         yield from error_records(failed)
 
 
+def _runs_on_gpu(cfg: RunConfig) -> bool:
+    return str(cfg.device).startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+
+
 def _load(cfg: RunConfig, model_loader, say):
-    from roadbuddy.model import load_model
+    from roadbuddy.model import check_model_source, load_model, resolve_model_id
 
     torch.manual_seed(cfg.seed)
-    memory.print_estimate(cfg, say)
+    if model_loader is None:  # a --model that names nothing is said before the estimate stumbles over it
+        check_model_source(resolve_model_id(cfg.model)[0])
+    if _runs_on_gpu(cfg):  # the estimate is of GPU memory: on the CPU it is no figure the run needs
+        memory.print_estimate(cfg, say)
     lm = (model_loader or load_model)(cfg)
     for note in lm.notes:
         say(note)
@@ -117,15 +127,17 @@ def _letter_prior(cfg: RunConfig, questions, clips, done, shard: Shard, paths: O
     all their cyclic orders, unless a prior.json or --debias-prior already gives it)."""
     doc = letter_prior.load(cfg.debias_prior) if cfg.debias_prior else letter_prior.read(paths)
     ids = set() if cfg.debias_prior else set(letter_prior.estimation_ids(questions, cfg.debias_questions))
-    if doc is None and shard.rank == 0:
-        todo = [(video, [q for q in qs if q.id in ids and q.id not in done]) for video, qs in clips]
-        todo = [(video, qs) for video, qs in todo if qs]
+    if shard.rank == 0:
+        todo = letter_prior.pending(clips, ids, done)  # on a resume: those whose clip failed, tried again
         if todo:
-            say(f"--debias: estimating the letter prior from {len(ids)} questions asked in all their choice orders")
+            say(f"--debias: estimating the letter prior from {len(ids)} questions asked in all their choice orders"
+                if doc is None else f"--debias: answering {sum(len(qs) for _, qs in todo)} estimation questions "
+                "that failed before in all their choice orders (the prior already written stays)")
             estimating = cfg.replace(permutations=max(q.num_choices for q in questions))
             _answer_pending(estimating, todo, load(), paths, summary, progress)
-        doc = letter_prior.estimate(load_all_predictions(paths), questions, sorted(ids))
-        letter_prior.write(paths, doc)
+        if doc is None:
+            doc = letter_prior.estimate(load_all_predictions(paths), questions, sorted(ids))
+            letter_prior.write(paths, doc)
     distributed.barrier(shard)
     if doc is None:
         doc = letter_prior.read(paths)
@@ -134,6 +146,11 @@ def _letter_prior(cfg: RunConfig, questions, clips, done, shard: Shard, paths: O
     table = letter_prior.as_table(doc)
     say("--debias: letter prior " + "; ".join(f"{n} choices " + " ".join(f"{p:.3f}" for p in prior)
                                              for n, prior in table.items()))
+    for n in letter_prior.unestimated(table, questions):
+        why = (f"{cfg.debias_prior} holds none" if cfg.debias_prior else
+               "none of its estimation questions could be answered in all their orders")
+        say(f"WARNING: --debias has no letter prior for {n} choices ({why}): the questions with {n} choices are "
+            "answered without the correction")
     return table, ids
 
 
@@ -151,9 +168,13 @@ def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
     questions = load_questions(cfg.test_json, cfg.data_dir)
     if cfg.limit:
         questions = questions[:cfg.limit]
+    missing = missing_videos(questions, cfg.test_json, cfg.data_dir)  # all missing: refused before the model loads
     paths = OutputPaths.for_submission(Path(cfg.output), shard.rank, shard.world_size)
     prepare_output(paths)
     summary = RunSummary(total=len(questions), paths=paths)
+    if missing:
+        summary.hint = (f"{len(missing)} of {len(group_by_video(questions))} videos do not exist under "
+                        f"{roots_tried(cfg.test_json, cfg.data_dir)}; if they are elsewhere, pass --data-dir")
     distributed.init(shard, "cuda" if str(cfg.device).startswith("cuda") else "cpu")
     try:
         with RunLock(paths.lock):
@@ -182,14 +203,17 @@ def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
 
                 def load():
                     nonlocal lm
-                    lm = lm or _load(cfg, model_loader, say)
+                    if lm is None:
+                        lm = _load(cfg, model_loader, say)
+                        progress.start()  # after the loading lines, so none of them breaks up the bar
                     return lm
 
                 try:
                     prior = None
                     if cfg.debias:  # rank 0 may answer estimation questions of any rank's clips first
                         prior, estimated = _letter_prior(cfg, questions, group_by_video(questions), done, shard,
-                                                         paths, load, summary, progress, say)
+                                                         paths, load, summary, progress,
+                                                         lambda message: progress.say_above(say, message))
                         clips = [(video, [q for q in qs if q.id not in estimated]) for video, qs in clips]
                         clips = [(video, qs) for video, qs in clips if qs]
                     if clips:

@@ -1,6 +1,7 @@
 """The progress bar of a job: this rank's answers, plus (on rank 0 of a torchrun job) the other shards'."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -15,12 +16,19 @@ class JobProgress:
         self.others_base = self._others_lines()
         self.mine = 0
         self.last_poll = time.monotonic()
-        self.bar = tqdm(total=total, unit="q", dynamic_ncols=True, disable=not enabled)
+        self.total = total
+        self.enabled = enabled
+        self.bar = None  # drawn by start(): a bar drawn before the model loads is broken up by the loading lines
+
+    def start(self) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, unit="q", dynamic_ncols=True, disable=not self.enabled)
 
     def _others_lines(self) -> int:
         return sum(p.read_bytes().count(b"\n") for p in self.others if p.is_file())
 
     def answered(self) -> None:
+        self.start()
         self.mine += 1
         others = 0
         if self.others and time.monotonic() - self.last_poll > 1.0:
@@ -28,5 +36,14 @@ class JobProgress:
             others = max(0, self._others_lines() - self.others_base)
         self.bar.update(self.mine + others - self.bar.n if others else 1)
 
+    def say_above(self, say, message: str) -> None:
+        """say(message) with the bar cleared first and drawn again below it, so the line does not break it up."""
+        if self.bar is None or self.bar.disable:
+            say(message)
+            return
+        with tqdm.external_write_mode(file=sys.stderr):
+            say(message)
+
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()

@@ -138,7 +138,8 @@ def write_tiny_adapter(checkpoint: Path | str, directory: Path | str, *, seed: i
     torch.manual_seed(seed)
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,  # random B: not a no-op
                       target_modules=LM_LAYERS.format(names="|".join(LM_TARGETS)))
-    get_peft_model(model, lora).save_pretrained(str(directory), safe_serialization=True)
+    with adapters.quiet_peft():
+        get_peft_model(model, lora).save_pretrained(str(directory), safe_serialization=True)
     card = {"base_model": str(checkpoint), "base_architecture": adapters.architecture(model.config),
             "made_by": "roadbuddy.testing.write_tiny_adapter"}
     (directory / adapters.CARD).write_text(json.dumps(card, indent=1), encoding="utf-8")
@@ -192,19 +193,31 @@ def write_synthetic_dataset(directory: Path | str, *, clips: int = 4, seconds: f
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m roadbuddy.testing", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("tiny-checkpoint", help="write a tiny random-weight InternVL checkpoint")
-    p.add_argument("directory", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("synthetic-dataset", help="write a small RoadBuddy-layout dataset with encoded clips")
-    p.add_argument("directory", type=Path)
-    p.add_argument("--clips", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=2.0)
+    p = sub.add_parser("tiny-checkpoint", help="write a tiny random-weight InternVL checkpoint",
+                       description="Write a tiny random-weight InternVL checkpoint (safetensors, config, tokenizer "
+                                   "with the real special tokens) that roadbuddy-predict --model DIR loads.")
+    p.add_argument("directory", type=Path, metavar="DIR",
+                   help="folder to write the checkpoint into (created if missing)")
+    p.add_argument("--seed", type=int, default=0, help="torch seed of the random weights (default: %(default)s)")
+    p = sub.add_parser("synthetic-dataset", help="write a small RoadBuddy-layout dataset with encoded clips",
+                       description="Write DIR/train/train.json and DIR/train/videos/*.mp4: H.264 clips of a "
+                                   "traffic light, 1 to 3 questions each about its colour.")
+    p.add_argument("directory", type=Path, metavar="DIR",
+                   help="dataset root to write (video paths in the JSON are relative to it)")
+    p.add_argument("--clips", type=int, default=4, help="number of clips (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=2.0, help="length of each clip in seconds (default: %(default)s)")
     p.add_argument("--no-answers", action="store_true", help="write a test-style file (no answer, no support_frames)")
-    p.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the clips' scenes, the choice orders and the support timestamps "
+                        "(default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "tiny-checkpoint":
         print(write_tiny_checkpoint(args.directory, seed=args.seed))
     else:

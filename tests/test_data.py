@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roadbuddy.data import (Question, QuestionFileError, group_by_video, load_questions, prior_letter,
-                            resolve_video)
+from roadbuddy.data import (Question, QuestionFileError, group_by_video, load_questions, missing_videos,
+                            prior_letter, resolve_video)
 
 REAL_COUNTS = {"train": 1490, "public_test": 405, "private_test": 515}
 REAL_VIDEOS = {"train": 549, "public_test": 182, "private_test": 303}
@@ -235,8 +235,42 @@ def test_data_dir_wins_and_missing_video_lands_under_data_dir(tmp_path):
     x, y = load_questions(json_path, data_dir=tmp_path / "mount")
     assert x.video_path == elsewhere
     assert y.video_path == tmp_path / "mount" / "videos" / "missing.mp4"
-    # Falls back to the JSON's folders when data_dir lacks the file.
-    assert load_questions(json_path, data_dir=tmp_path / "empty")[0].video_path == tmp_path / "data" / "videos" / "x.mp4"
+
+
+def test_a_data_dir_given_is_the_only_root(tmp_path):
+    """--data-dir is never passed over for the JSON's folder, even where that folder holds the clip: a wrong
+    --data-dir must show, not be silently ignored."""
+    _touch(tmp_path / "data" / "videos" / "x.mp4")
+    (tmp_path / "empty").mkdir()
+    json_path = _write(tmp_path / "data" / "q.json", [_item("x", video_path="videos/x.mp4")])
+    (x,) = load_questions(json_path, data_dir=tmp_path / "empty")
+    assert x.video_path == tmp_path / "empty" / "videos" / "x.mp4"
+
+
+def test_data_dir_that_does_not_exist_is_refused_naming_it(tmp_path):
+    json_path = _write(tmp_path / "data" / "q.json", [_item("x", video_path="videos/x.mp4")])
+    with pytest.raises(QuestionFileError) as err:
+        load_questions(json_path, data_dir=tmp_path / "nowhere")
+    assert str(err.value).startswith(f"--data-dir {tmp_path / 'nowhere'}: no such folder")
+
+
+def test_every_video_missing_is_refused_naming_the_folders_tried_and_data_dir(tmp_path):
+    """A question file moved away from its videos would answer everything with the prior letter."""
+    json_path = _write(tmp_path / "moved" / "q.json", [_item("x", video_path="train/videos/x.mp4"),
+                                                      _item("y", video_path="train/videos/y.mp4")])
+    questions = load_questions(json_path)
+    with pytest.raises(QuestionFileError) as err:
+        missing_videos(questions, json_path, None)
+    message = str(err.value)
+    assert message.startswith(f"{json_path}: none of its 2 videos exists under {tmp_path / 'moved'} (the question "
+                              f"file's folder) or {tmp_path} (its parent)")
+    assert "pass --data-dir DIR with the clips at DIR/train/videos/x.mp4." in message and "\n" not in message
+    (tmp_path / "mount").mkdir()
+    with pytest.raises(QuestionFileError, match=f"under --data-dir {tmp_path / 'mount'},"):
+        missing_videos(load_questions(json_path, tmp_path / "mount"), json_path, tmp_path / "mount")
+    video = _touch(tmp_path / "moved" / "train" / "videos" / "x.mp4")  # one found: the others are per-question errors
+    assert missing_videos(load_questions(json_path), json_path, None) == [video.with_name("y.mp4")]
+    assert missing_videos([], json_path, None) == []
 
 
 def test_missing_video_lands_under_the_json_folder(tmp_path):
@@ -364,11 +398,11 @@ def test_bad_item_names_file_item_and_field(tmp_path, edit, field):
     assert message.endswith(".") and "\n" not in message
 
 
-@pytest.mark.parametrize("bad_id,label", [
-    (None, "item #1"), ("", "item #1"), (12, "item #1"), (" padded ", "item #1"), ("a\nb", "item #1"),
-], ids=["null", "empty", "number", "padded", "newline"])
-def test_bad_id_is_named_by_index(tmp_path, bad_id, label):
-    items = [_item("q_0001"), _item(bad_id)]
+@pytest.mark.parametrize("bad_id", [None, "", 12, " padded ", "a\nb"], ids=["null", "empty", "number", "padded",
+                                                                         "newline"])
+def test_bad_id_is_named_by_position_counted_from_1(tmp_path, bad_id):
+    items = [_item("q_0001"), _item(bad_id)]  # the second item: "#2", with its 0-based index for programs
+    label = "item #2 (index 1)"
     with pytest.raises(QuestionFileError) as err:
         load_questions(_write(tmp_path / "bad.json", items))
     assert str(err.value).startswith(f"bad.json: {label}: field 'id'")
@@ -377,7 +411,7 @@ def test_bad_id_is_named_by_index(tmp_path, bad_id, label):
 def test_missing_id_is_named_by_index(tmp_path):
     items = [_item("q_0001"), _item("q_0002")]
     del items[1]["id"]
-    with pytest.raises(QuestionFileError, match=r"^bad\.json: item #1: field 'id'.*missing"):
+    with pytest.raises(QuestionFileError, match=r"^bad\.json: item #2 \(index 1\): field 'id'.*missing"):
         load_questions(_write(tmp_path / "bad.json", items))
 
 
@@ -387,7 +421,7 @@ def test_duplicate_id(tmp_path):
 
 
 def test_item_not_an_object(tmp_path):
-    with pytest.raises(QuestionFileError, match=r"^bad\.json: item #1 must be an object \(got list\)\.$"):
+    with pytest.raises(QuestionFileError, match=r"^bad\.json: item #2 \(index 1\) must be an object \(got list\)\.$"):
         load_questions(_write(tmp_path / "bad.json", [_item(), ["not", "an", "item"]]))
 
 
@@ -420,8 +454,12 @@ def test_bad_file_names_the_file(tmp_path, content, words):
 
 
 def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(QuestionFileError, match=r"^nope\.json: cannot read"):
-        load_questions(tmp_path / "nope.json")
+    """A file that cannot be read is named by the path given, not its name alone: the folder is usually what
+    is wrong."""
+    with pytest.raises(QuestionFileError) as err:
+        load_questions(tmp_path / "sub" / "nope.json")
+    path = tmp_path / "sub" / "nope.json"
+    assert str(err.value) == f"{path}: cannot read the question file (No such file or directory)."
     with pytest.raises(QuestionFileError, match="cannot read"):
         load_questions(tmp_path)
 

@@ -411,3 +411,14 @@ def test_decode_vision_tower_and_prefill_run_once_per_clip(monkeypatch, lm, synt
         assert counts["vision", video] == (1 if share_prefix else len(qs))
         assert counts["prefill", video] == (frame_sets if share_prefix else len(qs))
     assert (frame_sets_seen > len(clips)) == support_frames  # support frames do split clips into frame sets
+
+
+@pytest.mark.parametrize("device,shown", [("cpu", False), ("cuda", True), ("cuda:1", True)])
+def test_vram_estimate_is_said_only_where_a_gpu_runs_the_model(lm, synthetic_dataset, tmp_path, device, shown):
+    """A CPU run printed "VRAM estimate 10.40 GiB", a figure of GPU memory it will never use. The loader is the
+    CPU model whatever the device asked for: only what the run says before loading is looked at."""
+    said = []
+    cfg = RunConfig(test_json=synthetic_dataset, output=tmp_path / "submission.csv", device=device, progress=False,
+                    limit=1)
+    pipeline.run(cfg, model_loader=lambda _c: lm, say=said.append)
+    assert any(line.startswith("VRAM estimate") for line in said) == shown, said
