@@ -22,14 +22,14 @@ def real_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from roadbuddy.testing import write_tiny_checkpoint
+    from roadbuddy.testing.checkpoints import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"))
 
 
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("synth-data"))
 

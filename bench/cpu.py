@@ -12,7 +12,7 @@ Data paths, each returning a `Prepared` (frame indices, pixel_values [tiles,3,S,
              model's device; normalise=False leaves it out), so the benches follow it when it changes; by default with one
              tile the decoder scales frames to SxS (PyAV first, swscale bicubic, no PIL), and with
              decoder_scaling=False it is the card's exact path (full-size frames, decord first, PIL bicubic)
-  card       the model card's load_video, from the card's own functions (roadbuddy.model_card, not the
+  card       the model card's load_video, from the card's own functions (roadbuddy.testing.model_card, not the
              pipeline's code), minus torchvision
   floor      one sequential decode of every frame with the same threads, no colour conversion (PyAV)
 
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from roadbuddy import inputs, tiles
-from roadbuddy.model_card import (IMAGENET_STD, card_dynamic_preprocess, card_get_index,
-                                   card_transform)
+from roadbuddy.families.internvl import tiles
+from roadbuddy.predict import inputs
+from roadbuddy.testing.model_card import IMAGENET_STD, card_dynamic_preprocess, card_get_index, card_transform
 
 IMAGE_SIZE = 448
 RESOLUTIONS = {"720p": (1280, 720), "1440p": (2560, 1440)}
@@ -56,7 +56,7 @@ CLIP_FPS = 30
 def road_clip(directory: Path, resolution: str, seconds: float = CLIP_SECONDS, fps: int = CLIP_FPS,
               seed: int = 0, light: str | None = "red") -> Path:
     """A footage-like H.264 clip (synth.write_road_clip), written once per directory and kept."""
-    from roadbuddy.synth import write_road_clip
+    from roadbuddy.testing.synth import write_road_clip
 
     width, height = RESOLUTIONS[resolution] if resolution in RESOLUTIONS else map(int, resolution.split("x"))
     path = Path(directory) / f"road_{width}x{height}_{seconds:g}s_{fps}fps_{seed}.mp4"
@@ -76,7 +76,7 @@ def footage_clip(directory: Path, seconds: float = CLIP_SECONDS, fps: int = CLIP
     sensor-noise pattern (shifted every frame, so it is not static) and x264 veryfast at CRF 20
     with a 30-frame GOP: about 12 Mbit/s, near what 1440p dashcams write.
     """
-    from roadbuddy.synth import road_frame, write_clip
+    from roadbuddy.testing.synth import road_frame, write_clip
 
     width, height = RESOLUTIONS["1440p"]
     path = Path(directory) / f"footage_{width}x{height}_{seconds:g}s_{fps}fps_{seed}.mp4"
@@ -114,7 +114,7 @@ def ours(path: Path, k: int, max_num: int = 1, backend: str = "auto", threads: i
     backend="decord" hides PyAV for the call, the way video.py documents for a missing decoder.
     """
     from roadbuddy.config import RunConfig
-    from roadbuddy.data import Question
+    from roadbuddy.data.questions import Question
 
     question = Question(id="bench", question="?", choices=("a", "b"), raw_choices=("a", "b"), video_path=path,
                         video_rel=path.name)
@@ -131,7 +131,7 @@ def ours(path: Path, k: int, max_num: int = 1, backend: str = "auto", threads: i
 @functools.lru_cache(maxsize=1)
 def test_tokenizer():
     """The tests' small tokenizer: prepare_clip tokenises the prompts too (a few ms of the data path)."""
-    from roadbuddy.testing import build_tokenizer
+    from roadbuddy.testing.checkpoints import build_tokenizer
 
     return build_tokenizer()
 
@@ -168,7 +168,7 @@ def decode_floor(path: Path, threads: int = 0) -> int:
         return sum(1 for _ in container.decode(stream))
 
 
-# --- the model card's way (its functions: roadbuddy.model_card, the tests' oracle too) ----------
+# --- the model card's way (its functions: roadbuddy.testing.model_card, the tests' oracle too) ----------
 
 CARD_STD = IMAGENET_STD
 
@@ -270,11 +270,11 @@ MID_MODEL = dict(image_size=448, text_hidden=256, text_layers=4, vision_hidden=6
 
 
 def mid_model(seed: int = 0, **overrides):
-    """A LoadedModel (roadbuddy.model.wrap_model) around a random-weight mid-size InternVL, on the CPU."""
+    """A LoadedModel (roadbuddy.families.internvl.model.wrap_model) around a random-weight mid-size InternVL, on the CPU."""
     from transformers import InternVLForConditionalGeneration
 
-    from roadbuddy.model import wrap_model
-    from roadbuddy.testing import build_tokenizer, tiny_config
+    from roadbuddy.families.internvl.model import wrap_model
+    from roadbuddy.testing.checkpoints import build_tokenizer, tiny_config
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
@@ -314,7 +314,7 @@ def run_config(test_json: Path, output: Path, frames_per_clip: int = 16, **chang
 
 def prepare_all(test_json: Path, cfg, lm) -> list:
     """Every clip of the file through inputs.prepare_clip (the data path alone)."""
-    from roadbuddy.data import group_by_video, load_questions
+    from roadbuddy.data.questions import group_by_video, load_questions
 
     clips = group_by_video(load_questions(test_json))
     return [inputs.prepare_clip(video, qs, cfg, inputs.InputSpec.of(lm)) for video, qs in clips]
@@ -322,7 +322,7 @@ def prepare_all(test_json: Path, cfg, lm) -> list:
 
 def answer_all(lm, works: list, cfg) -> list[dict]:
     """Every question of prepared clips through answering.answer_clip (the model alone)."""
-    from roadbuddy.answering import answer_clip
+    from roadbuddy.predict.answering import answer_clip
 
     return [record for work in works for record in answer_clip(lm, work, cfg)]
 
@@ -432,8 +432,8 @@ def measure_overlap(lm, test_json: Path, work_dir: Path, rounds: int = 1, frames
     so that with prefetch the two need not compete for cores (on a GPU pass model_threads=None).
     `changes` go to the RunConfig (device, decoder_scaling, ...).
     """
-    from roadbuddy.output import load_predictions
-    from roadbuddy.pipeline import run
+    from roadbuddy.data.output import load_predictions
+    from roadbuddy.predict.pipeline import run
 
     work_dir = Path(work_dir)
     cfg = run_config(test_json, work_dir / "unused.csv", frames_per_clip, decode_threads=decode_threads, **changes)

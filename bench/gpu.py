@@ -1,7 +1,7 @@
 """The GPU sweep: every quantization x frame setting through the real pipeline.
 
 Used by bench/test_gpu.py (pytest -m gpu bench/) and bench/run_gpu.sh. The model
-is the real InternVL3.5-4B architecture from roadbuddy/configs with random
+is the real InternVL3.5-4B architecture from roadbuddy/families/configs with random
 weights (built on the GPU, saved once as a safetensors checkpoint so that 8-bit
 and 4-bit load through the same from_pretrained path as a real checkpoint),
 unless a real checkpoint is given. Results say which.
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from roadbuddy import frames, memory
 from roadbuddy.config import RunConfig
+from roadbuddy.predict import memory
+from roadbuddy.video import frames
 
 BENCH_CONFIG = "internvl3_5-4b"
 TOKENS_PER_TILE = 256
@@ -70,7 +71,7 @@ QUESTIONS = [
 
 def write_bench_dataset(directory: Path, seconds=(6, 8, 10, 12), fps: int = 30) -> Path:
     """RoadBuddy-shaped clips (2560x1440, 30 fps, 6-12 s, H.264) with 2-4 questions each; returns the JSON."""
-    from roadbuddy.synth import write_road_clip
+    from roadbuddy.testing.synth import write_road_clip
 
     directory.mkdir(parents=True, exist_ok=True)
     items = []
@@ -88,10 +89,10 @@ def write_bench_dataset(directory: Path, seconds=(6, 8, 10, 12), fps: int = 30) 
 
 
 def bench_tokenizer():
-    """The real Qwen vocabulary (roadbuddy.qwen_vocab), so prompts are as long as the real model's, or where it
+    """The real Qwen vocabulary (roadbuddy.testing.qwen_vocab), so prompts are as long as the real model's, or where it
     cannot be had (no wheel carried, no network) the tests' small BPE; returns (tokenizer, what it is)."""
-    from roadbuddy.qwen_vocab import QwenVocabUnavailable, qwen_tokenizer
-    from roadbuddy.testing import build_tokenizer
+    from roadbuddy.testing.checkpoints import build_tokenizer
+    from roadbuddy.testing.qwen_vocab import QwenVocabUnavailable, qwen_tokenizer
 
     try:
         return qwen_tokenizer(), "qwen (151,643 BPE ranks + InternVL's special tokens)"
@@ -137,7 +138,7 @@ def _percentile(values, q):
 
 def measure(lm, cfg: RunConfig, sampler, counts, label: str) -> dict:
     """One pipeline run with a preloaded model; returns the figures of one results row."""
-    from roadbuddy.pipeline import run
+    from roadbuddy.predict.pipeline import run
 
     cuda = torch.cuda.is_available()
     gc.collect()
@@ -195,7 +196,7 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
     still leaves its figures."""
     import transformers
 
-    from roadbuddy.model import load_model
+    from roadbuddy.families.internvl.model import load_model
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it warns once per 8-bit matmul call
     weights = "trained" if model_path else "random"

@@ -4,7 +4,7 @@
 
 For each of LoRA in bf16 and QLoRA on a 4-bit base, at 16 and 32 frames a question (one tile each),
 gradient checkpointing on, batch 1 with 4 accumulated passes, a few optimizer steps of the real recipe
-(roadbuddy.finetune.FineTune: the predict pipeline's inputs, the loss at two positions, LoRA on the
+(roadbuddy.finetune.recipe.FineTune: the predict pipeline's inputs, the loss at two positions, LoRA on the
 language model, the vision tower frozen) on the bench's 2560x1440 clips with labels. The model is the
 4B architecture with random weights unless --bench-model names a checkpoint: memory and time for a
 given number of tokens do not depend on the weights. bench/budgets.toml holds the ceilings.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from roadbuddy import memory
 from roadbuddy.config import RunConfig
-from roadbuddy.train_config import TrainConfig
+from roadbuddy.finetune.config import TrainConfig
+from roadbuddy.predict import memory
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def labeled_copy(bench_json: Path) -> Path:
 def measure(model_path: Path, train_json: Path, work: Path, sampler, setting: TrainSetting, *, device: str = "cuda",
             steps: int = 4, grad_accum: int = 4) -> dict:
     """A few steps of the recipe in one setting; the row of the results table."""
-    from roadbuddy.finetune import FineTune
+    from roadbuddy.finetune.recipe import FineTune
 
     gc.collect()
     if device == "cuda":

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 def ten_clip_dataset(source_json: Path, directory: Path, clips: int = 10) -> Path:
     """The bench clips, each copied as often as needed for `clips` clips, with their questions."""
-    from roadbuddy.data import load_questions
+    from roadbuddy.data.questions import load_questions
 
     located = {q.id: q.video_path for q in load_questions(source_json)}  # the pipeline's path rules
     by_video: dict[Path, list[dict]] = {}
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import gpu
     from roadbuddy.config import RunConfig
-    from roadbuddy.model import load_model
+    from roadbuddy.families.internvl.model import load_model
 
     if not torch.cuda.is_available():
         print("no CUDA GPU: this measurement needs one", file=sys.stderr)

@@ -89,7 +89,7 @@ def step_costs(lm, tiles: int, prefix_len: int, chunk: int, suffix_tokens: int) 
 
 def profile_clip(lm, clip, cfg, rounds: int = 3) -> dict[str, float]:
     """Median seconds of each step of one clip's model side (the pipeline's own functions, one group)."""
-    from roadbuddy.model import _embed, encode_tiles, forward_packed, new_cache, rewind
+    from roadbuddy.families.internvl.model import _embed, encode_tiles, forward_packed, new_cache, rewind
 
     timed = _timer(lm.device)
     group = clip.groups[0]
@@ -151,10 +151,10 @@ def markdown(doc: dict) -> str:
 
 def run(model_path: Path, data_json: Path, out: Path, *, frames: int = 32, device: str = "cuda",
         rounds: int = 3, matmul_size: int = 8192) -> dict:
-    from roadbuddy import inputs
     from roadbuddy.config import RunConfig
-    from roadbuddy.data import group_by_video, load_questions
-    from roadbuddy.model import load_model
+    from roadbuddy.data.questions import group_by_video, load_questions
+    from roadbuddy.families.internvl.model import load_model
+    from roadbuddy.predict import inputs
 
     base = RunConfig(model=str(model_path), device=device, min_frames=frames, max_frames=frames,
                      max_visual_tokens=frames * 256 * 8, support_frames=False, progress=False)

@@ -22,7 +22,7 @@ def normalise_matches_cpu(device: str) -> str:
     """tiles.normalize_tiles on `device` equals the CPU's (the card's values) bit for bit, every level."""
     import torch
 
-    from roadbuddy import tiles
+    from roadbuddy.families.internvl import tiles
 
     levels = torch.arange(256, dtype=torch.uint8)
     rows, cols = torch.meshgrid(levels, levels, indexing="ij")
@@ -42,7 +42,7 @@ def batched_matches_one_at_a_time(model: Path, data: Path, out: Path, device: st
 def same_answers_with(flags_: list[str], model: Path, data: Path, out: Path, device: str, tol: float) -> str:
     """The CLI by default and with `flags_` (--no-batch-questions, --fused-attention): the same letter
     probabilities within `tol`, and the same answers wherever the top two letters are further apart."""
-    from roadbuddy.cli import main as predict
+    from roadbuddy.predict.cli import main as predict
 
     runs = {}
     tag = "-".join(f.strip("-") for f in flags_)
@@ -68,8 +68,8 @@ def same_answers_with(flags_: list[str], model: Path, data: Path, out: Path, dev
 def main(out: Path) -> int:
     import torch
 
-    from roadbuddy.cli import main as predict
-    from roadbuddy.memory import NvmlPeakSampler
+    from roadbuddy.predict.cli import main as predict
+    from roadbuddy.predict.memory import NvmlPeakSampler
 
     failures = 0
     sampler = NvmlPeakSampler()
@@ -114,7 +114,7 @@ def main(out: Path) -> int:
         ["--fused-attention"], CARRY / "tiny", data, out, "cuda", tol=2e-2))
 
     def decode():
-        from roadbuddy.video import open_video
+        from roadbuddy.video.reader import open_video
 
         clip = next((CARRY / "bench-data" / "videos").glob("*.mp4"))
         with open_video(clip) as reader:

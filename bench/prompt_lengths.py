@@ -4,7 +4,7 @@
                                    [--frames 32] [--tiles 1] [--simple-prompts] [--json]
 
 Why: the VRAM estimate and the prefill benches need the text tokens a real prompt carries, and
-the test BPE (roadbuddy.testing) gets them wrong. The token ids are built by roadbuddy.inputs' own
+the test BPE (roadbuddy.testing) gets them wrong. The token ids are built by roadbuddy.predict.inputs' own
 prefix_ids and question_ids, so the figures follow the prompts when they change. Without --simple-prompts both the detailed and the simple figures are printed.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from roadbuddy import data
-from roadbuddy.qwen_vocab import QwenVocabUnavailable, qwen_tokenizer
+from roadbuddy.data import questions as data
+from roadbuddy.testing.qwen_vocab import QwenVocabUnavailable, qwen_tokenizer
 
 DEFAULT_TRAIN = Path(__file__).resolve().parents[1] / "challenge-data" / "train.json"
 TOKENS_PER_TILE = 256  # InternVL3.5: 448 px tiles, 14 px patches, pixel shuffle 0.5
@@ -31,7 +31,7 @@ def _p95(values: list[int]) -> int:
 def measure(tokenizer, questions, *, frames: int = 32, tiles: int = 1, simple: bool = False) -> dict:
     """Token counts of the shared prefix and of every question's suffix, built by the pipeline's own functions."""
     from roadbuddy.config import RunConfig
-    from roadbuddy.inputs import prefix_ids, question_ids
+    from roadbuddy.predict.inputs import prefix_ids, question_ids
 
     cfg = RunConfig(simple_prompts=simple)
     prefix_len = prefix_ids(tokenizer, [tiles] * frames, TOKENS_PER_TILE, cfg).shape[1]

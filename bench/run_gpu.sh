@@ -20,7 +20,7 @@ if ls .gpu/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/*.whl \
     && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
-# the real Qwen vocabulary for the random-weight 4B: the dashscope wheel carried in .gpu/qwen-vocab/ (roadbuddy/qwen_vocab.py)
+# the real Qwen vocabulary for the random-weight 4B: the dashscope wheel carried in .gpu/qwen-vocab/ (roadbuddy/testing/qwen_vocab.py)
 if [ -d .gpu/qwen-vocab ]; then export ROADBUDDY_QWEN_VOCAB="$PWD/.gpu/qwen-vocab"; fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 python3 - <<'PY'

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from bench import cpu
-from roadbuddy import inputs
 from roadbuddy.config import RunConfig
-from roadbuddy.model import encode_tiles, forward, new_cache, rewind
+from roadbuddy.families.internvl.model import encode_tiles, forward, new_cache, rewind
+from roadbuddy.predict import inputs
 
 FRAMES = 16
 ROUNDS = 2

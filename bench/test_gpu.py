@@ -6,10 +6,10 @@ Skips with a reason where CUDA or NVML is missing.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 pytestmark = pytest.mark.gpu
 HERE = Path(__file__).parent
@@ -25,7 +25,7 @@ def results(request, tmp_path_factory):
     import os
 
     from bench import gpu
-    from roadbuddy.memory import NvmlPeakSampler
+    from roadbuddy.predict.memory import NvmlPeakSampler
 
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as roadbuddy-predict sets it
 

@@ -7,10 +7,10 @@ with the tiny model in bench/test_gpu_harness.py.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 pytestmark = pytest.mark.gpu
 HERE = Path(__file__).parent
@@ -27,7 +27,7 @@ def results(request, tmp_path_factory):
     import os
 
     from bench import gpu, gpu_finetune
-    from roadbuddy.memory import NvmlPeakSampler
+    from roadbuddy.predict.memory import NvmlPeakSampler
 
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     sampler = NvmlPeakSampler()

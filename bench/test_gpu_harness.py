@@ -32,7 +32,7 @@ class CountingSampler:
 
 
 def test_sweep_rows_and_table(tiny_checkpoint, tmp_path):
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", clips=2, with_answers=False)
     sampler = CountingSampler()
@@ -63,7 +63,7 @@ def test_sweep_rows_and_table(tiny_checkpoint, tmp_path):
 
 def test_sweep_loads_an_adapter_as_predict_does(tiny_checkpoint, tmp_path):
     """--bench-adapter: the sweep's model is the base with the adapter merged, and the results say which."""
-    from roadbuddy.testing import write_synthetic_dataset, write_tiny_adapter
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset, write_tiny_adapter
 
     data = write_synthetic_dataset(tmp_path / "data", clips=1, with_answers=False)
     adapter = write_tiny_adapter(tiny_checkpoint, tmp_path / "adapter")
@@ -80,7 +80,7 @@ def test_sweep_loads_an_adapter_as_predict_does(tiny_checkpoint, tmp_path):
 def test_finetune_bench_rows_on_the_cpu(tiny_checkpoint, tmp_path):
     """bench/gpu_finetune.py's sweep, on the CPU with the tiny checkpoint (bf16 rows only: 4-bit needs CUDA)."""
     from bench import gpu_finetune
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", clips=2, with_answers=False)
     settings = [gpu_finetune.TrainSetting("4f", None, 4), gpu_finetune.TrainSetting("4f-4bit", "4bit", 4)]
@@ -96,7 +96,7 @@ def test_profile_script_runs_on_the_cpu(tiny_checkpoint, tmp_path):
     """bench/gpu_profile.py (issue 14) with the tiny model on the CPU: every step timed for both attention
     paths, costs and floors computed, the table written."""
     from bench import gpu_profile
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", clips=3, with_answers=False)
     doc = gpu_profile.run(tiny_checkpoint, data, tmp_path / "out", frames=4, device="cpu", rounds=1, matmul_size=256)
@@ -114,9 +114,9 @@ def test_gpu_overlap_dataset_and_measurement_on_the_cpu(tiny_checkpoint, tmp_pat
     """bench/gpu_overlap.py's dataset (clips copied up to 10) and bench.cpu.measure_overlap as it calls them."""
     from bench import cpu, gpu_overlap
     from roadbuddy.config import RunConfig
-    from roadbuddy.data import group_by_video, load_questions
-    from roadbuddy.model import load_model
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.data.questions import group_by_video, load_questions
+    from roadbuddy.families.internvl.model import load_model
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     source = write_synthetic_dataset(tmp_path / "src", clips=3)
     data = gpu_overlap.ten_clip_dataset(source, tmp_path / "ten")

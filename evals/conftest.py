@@ -18,9 +18,10 @@ import pytest
 
 from evals import harness
 from evals import report as rep
-from roadbuddy import flags, tiny_task
+from roadbuddy import flags
 from roadbuddy.config import RunConfig
-from roadbuddy.distributed import Shard
+from roadbuddy.predict.distributed import Shard
+from roadbuddy.testing import tiny_task
 
 TINY_CHECKPOINT = tiny_task.CHECKPOINT
 # flags that choose the questions rather than the configuration
@@ -152,6 +153,6 @@ def tiny_eval_config(tiny_heldout) -> RunConfig:
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_eval_config):
     """The tiny model, loaded once through the real loader and shared by the clean and the defect runs."""
-    from roadbuddy.model import load_model
+    from roadbuddy.families.internvl.model import load_model
 
     return load_model(tiny_eval_config)

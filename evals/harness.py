@@ -14,10 +14,10 @@ from pathlib import Path
 
 from evals import html_report
 from evals import report as rep
-from roadbuddy import letter_prior
 from roadbuddy.config import RunConfig
-from roadbuddy.data import Question, load_questions, write_subset
-from roadbuddy.output import OutputPaths
+from roadbuddy.data.output import OutputPaths
+from roadbuddy.data.questions import Question, load_questions, write_subset
+from roadbuddy.levers import letter_prior
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPORTS = REPO / "runs" / "eval"  # /runs/ is git-ignored
@@ -92,8 +92,8 @@ def run_eval(cfg: RunConfig, report_dir: Path | str, *, ids: list[str] | None = 
     them after the barrier and alone builds and writes the report. The other ranks
     return a result with no report.
     """
-    from roadbuddy.output import load_all_predictions
-    from roadbuddy.pipeline import run
+    from roadbuddy.data.output import load_all_predictions
+    from roadbuddy.predict.pipeline import run
 
     started = time.perf_counter()
     report_dir = Path(report_dir)

@@ -22,9 +22,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from evals import report as rep
-from roadbuddy.data import Question
-from roadbuddy.inputs import thumbnail_path  # the page reads the thumbnails where the pipeline writes them
-from roadbuddy.output import atomic_write_text
+from roadbuddy.data.atomic import atomic_write_text
+from roadbuddy.data.questions import Question
+from roadbuddy.predict.inputs import thumbnail_path  # the page reads the thumbnails where the pipeline writes them
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot be reached from our machines
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

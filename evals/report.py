@@ -5,7 +5,7 @@ everything here is plain arithmetic on a pandas table with one row per
 question, so it is unit-tested without a model (tests/test_eval_report.py).
 
 - Accuracy comes with a 95% Wilson score interval (good at small n and near 0 or 1; scipy).
-- The prior baseline answers B for 2 choices and A otherwise (roadbuddy.data.prior_letter),
+- The prior baseline answers B for 2 choices and A otherwise (roadbuddy.data.questions.prior_letter),
   on the same items; the margin is accuracy minus prior accuracy.
 - Two runs on the same questions (this one against the prior, or against a
   --baseline report) are compared pairwise: wins (right here, wrong there),
@@ -23,8 +23,8 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from evals import categories
-from roadbuddy.data import Question, prior_letter
-from roadbuddy.answering import TIME_STEPS
+from roadbuddy.data.questions import Question, prior_letter
+from roadbuddy.predict.answering import TIME_STEPS
 
 SCHEMA = 1
 

@@ -8,7 +8,7 @@ With --split, the real pipeline answers a labeled split and writes report.json,
 report.md and report.png (see evals/README.md); --min-accuracy and
 --max-fallback-rate fail the test after the report is written.
 
-Without --split, the shipped tiny model (roadbuddy/tiny_seeing/, trained by
+Without --split, the shipped tiny model (roadbuddy/testing/tiny_seeing/, trained by
 evals/train_tiny.py) answers a held-out split of encoded synthetic clips whose
 answers are only in the pixels, through the real pipeline: it must score at
 least 90% where the prior scores at most 50%, with a mean probability of the
@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from evals import harness
-from roadbuddy import frames, model, prompts, tiles
+from roadbuddy.families.internvl import model, prompts, tiles
+from roadbuddy.video import frames
 
 pytestmark = pytest.mark.eval
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageStat
 
 from evals import html_report as hr
 from evals.report import build_report, question_table
-from roadbuddy.data import load_questions
+from roadbuddy.data.questions import load_questions
 
 HOSTILE = """<script>alert(1)</script> </div> " ' {{ 7*7 }} </script> & done"""
 HOSTILE_CLIP = """train/videos/odd "<b>" & 'x'.mp4"""

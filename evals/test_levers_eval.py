@@ -22,10 +22,9 @@ import math
 import pytest
 
 from evals import compare, harness
-from roadbuddy import answering
-from roadbuddy.data import LETTERS
-
 from evals.test_finetune_eval import ADAPTER
+from roadbuddy.data.questions import LETTERS
+from roadbuddy.predict import answering
 
 pytestmark = pytest.mark.eval
 
@@ -77,7 +76,7 @@ def plant_length_bias(monkeypatch):
 
 @pytest.fixture(scope="module")
 def adapted_lm(tiny_eval_config):
-    from roadbuddy.model import load_model
+    from roadbuddy.families.internvl.model import load_model
 
     return load_model(tiny_eval_config.replace(adapter=ADAPTER))
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from evals import train_tiny
-from roadbuddy import tiny_task
-from roadbuddy import inputs, tiles
 from roadbuddy.config import RunConfig
-from roadbuddy.data import Question
-from roadbuddy.model import load_model
-from roadbuddy.testing import build_tokenizer
+from roadbuddy.data.questions import Question
+from roadbuddy.families.internvl import tiles
+from roadbuddy.families.internvl.model import load_model
+from roadbuddy.predict import inputs
+from roadbuddy.testing import tiny_task
+from roadbuddy.testing.checkpoints import build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_relabeled_prompt_prints_the_given_letters_and_targets_them(lm):
 
 
 def test_training_frames_are_the_pipelines_tiles():
-    """Rendered frames are tiled and normalised by roadbuddy.tiles, as prepare_clip does (one tile each)."""
+    """Rendered frames are tiled and normalised by roadbuddy.families.internvl.tiles, as prepare_clip does (one tile each)."""
     scene, _ = tiny_task.random_example(random.Random(1), 7)
     frames = np.stack([scene.frame(i) for i in scene.shown_frames()])
     expected, counts = tiles.frames_to_pixel_values(frames, 56, max_num=1)
@@ -85,7 +86,7 @@ def test_without_time_share_no_time_clips_are_drawn():
 
 
 def test_heldout_split_has_each_kind_in_turn_and_a_prior_of_three_eighths(tmp_path):
-    from roadbuddy.data import load_questions, prior_letter
+    from roadbuddy.data.questions import load_questions, prior_letter
 
     split = tiny_task.write_heldout(tmp_path, clips=6)
     questions = load_questions(split)

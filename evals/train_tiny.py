@@ -1,19 +1,19 @@
-"""Train the tiny InternVL that can see (roadbuddy/tiny_seeing/), on CPU, from nothing.
+"""Train the tiny InternVL that can see (roadbuddy/testing/tiny_seeing/), on CPU, from nothing.
 
-    python -m evals.train_tiny                      # writes roadbuddy/tiny_seeing/ (about 75 min on one core)
+    python -m evals.train_tiny                      # writes roadbuddy/testing/tiny_seeing/ (about 75 min on one core)
     python -m evals.train_tiny --steps 50 --out /tmp/x   # a smoke run
-    python -m evals.train_tiny --init roadbuddy/tiny_seeing ...   # fine-tune a checkpoint (see its TRAINING.md)
+    python -m evals.train_tiny --init roadbuddy/testing/tiny_seeing ...   # fine-tune a checkpoint (see its TRAINING.md)
 
-The model is `roadbuddy.testing.tiny_config` at the size DESIGN.md measured
+The model is `roadbuddy.testing.checkpoints.tiny_config` at the size DESIGN.md measured
 (2-layer 64-wide vision tower on 56 px tiles = 4 tokens per tile, 4-layer
 128-wide Qwen3 text model) with the tokenizer of `roadbuddy.testing`. It is
-trained on exactly what the pipeline feeds it for `roadbuddy.tiny_task` questions:
+trained on exactly what the pipeline feeds it for `roadbuddy.testing.tiny_task` questions:
 the frames the eval shows (uniform segments of the clip), tiled and normalised
-by `roadbuddy.tiles`, the prompt prefix and suffix of `roadbuddy.prompts`
+by `roadbuddy.families.internvl.tiles`, the prompt prefix and suffix of `roadbuddy.families.internvl.prompts`
 tokenised separately as the pipeline does, and the loss on the answer letter
 after the suffix. Frames are rendered in memory, with the colour subsampling
 and noise a video codec adds; at the end the saved checkpoint answers a
-held-out split of real encoded clips through `roadbuddy.pipeline.run`.
+held-out split of real encoded clips through `roadbuddy.predict.pipeline.run`.
 Everything is seeded: the same command on the same library versions gives the
 same weights.
 """
@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from roadbuddy import prompts, tiles, tiny_task
+from roadbuddy.families.internvl import prompts, tiles
+from roadbuddy.testing import tiny_task
 
 DEFAULT_OUT = tiny_task.CHECKPOINT
 MODEL_SIZE = dict(image_size=56, text_hidden=128, text_layers=4, vision_hidden=64, vision_layers=2)
@@ -157,9 +158,9 @@ def letter_accuracy(model, batches, encoder, image_token_id) -> dict[str, float]
 def heldout_accuracy(model_dir: Path) -> dict:
     """The real thing: encoded clips, decode, frames, tiles, prompts, score mode, via pipeline.run."""
     from evals import report
-    from roadbuddy.data import load_questions
-    from roadbuddy.output import load_predictions
-    from roadbuddy.pipeline import run
+    from roadbuddy.data.output import load_predictions
+    from roadbuddy.data.questions import load_questions
+    from roadbuddy.predict.pipeline import run
 
     with tempfile.TemporaryDirectory() as tmp:
         split = tiny_task.write_heldout(Path(tmp) / "data")
@@ -219,7 +220,7 @@ Held-out split through the real pipeline (encoded H.264 clips, decode, frames, t
 
 def training_markdown(log: dict) -> str:
     """TRAINING.md of a checkpoint folder, from its training_log.json (with its base's, when fine-tuned)."""
-    title = "# roadbuddy/tiny_seeing: how it was trained\n\n"
+    title = "# roadbuddy/testing/tiny_seeing: how it was trained\n\n"
     if not log.get("base"):
         return title + _from_scratch_markdown(log)
     return (title + "Two stages: a model trained from random initialisation on colour and order questions "
@@ -237,7 +238,7 @@ def _from_scratch_markdown(log: dict) -> str:
     return f"""A {log['parameters'] / 1e6:.2f} M-parameter InternVL ({log['model_size']['vision_layers']}-layer, \
 {log['model_size']['vision_hidden']}-wide vision tower on {log['model_size']['image_size']} px tiles, \
 {log['model_size']['text_layers']}-layer, {log['model_size']['text_hidden']}-wide Qwen3 text model), random \
-initialisation, trained on CPU by `evals/train_tiny.py` on the synthetic task of `roadbuddy/tiny_task.py`. \
+initialisation, trained on CPU by `evals/train_tiny.py` on the synthetic task of `roadbuddy/testing/tiny_task.py`. \
 Weights are stored in float16 (the loader upcasts to float32 on CPU).
 
 Regenerate (everything is seeded, so the same command with `--threads 1` on the same library versions should give the same weights; this was not re-run to check it):
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import InternVLForConditionalGeneration
 
-    from roadbuddy.testing import build_tokenizer, tiny_config
+    from roadbuddy.testing.checkpoints import build_tokenizer, tiny_config
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

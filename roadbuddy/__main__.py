@@ -1,5 +1,5 @@
 import sys
 
-from roadbuddy.cli import main
+from roadbuddy.predict.cli import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ MAX_FRAMES_LIMIT = 512
 ANSWER_MODES = ("score", "generate")
 QUANTIZATIONS = (None, "8bit", "4bit")
 ANSWERING = frozenset({PREDICT, EVAL})  # flags that only change how questions are answered, not what is learned
-SYSTEM_PROMPT_NAMES = ("project", "none", "internvl")  # roadbuddy.prompts.SYSTEM_PROMPTS
+SYSTEM_PROMPT_NAMES = ("project", "none", "internvl")  # roadbuddy.families.internvl.prompts.SYSTEM_PROMPTS
 
 
 class ConfigError(ValueError):
@@ -60,7 +60,7 @@ class RunConfig:
     ))  # None: bf16 on CUDA, fp32 on CPU
     fused_attention: bool = flag(False, "--fused-attention",
                                  "experimental: the language model's attention without materialised masks (SDPA "
-                                 "with a bottom-right causal bias and grouped-query heads, roadbuddy/attention.py); "
+                                 "with a bottom-right causal bias and grouped-query heads, roadbuddy/families/attention.py); "
                                  "same answers, speed not yet measured on a GPU (default: transformers' SDPA)",
                                  MODEL, action="store_true")
     flash_attn: bool = flag(True, "--no-flash-attn",
@@ -237,7 +237,7 @@ class RunConfig:
         if self.system_prompt not in SYSTEM_PROMPT_NAMES:  # a file: its text decides, not its name
             settings["system_prompt_sha256"] = hashlib.sha256(Path(self.system_prompt).read_bytes()).hexdigest()[:16]
         if self.adapter is not None:  # the same folder with other weights in it gives other answers
-            from roadbuddy.adapters import adapter_digest
+            from roadbuddy.families.adapters import adapter_digest
 
             settings["adapter_sha256"] = adapter_digest(self.adapter)
         return settings

@@ -38,7 +38,7 @@ def predict(*args, timeout: float = 300, env: dict[str, str | None] | None = Non
 def run_main(*argv) -> tuple[int, str]:
     """The CLI's main() in this process (cheap for runs that stop before the model loads, and open to
     monkeypatching); returns (exit code, stderr)."""
-    from roadbuddy import cli
+    from roadbuddy.predict import cli
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

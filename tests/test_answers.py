@@ -1,4 +1,4 @@
-"""roadbuddy.answers: reading generated answers back into position letters."""
+"""roadbuddy.predict.answers: reading generated answers back into position letters."""
 from __future__ import annotations
 
 import string
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roadbuddy.answers import index_for, letter_for, parse_answer
-from roadbuddy.data import load_questions
+from roadbuddy.data.questions import load_questions
+from roadbuddy.predict.answers import index_for, letter_for, parse_answer
 
 LIGHT = ["Đỏ", "Xanh", "Vàng", "Không có đèn"]
 YES_NO = ["Có", "Không"]

@@ -1,4 +1,4 @@
-"""--fused-attention (roadbuddy/attention.py) computes what transformers' SDPA path computes: every kind of
+"""--fused-attention (roadbuddy/families/attention.py) computes what transformers' SDPA path computes: every kind of
 call the pipeline and fine-tuning make, on the tiny model, against the default attention."""
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from roadbuddy import answering, attention, inputs
 from roadbuddy.config import RunConfig
-from roadbuddy.data import group_by_video, load_questions
-from roadbuddy.model import encode_tiles, forward, forward_packed, greedy, load_model, new_cache, rewind
+from roadbuddy.data.questions import group_by_video, load_questions
+from roadbuddy.families import attention
+from roadbuddy.families.internvl.model import (encode_tiles, forward, forward_packed, greedy, load_model, new_cache,
+                                               rewind)
+from roadbuddy.predict import answering, inputs
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +143,8 @@ def test_the_pipeline_answers_alike_with_fused_attention(models, synthetic_datas
 
 
 def test_fine_tuning_loss_is_the_same_with_fused_attention(models, synthetic_dataset):
-    from roadbuddy import train_data
-    from roadbuddy.train_loss import answer_loss
+    from roadbuddy.finetune import data as train_data
+    from roadbuddy.finetune.loss import answer_loss
 
     plain, fused = models
     questions = load_questions(synthetic_dataset)

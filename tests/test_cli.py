@@ -9,15 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-
-from roadbuddy.data import load_questions
-
 from helpers import cli_command, predict, read_rows, run_main
+
+from roadbuddy.data.questions import load_questions
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     # 6 clips, 1-3 questions each, 2 and 4 choices, support frames
     return write_synthetic_dataset(tmp_path_factory.mktemp("e2e-data"), clips=6)
@@ -79,7 +78,7 @@ def test_generate_mode_records_raw_text_and_fallbacks(tiny_checkpoint, dataset, 
 
 
 def test_killed_run_resumes_without_recomputing(tiny_checkpoint, tmp_path):
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", clips=10)
     total = len(load_questions(data))
@@ -243,7 +242,7 @@ def test_demo_answers_the_tiny_task_offline_with_the_shipped_model(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "VRAM" not in res.stderr and not list(tmp.glob("roadbuddy-demo-*"))
     assert "demo: 48 of 48 answers right (100%)" in res.stderr
-    assert re.search(r"^model: trained weights from \S*roadbuddy/tiny_seeing on cpu", res.stderr, re.M), res.stderr
+    assert re.search(r"^model: trained weights from \S*roadbuddy/testing/tiny_seeing on cpu", res.stderr, re.M), res.stderr
     assert len(read_rows(tmp_path / "demo" / "submission.csv")) == 49
     assert not list(home.iterdir())  # nothing was fetched or cached
 
@@ -260,7 +259,7 @@ def test_progress_bar_starts_after_the_model_loading_lines(tiny_checkpoint, data
     import contextlib
     import io
 
-    from roadbuddy import cli
+    from roadbuddy.predict import cli
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):  # tqdm writes to sys.stderr as it is when the bar is made
@@ -278,7 +277,8 @@ def test_demo_removes_its_folder_even_when_interrupted(tmp_path, monkeypatch):
     """Each demo left a /tmp/roadbuddy-demo-* folder behind; here the demo is stopped by Ctrl-C mid-run."""
     import tempfile
 
-    from roadbuddy import pipeline, tiny_task
+    from roadbuddy.predict import pipeline
+    from roadbuddy.testing import tiny_task
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     written = []
@@ -304,7 +304,7 @@ def test_testing_subcommands_document_every_option():
     """`python -m roadbuddy.testing tiny-checkpoint --help` listed its options with no word about them."""
     import argparse
 
-    from roadbuddy import testing
+    from roadbuddy.testing import checkpoints as testing
 
     parser = testing.build_parser()
     (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

@@ -1,4 +1,4 @@
-"""roadbuddy.data: the real question files, path resolution, and malformed input."""
+"""roadbuddy.data.questions: the real question files, path resolution, and malformed input."""
 from __future__ import annotations
 
 import csv
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roadbuddy.data import (Question, QuestionFileError, group_by_video, load_questions, missing_videos,
-                            prior_letter, resolve_video)
+from roadbuddy.data.questions import (Question, QuestionFileError, group_by_video, load_questions, missing_videos,
+                                      prior_letter, resolve_video)
 
 REAL_COUNTS = {"train": 1490, "public_test": 405, "private_test": 515}
 REAL_VIDEOS = {"train": 549, "public_test": 182, "private_test": 303}

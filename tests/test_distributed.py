@@ -11,11 +11,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from roadbuddy.data import group_by_video, load_questions
-from roadbuddy.distributed import Shard, assign_clips
-
 from helpers import predict
+
+from roadbuddy.data.questions import group_by_video, load_questions
+from roadbuddy.predict.distributed import Shard, assign_clips
 
 
 def test_shard_from_torchrun_environment():
@@ -44,7 +43,7 @@ def torchrun(args, nproc=2, **kw):
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint, tmp_path_factory):
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path_factory.mktemp("ddp-data"), clips=8)
     out = tmp_path_factory.mktemp("ddp-single") / "submission.csv"
@@ -116,8 +115,7 @@ def test_a_dead_rank_costs_nothing_and_a_rerun_finishes(tiny_checkpoint, referen
 
 
 def test_merge_names_missing_ids_and_keeps_the_good_submission(tiny_checkpoint, reference, tmp_path):
-    from roadbuddy.output import OutputError, OutputPaths
-    from roadbuddy.output import merge_and_write
+    from roadbuddy.data.output import OutputError, OutputPaths, merge_and_write
 
     data, _ = reference
     out = tmp_path / "submission.csv"

@@ -10,7 +10,7 @@ import pytest
 from evals import categories, compare, harness, html_report
 from evals import report as rep
 from roadbuddy.config import RunConfig
-from roadbuddy.data import Question, load_questions
+from roadbuddy.data.questions import Question, load_questions
 
 
 def q(qid: str, answer: str, n: int = 4, clip: str = "c1.mp4", text: str = "Biển báo nào xuất hiện trong video?") -> Question:

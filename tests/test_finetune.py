@@ -19,15 +19,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from roadbuddy import answering, finetune_cli, inputs, pipeline, tiny_task, train_checkpoint, train_data
-from roadbuddy.adapters import AdapterError
-from roadbuddy.choice_orders import permute_choices
 from roadbuddy.config import RunConfig
-from roadbuddy.data import group_by_video, load_questions
-from roadbuddy.finetune import KNOBS, FineTune
-from roadbuddy.model import encode_tiles, load_model
-from roadbuddy.train_config import TrainConfig
-from roadbuddy.train_loss import answer_loss
+from roadbuddy.data.questions import group_by_video, load_questions
+from roadbuddy.families.adapters import AdapterError
+from roadbuddy.families.internvl.model import encode_tiles, load_model
+from roadbuddy.finetune import checkpoint as train_checkpoint
+from roadbuddy.finetune import cli as finetune_cli
+from roadbuddy.finetune import data as train_data
+from roadbuddy.finetune.config import TrainConfig
+from roadbuddy.finetune.loss import answer_loss
+from roadbuddy.finetune.recipe import KNOBS, FineTune
+from roadbuddy.levers.choice_orders import permute_choices
+from roadbuddy.predict import answering, inputs, pipeline
+from roadbuddy.testing import tiny_task
 
 COMMITTED_ADAPTER = Path(__file__).resolve().parents[1] / "evals" / "tiny-rule-adapter"  # made for tiny_task.CHECKPOINT
 
@@ -45,7 +49,7 @@ def rule_split(tmp_path_factory) -> Path:
 
 def finetune(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "roadbuddy.finetune_cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "roadbuddy.finetune.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, **kw)
 
 
@@ -192,7 +196,7 @@ def test_choices_shuffle_per_epoch_and_the_letter_follows_its_text(rule_split):
 
 def test_repeated_choice_texts_keep_the_right_position():
     """train_0405 has "200m" at B and C; the permuted answer must follow its position, not its text."""
-    from roadbuddy.data import Question
+    from roadbuddy.data.questions import Question
 
     q = Question(id="train_0405", question="?", choices=("100m", "200m", "200m", "300m"),
                  raw_choices=("A. 100m", "B. 200m", "C. 200m", "D. 300m"), video_path=Path("v.mp4"),
@@ -330,7 +334,7 @@ def test_two_runs_make_the_same_adapter_bit_for_bit(uninterrupted, rule_split, t
 
 def test_sigkill_midway_then_the_same_command_ends_with_the_uninterrupted_adapter(uninterrupted, rule_split, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "roadbuddy.finetune_cli", *map(str, _run_args(rule_split, out))]
+    cmd = [sys.executable, "-m", "roadbuddy.finetune.cli", *map(str, _run_args(rule_split, out))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     state = out / "checkpoint" / "state.json"
@@ -353,7 +357,7 @@ def test_sigkill_midway_then_the_same_command_ends_with_the_uninterrupted_adapte
 
 def test_ctrl_c_exits_130_naming_the_checkpoint_and_the_same_command_resumes(uninterrupted, rule_split, tmp_path):
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "roadbuddy.finetune_cli", *map(str, _run_args(rule_split, out))]
+    cmd = [sys.executable, "-m", "roadbuddy.finetune.cli", *map(str, _run_args(rule_split, out))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     state = out / "checkpoint" / "state.json"
@@ -420,7 +424,7 @@ def _out_of_memory(*_args, **_kwargs):
 def test_cuda_out_of_memory_is_one_sentence_naming_the_knobs(where, said, rule_split, tmp_path, capsys,
                                                              monkeypatch):
     """Injected where a step allocates (the forward, AdamW's first step making its moments) and in validation."""
-    target = {"forward": (sys.modules["roadbuddy.finetune"], "answer_loss"), "optimizer": (torch.optim.AdamW, "step"),
+    target = {"forward": (sys.modules["roadbuddy.finetune.recipe"], "answer_loss"), "optimizer": (torch.optim.AdamW, "step"),
               "validation": (pipeline, "run")}[where]
     monkeypatch.setattr(*target, _out_of_memory)
     code, err = main_exit(capsys, "--train-json", rule_split, "--output", tmp_path / "o", *TINY, "--max-steps", "1",
@@ -521,7 +525,8 @@ def test_an_adapter_for_another_base_is_refused_before_the_model_loads(tiny_chec
 # (argv[1] names it), as a clip truncated or corrupted after the check would: its questions teach nothing.
 BREAK_A_CLIP = """
 import sys
-from roadbuddy import finetune_cli, inputs
+from roadbuddy.finetune import cli as finetune_cli
+from roadbuddy.predict import inputs
 broken, real = sys.argv.pop(1), inputs.prepare_clip
 
 def prepare_clip(video, questions, cfg, spec):
@@ -571,7 +576,7 @@ def test_two_processes_under_torchrun_make_the_one_process_adapter(rule_split, t
     common = ["--train-json", rule_split, *TINY, "--max-steps", "4", "--val-fraction", "0", "--lora-dropout", "0.1"]
     one = finetune(*common, "--output", tmp_path / "one", "--batch-size", "1", "--grad-accum", "4")
     assert one.returncode == 0, one.stderr
-    two = torchrun("-m", "roadbuddy.finetune_cli", *common, "--output", tmp_path / "two", "--batch-size", "1",
+    two = torchrun("-m", "roadbuddy.finetune.cli", *common, "--output", tmp_path / "two", "--batch-size", "1",
                    "--grad-accum", "2")
     assert two.returncode == 0, two.stdout + two.stderr
     assert_same_training(tmp_path / "one", tmp_path / "two", lr=1e-3, steps=4)
@@ -586,7 +591,7 @@ def test_uneven_steps_at_batch_size_2_under_torchrun_make_the_one_process_adapte
               "--batch-size", "2"]
     one = finetune(*common, "--output", tmp_path / "one", "--grad-accum", "2")
     assert one.returncode == 0, one.stderr
-    two = torchrun("-m", "roadbuddy.finetune_cli", *common, "--output", tmp_path / "two", "--grad-accum", "1")
+    two = torchrun("-m", "roadbuddy.finetune.cli", *common, "--output", tmp_path / "two", "--grad-accum", "1")
     assert two.returncode == 0, two.stdout + two.stderr
     assert_same_training(tmp_path / "one", tmp_path / "two", lr=1e-3, steps=3)
 

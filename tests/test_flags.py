@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from roadbuddy import flags
-from roadbuddy.cli import build_parser as predict_parser
 from roadbuddy.config import RunConfig
-from roadbuddy.finetune_cli import build_parser as finetune_parser
-from roadbuddy.train_config import TrainConfig
+from roadbuddy.finetune.cli import build_parser as finetune_parser
+from roadbuddy.finetune.config import TrainConfig
+from roadbuddy.predict.cli import build_parser as predict_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 # RunConfig fields no user sets: internal knobs, torchrun's placement, the eval's thumbnail folder
@@ -47,7 +47,7 @@ def test_each_command_takes_exactly_its_declared_flags(command, parser):
     assert _options(parser()) - CLI_ONLY == declared
 
 
-@pytest.mark.parametrize("module", ["roadbuddy", "roadbuddy.finetune_cli"])
+@pytest.mark.parametrize("module", ["roadbuddy", "roadbuddy.finetune.cli"])
 def test_help_documents_every_flag(module):
     res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

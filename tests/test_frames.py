@@ -1,4 +1,4 @@
-"""roadbuddy.frames against the model card's `get_index` as published (roadbuddy.model_card)."""
+"""roadbuddy.video.frames against the model card's `get_index` as published (roadbuddy.testing.model_card)."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roadbuddy import frames
-from roadbuddy.frames import frame_count, segment_indices, select_frames
-from roadbuddy.model_card import card_get_index
+from roadbuddy.testing.model_card import card_get_index
+from roadbuddy.video import frames
+from roadbuddy.video.frames import frame_count, segment_indices, select_frames
 
 
 def reference_indices(n, fps, k, start=None, end=None):

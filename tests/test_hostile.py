@@ -28,14 +28,14 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from helpers import cli_command, predict, read_rows, records_of, run_main
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from roadbuddy.config import RunConfig
-from roadbuddy.data import Question, QuestionFileError, load_questions, prior_letter
-from roadbuddy.video import VideoError, open_video
-
-from helpers import cli_command, predict, read_rows, records_of, run_main
+from roadbuddy.data.questions import Question, QuestionFileError, load_questions, prior_letter
+from roadbuddy.video.reader import open_video
+from roadbuddy.video.source import VideoError
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_X265 = "libx265" in __import__("av").codecs_available
@@ -280,8 +280,8 @@ def test_each_hostile_clip_decodes_correctly_or_raises_video_error(hostile_root,
 
 def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     """Ten minutes at 5 fps: the plan stays at max_frames, and decoding seeks rather than reading every frame."""
-    from roadbuddy import video_pyav
-    from roadbuddy.inputs import InputSpec, plan_frames, prepare_clip
+    from roadbuddy.predict.inputs import InputSpec, plan_frames, prepare_clip
+    from roadbuddy.video import pyav_source as video_pyav
 
     root, rel = hostile_root
     path = root / rel["ten-minutes-long"]
@@ -309,7 +309,7 @@ def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     # decord's decoding cannot be counted from outside, and timing cannot stand in for a count here: at 32x32
     # one seek costs as much as decoding ~80 frames. The run's own path is bounded below, and by the record's
     # time in test_cli_record_for_each_hostile_clip.
-    from roadbuddy.testing import build_tokenizer
+    from roadbuddy.testing.checkpoints import build_tokenizer
 
     work = prepare_clip(path, [q], cfg, InputSpec(56, 4, build_tokenizer()))  # the run's own path, "auto"
     assert work.error is None and len(work.frame_order) == cfg.max_frames
@@ -373,7 +373,7 @@ def test_cli_goes_on_past_every_hostile_clip(hostile_run):
 
 @pytest.mark.parametrize("clip", [pytest.param(c, id=c.name, marks=c.marks) for c in CLIPS])
 def test_cli_record_for_each_hostile_clip(hostile_run, clip):
-    from roadbuddy.inputs import plan_frames
+    from roadbuddy.predict.inputs import plan_frames
 
     res = hostile_run["res"]
     assert res.returncode == 0, res.stderr
@@ -414,7 +414,7 @@ def test_question_text_is_text_not_code(hostile_run, tiny_checkpoint):
     """Format strings and shell syntax are answered normally and reach the prompt verbatim; nothing runs."""
     from transformers import AutoTokenizer
 
-    from roadbuddy import prompts
+    from roadbuddy.families.internvl import prompts
 
     assert hostile_run["res"].returncode == 0, hostile_run["res"].stderr
     assert not hostile_run["canary"].exists()
@@ -437,7 +437,7 @@ def test_question_text_is_text_not_code(hostile_run, tiny_checkpoint):
 def prompt_tokens_as_text(tokenizer, q: Question, frames: int, tokens_per_tile: int) -> int:
     """Tokens of q's prompt with everything from the question file read as plain text (special-token strings
     included); the template's own special tokens stay special."""
-    from roadbuddy import prompts
+    from roadbuddy.families.internvl import prompts
 
     prefix = prompts.prompt_prefix(prompts.frames_text([1] * frames, tokens_per_tile))
     block = prompts.question_text(q.question, q.choices)
@@ -452,9 +452,9 @@ def prompt_tokens_as_text(tokenizer, q: Question, frames: int, tokens_per_tile: 
 def test_special_token_strings_in_a_question_are_text(tiny_checkpoint, hostile_root, question):
     """A question holding the model's special-token strings is answered like any other, its text read as text
     (read as tokens, '<IMG_CONTEXT>' would add an image slot with no features and stop the run)."""
-    from roadbuddy.model import load_model
-    from roadbuddy.answering import answer_clip
-    from roadbuddy.inputs import InputSpec, prepare_clip
+    from roadbuddy.families.internvl.model import load_model
+    from roadbuddy.predict.answering import answer_clip
+    from roadbuddy.predict.inputs import InputSpec, prepare_clip
 
     root, rel = hostile_root
     cfg = RunConfig(model=str(tiny_checkpoint), device="cpu")
@@ -490,7 +490,7 @@ def test_lone_surrogate_is_refused_when_loading(tmp_path, field):
 @pytest.fixture(scope="module")
 def small(tiny_checkpoint, tmp_path_factory):
     """A small good dataset and a finished run on it (the 'good submission' that bad runs must not touch)."""
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     base = tmp_path_factory.mktemp("small")
     questions_json = write_synthetic_dataset(base / "data", clips=4)  # 1+2+3+1 questions
@@ -621,7 +621,7 @@ def test_symlink_leaving_the_data_root_is_never_opened(tiny_checkpoint, tmp_path
     questions_json.write_text(json.dumps({"data": [
         {"id": "q_sym", "question": "?", "choices": ["A. x", "B. y"], "video_path": "videos/link.mp4"},
         {"id": "q_ok", "question": "?", "choices": ["A. x", "B. y"], "video_path": "videos/good.mp4"}]}))
-    import roadbuddy.inputs as inputs
+    import roadbuddy.predict.inputs as inputs
 
     opened = []
     real_open = inputs.open_video
@@ -771,7 +771,7 @@ def test_atomic_csv_write_under_a_full_disk_leaves_the_old_file(tmp_path):
     """The CSV write itself failing (EFBIG half way): the old file stays whole, no temp file is left."""
     target = tmp_path / "submission.csv"
     target.write_text("id,answer\ngood,A\n")
-    code = ("import sys; from pathlib import Path; from roadbuddy.output import atomic_write_text\n"
+    code = ("import sys; from pathlib import Path; from roadbuddy.data.output import atomic_write_text\n"
             "try:\n    atomic_write_text(Path(sys.argv[1]), 'id,answer\\n' + 'x,B\\n' * 10000)\n"
             "except OSError as e:\n    print(e.errno)\n")
     res = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True,
@@ -812,7 +812,7 @@ def test_sigint_finishes_the_write_says_how_to_resume_and_exits_130(small, tmp_p
 
 
 def _clip_questions(small, index: int) -> list[Question]:
-    from roadbuddy.data import group_by_video
+    from roadbuddy.data.questions import group_by_video
 
     return group_by_video(load_questions(small["json"]))[index][1]
 
@@ -820,8 +820,8 @@ def _clip_questions(small, index: int) -> list[Question]:
 def test_unexpected_error_mid_clip_gives_its_unanswered_questions_error_rows(small, tmp_path, monkeypatch):
     """pipeline.run: a RuntimeError after a clip's first answer. That answer stands; the clip's other questions
     get error rows with the prior answer and the reason; every other clip is answered as in a clean run."""
-    from roadbuddy import oom_ladder, pipeline
-    from roadbuddy.model import load_model
+    from roadbuddy.families.internvl.model import load_model
+    from roadbuddy.predict import oom_ladder, pipeline
 
     target = _clip_questions(small, 2)  # the clip with three questions
     assert len(target) == 3
@@ -861,7 +861,7 @@ def test_unexpected_error_mid_clip_gives_its_unanswered_questions_error_rows(sma
 def test_unexpected_error_through_the_cli_exits_1_with_the_csvs_written(small, tmp_path, monkeypatch):
     """roadbuddy-predict's main(): the vision tower raises on the second clip only. Its questions get error rows
     (prior answer), the other clips are answered, both CSVs are written, the summary names the ids, exit 1."""
-    from roadbuddy import answering
+    from roadbuddy.predict import answering
 
     real = answering.encode_tiles
     calls = []
@@ -938,5 +938,5 @@ def test_no_remote_code_no_pickle_no_shell(source):
 
 
 def test_model_loading_asks_for_safetensors_and_no_remote_code():
-    text = (ROOT / "roadbuddy" / "model.py").read_text(encoding="utf-8").replace(" ", "")
+    text = (ROOT / "roadbuddy" / "families" / "internvl" / "model.py").read_text(encoding="utf-8").replace(" ", "")
     assert "trust_remote_code=False" in text and "use_safetensors=True" in text

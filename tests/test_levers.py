@@ -17,14 +17,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roadbuddy import answering, choice_orders, inputs, letter_prior, memory, prompts, tiny_task
 from roadbuddy.config import ConfigError, RunConfig
-from roadbuddy.data import LETTERS, Question, load_questions
-from roadbuddy.model import load_model
-from roadbuddy.output import OutputPaths, PredictionLog, load_all_predictions
-from roadbuddy.pipeline import run
-from roadbuddy.testing import write_synthetic_dataset
-from roadbuddy.video import VideoInfo
+from roadbuddy.data.output import OutputPaths, PredictionLog, load_all_predictions
+from roadbuddy.data.questions import LETTERS, Question, load_questions
+from roadbuddy.families.internvl import prompts
+from roadbuddy.families.internvl.model import load_model
+from roadbuddy.levers import choice_orders, letter_prior
+from roadbuddy.predict import answering, inputs, memory
+from roadbuddy.predict.pipeline import run
+from roadbuddy.testing import tiny_task
+from roadbuddy.testing.checkpoints import write_synthetic_dataset
+from roadbuddy.video.source import VideoInfo
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "levers_off_golden.json"
 
@@ -54,7 +57,7 @@ def test_levers_off_give_the_answers_of_the_pipeline_before_them(seeing, heldout
     for qid, probs in golden["tiny_seeing_heldout"].items():
         assert got[qid] == pytest.approx(probs, abs=1e-6), qid  # records keep 6 decimals
 
-    from roadbuddy.testing import write_tiny_checkpoint
+    from roadbuddy.testing.checkpoints import write_tiny_checkpoint
 
     ckpt = write_tiny_checkpoint(tmp_path / "ckpt")  # the random tiny model, seed 0, on clips with support frames
     data = write_synthetic_dataset(tmp_path / "synth")
@@ -367,7 +370,7 @@ def test_detail_frames_count_every_token_against_the_budget():
     cfg = base.replace(detail_frames=2, detail_max_num=6, max_visual_tokens=16 * 256)
     count, k = inputs.frame_budget(INFO, cfg, 448, 256)
     # a 16:9 frame tiled up to 6 tiles is the card's 2x1 grid + thumbnail = 3 tiles: 2 x 2 extra tiles come off
-    from roadbuddy.frames import tiles_per_frame
+    from roadbuddy.video.frames import tiles_per_frame
 
     assert tiles_per_frame(2560, 1440, 6, True) == 3
     assert (count, k) == (12, 2) and count * 256 + k * 2 * 256 <= cfg.max_visual_tokens
@@ -384,7 +387,7 @@ def test_detail_frames_count_every_token_against_the_budget():
 
 
 def test_detail_frames_tiles_and_prompt(seeing, tmp_path):
-    from roadbuddy.synth import write_road_clip
+    from roadbuddy.testing.synth import write_road_clip
 
     clip_path = write_road_clip(tmp_path / "v.mp4", seconds=2.0, fps=10, width=224, height=126, light="red")
     q = Question("q", "?", ("a", "b"), ("a", "b"), clip_path, "v.mp4", support_frames=(1.0,))
@@ -408,7 +411,7 @@ def test_each_question_sees_its_own_detail_frames_within_the_budget(seeing, tmp_
     its own timestamps) and no other question's, so no prompt exceeds --max-visual-tokens, and the VRAM
     estimate plans exactly the visual tokens sent. (With the clip's detail frames the union over its
     questions, a question saw 3 or 4 detail frames here, up to 64 visual tokens for a budget of 48.)"""
-    from roadbuddy.synth import write_road_clip
+    from roadbuddy.testing.synth import write_road_clip
 
     clip_path = write_road_clip(tmp_path / "v.mp4", seconds=4.0, fps=10, width=224, height=126, light="red")
     support = [(0.5,), (1.0,), (1.5,), (2.0, 3.0), (2.6,)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from roadbuddy import memory
+from roadbuddy.predict import memory
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,9 @@ def test_planned_prompt_holds_the_real_vocabularys_longest_prompt():
 def test_planned_prompt_is_what_a_long_clip_is_sent_with_detail_frames():
     """The estimate plans the frames and detail frames inputs.frame_budget gives (its own cut of the budget
     planned 1 frame with 1 detail frame, 768 visual tokens, where 2 and 2, 1,536 tokens, are sent)."""
-    from roadbuddy import inputs
     from roadbuddy.config import RunConfig
-    from roadbuddy.video import VideoInfo
+    from roadbuddy.predict import inputs
+    from roadbuddy.video.source import VideoInfo
 
     cfg = RunConfig(max_frames=8, max_visual_tokens=2048, detail_frames=4, detail_max_num=6)
     long_clip = VideoInfo(path=None, fps=30.0, num_frames=3000, width=2560, height=1440, backend="test")

@@ -8,14 +8,15 @@ import shutil
 import pytest
 import torch
 
-from roadbuddy import prompts, tiles
 from roadbuddy.config import RunConfig
-from roadbuddy.model import (ModelLoadError, can_pack, encode_tiles, forward, forward_official, forward_packed,
-                             letter_probs, load_model, new_cache, resolve_model_id, rewind)
+from roadbuddy.families.internvl import prompts, tiles
+from roadbuddy.families.internvl.model import (ModelLoadError, can_pack, encode_tiles, forward, forward_official,
+                                               forward_packed, letter_probs, load_model, new_cache, resolve_model_id,
+                                               rewind)
 
 
 def tokenize(lm, text):
-    from roadbuddy.inputs import tokenize as ids
+    from roadbuddy.predict.inputs import tokenize as ids
 
     return ids(lm.tokenizer, text)
 
@@ -80,8 +81,8 @@ def test_pipeline_split_tokenizes_like_the_whole_prompt(lm, real_data_dir):
     are the tokens of the whole prompt: moving the intro into the prefix changes nothing the model reads.
     Every real question of the three files."""
     from roadbuddy.config import RunConfig
-    from roadbuddy.data import load_questions
-    from roadbuddy.inputs import prefix_ids, question_ids
+    from roadbuddy.data.questions import load_questions
+    from roadbuddy.predict.inputs import prefix_ids, question_ids
 
     questions = [q for name in ("train.json", "public_test.json", "private_test.json")
                  for q in load_questions(real_data_dir / name)]
@@ -191,7 +192,7 @@ def test_chunked_prefill_gives_the_same_logits_and_cache(lm):
 
 def test_quantization_skips_the_vision_tower_projector_and_lm_head(lm):
     quantizers_utils = pytest.importorskip("transformers.quantizers.quantizers_utils")
-    from roadbuddy.model import SKIP_QUANTIZATION
+    from roadbuddy.families.internvl.model import SKIP_QUANTIZATION
 
     linears = [name for name, m in lm.model.named_modules() if isinstance(m, torch.nn.Linear)]
     kept = [n for n in linears if not quantizers_utils.should_convert_module(n, SKIP_QUANTIZATION)]

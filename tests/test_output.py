@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from roadbuddy.data import Question
-from roadbuddy.output import (OutputError, OutputPaths, PredictionLog, RunLock, check_run_info, load_predictions,
-                              prepare_output, write_submissions)
+from roadbuddy.data.output import (OutputError, OutputPaths, PredictionLog, RunLock, check_run_info, load_predictions,
+                                   prepare_output, write_submissions)
+from roadbuddy.data.questions import Question
 
 
 def _q(qid: str, n: int = 4) -> Question:

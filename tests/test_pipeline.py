@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from roadbuddy import answering, inputs, pipeline, sample_budget, tiles, video
-from roadbuddy.prefetch import iter_prepared
 from roadbuddy.config import RunConfig
-from roadbuddy.data import load_questions
-from roadbuddy.model import load_model
+from roadbuddy.data.questions import load_questions
+from roadbuddy.families.internvl import tiles
+from roadbuddy.families.internvl.model import load_model
+from roadbuddy.predict import answering, inputs, pipeline, sample_budget
+from roadbuddy.predict.prefetch import iter_prepared
+from roadbuddy.video import reader as video
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +221,8 @@ def test_no_packing_in_generate_mode_or_without_a_mask(monkeypatch, lm, syntheti
 
 
 def test_plan_frames_respects_the_token_budget(lm):
-    from roadbuddy.video import VideoInfo
-
-    from roadbuddy.data import Question
+    from roadbuddy.data.questions import Question
+    from roadbuddy.video.source import VideoInfo
 
     info = VideoInfo(path=None, fps=30.0, num_frames=300, width=2560, height=1440, backend="test")
     question = Question(id="x", question="?", choices=("a", "b"), raw_choices=("a", "b"), video_path=None,
@@ -243,7 +244,7 @@ def test_sample_budget_caps_frames_from_measured_cost():
     budget.observe(work, recs)  # 2 x 500 ms shared for 10 frames -> 100 ms per frame, 50 ms own (the slower)
     assert budget.cap(1) == int((800 - 50) / 100)
     assert budget.cap(3) == int((800 - 50) * 3 / 100)
-    from roadbuddy.data import Question
+    from roadbuddy.data.questions import Question
 
     def q(support=()):
         return Question(id="q", question="?", choices=("a", "b"), raw_choices=("a", "b"), video_path=None,
@@ -261,7 +262,7 @@ def test_sample_budget_caps_frames_from_measured_cost():
 def test_sample_timeout_degrades_frames_instead_of_exceeding(monkeypatch, lm, tmp_path):
     import time as _time
 
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", clips=5)
     real = answering.encode_tiles
@@ -366,7 +367,7 @@ def test_decode_vision_tower_and_prefill_run_once_per_clip(monkeypatch, lm, synt
     frame set is prefilled once, for all of its questions; --no-share-prefix does both once per question."""
     from collections import Counter
 
-    from roadbuddy import oom_ladder
+    from roadbuddy.predict import oom_ladder
 
     events = []  # (what, clip): list.append is safe from the prefetch thread
     answering_now = []

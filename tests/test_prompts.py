@@ -1,4 +1,4 @@
-"""roadbuddy.prompts: the chat text, and the prefix/suffix split that lets a clip's frames be shared."""
+"""roadbuddy.families.internvl.prompts: the chat text, and the prefix/suffix split that lets a clip's frames be shared."""
 from __future__ import annotations
 
 import re
@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roadbuddy import prompts
-from roadbuddy.data import strip_label
-from roadbuddy.prompts import (IMG_CONTEXT, IMG_END, IMG_START, SYSTEM_PROMPT, build_prompt, choices_text,
-                               frames_text, intro_text, prompt_prefix, prompt_suffix, question_body,
-                               question_text)
+from roadbuddy.data.questions import strip_label
+from roadbuddy.families.internvl import prompts
+from roadbuddy.families.internvl.prompts import (IMG_CONTEXT, IMG_END, IMG_START, SYSTEM_PROMPT, build_prompt,
+                                                 choices_text, frames_text, intro_text, prompt_prefix, prompt_suffix,
+                                                 question_body, question_text)
 
 QUESTION = "Trong video, tốc độ tối đa cho phép là bao nhiêu?"
 FOUR = ["50Km/h", "60Km/h", "70Km/h", "80Km/h"]
@@ -121,7 +121,7 @@ def test_system_prompt_and_templates_are_vietnamese():
 
 # --- the whole prompt, as literal text ---------------------------------------
 
-# Written out here, not taken from roadbuddy.prompts: the text the model reads (a change to it is a
+# Written out here, not taken from roadbuddy.families.internvl.prompts: the text the model reads (a change to it is a
 # change to every answer, and shows up here as a failing test).
 SYSTEM = ("Bạn là trợ lý quan sát các khung hình từ camera hành trình của xe chạy trên đường ở Việt Nam "
           "và trả lời câu hỏi trắc nghiệm về biển báo giao thông, đèn tín hiệu, làn đường, hướng đi "

@@ -1,4 +1,4 @@
-"""roadbuddy.qwen_vocab: the real Qwen vocabulary, built offline from the dashscope wheel.
+"""roadbuddy.testing.qwen_vocab: the real Qwen vocabulary, built offline from the dashscope wheel.
 
 The expected ids are written out here from Qwen3's published tokenizer files (not read from
 the module), so a change to the module's table fails these tests. Where the vocabulary cannot
@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from roadbuddy import prompts, qwen_vocab
-from roadbuddy.qwen_vocab import QwenVocabMismatch, QwenVocabUnavailable, qwen_tokenizer
+from roadbuddy.families.internvl import prompts
+from roadbuddy.testing import qwen_vocab
+from roadbuddy.testing.qwen_vocab import QwenVocabMismatch, QwenVocabUnavailable, qwen_tokenizer
 
 PUBLISHED_IDS = {"A": 32, "B": 33, "C": 34, "D": 35, "E": 36, " A": 362, " B": 425, " C": 356, " D": 422}
 
@@ -84,7 +85,7 @@ def test_split_special_tokens_reads_img_context_in_a_question_as_text(qwen):
 
 
 def test_vietnamese_roundtrip_over_train_json(qwen, real_data_dir):
-    from roadbuddy.data import load_questions
+    from roadbuddy.data.questions import load_questions
 
     questions = load_questions(real_data_dir / "train.json")
     texts = [q.question for q in questions] + [c for q in questions for c in q.choices]
@@ -136,5 +137,5 @@ def test_a_pointer_to_nothing_is_one_clear_sentence(tmp_path, monkeypatch):
 
 
 def test_importing_the_module_loads_no_torch():
-    code = "import sys, roadbuddy.qwen_vocab; sys.exit('torch' in sys.modules)"
+    code = "import sys, roadbuddy.testing.qwen_vocab; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

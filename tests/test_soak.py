@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from roadbuddy.data import group_by_video, load_questions, prior_letter
-
 from helpers import cli_command, read_rows, records_of, run_main
+
+from roadbuddy.data.questions import group_by_video, load_questions, prior_letter
 
 
 def complete_part(data: bytes) -> bytes:
@@ -30,7 +29,7 @@ def complete_part(data: bytes) -> bytes:
 
 def soak_dataset(root: Path, clips: int) -> Path:
     """A synthetic dataset with broken clips' questions interleaved among the good ones."""
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     questions_json = write_synthetic_dataset(root, clips=clips)
     videos = root / "train" / "videos"
@@ -136,7 +135,7 @@ def test_a_resumed_run_answers_a_clip_that_failed_before(tiny_checkpoint, tmp_pa
     """README: "A resumed run tries failed clips again". A clip unreadable during the first run (moved away)
     gets error rows; with the file back, the rerun answers exactly that clip's questions, for real, and the
     submission becomes the clean run's (rows that were the prior change where the model says otherwise)."""
-    from roadbuddy.testing import write_synthetic_dataset
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     questions_json = write_synthetic_dataset(tmp_path / "data", clips=4)
     questions = load_questions(questions_json)

@@ -1,4 +1,4 @@
-"""roadbuddy.tiles against the model card's own preprocessing (roadbuddy.model_card).
+"""roadbuddy.families.internvl.tiles against the model card's own preprocessing (roadbuddy.testing.model_card).
 
 The oracle is the card's `find_closest_aspect_ratio` / `dynamic_preprocess` / `build_transform`
 as published, with torchvision's Resize + ToTensor + Normalize written out (PIL bicubic resize,
@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from roadbuddy import frames
-from roadbuddy.model_card import (card_dynamic_preprocess, card_find_closest_aspect_ratio, card_target_ratios,
-                                  card_transform)
-from roadbuddy.tiles import (candidate_grids, choose_grid, frames_to_pixel_values, frames_to_tiles, normalize_tiles,
-                             tile_image)
+from roadbuddy.families.internvl.tiles import (candidate_grids, choose_grid, frames_to_pixel_values, frames_to_tiles,
+                                               normalize_tiles, tile_image)
+from roadbuddy.testing.model_card import (card_dynamic_preprocess, card_find_closest_aspect_ratio, card_target_ratios,
+                                          card_transform)
+from roadbuddy.video import frames
 
 # the card's build_transform constants, written here from the card (not imported from roadbuddy)
 CARD_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

@@ -1,4 +1,4 @@
-"""roadbuddy.video on real encoded clips (roadbuddy.synth), both decoders.
+"""roadbuddy.video on real encoded clips (roadbuddy.testing.synth), both decoders.
 
 Each frame of the coded clips is one flat grey level, 8 * its index, so a
 frame's identity survives lossy H.264: round(mean / 8) is its index.
@@ -14,8 +14,11 @@ import wave
 import numpy as np
 import pytest
 
-from roadbuddy import synth, video
-from roadbuddy.video import VideoError, VideoInfo, decoders_available, open_video
+from roadbuddy.testing import synth
+from roadbuddy.video import reader as video
+from roadbuddy.video import source
+from roadbuddy.video.reader import decoders_available, open_video
+from roadbuddy.video.source import VideoError, VideoInfo
 
 HAS_DECORD = decoders_available()["decord"]
 needs_decord = pytest.mark.skipif(not HAS_DECORD, reason="decord is not installed")
@@ -351,10 +354,10 @@ def test_write_clip_rejects_bad_input(tmp_path):
 
 def test_missing_frame_rate_comes_from_timestamps_or_is_assumed(caplog):
     with caplog.at_level(logging.WARNING, logger="roadbuddy.video"):
-        assert video.resolve_fps("a.mp4", 25, lambda: None) == 25.0
+        assert source.resolve_fps("a.mp4", 25, lambda: None) == 25.0
         assert not caplog.records
-        assert video.resolve_fps("a.mp4", float("nan"), lambda: 12.5) == 12.5
-        assert video.resolve_fps("a.mp4", 0, lambda: None) == video.ASSUMED_FPS
+        assert source.resolve_fps("a.mp4", float("nan"), lambda: 12.5) == 12.5
+        assert source.resolve_fps("a.mp4", 0, lambda: None) == source.ASSUMED_FPS
     assert len(caplog.records) == 2 and all("a.mp4" in r.getMessage() for r in caplog.records)
-    assert video.fps_from_timestamps([0.0, 0.1, 0.2, 0.3]) == pytest.approx(10.0)
-    assert video.fps_from_timestamps([1.0]) is None
+    assert source.fps_from_timestamps([0.0, 0.1, 0.2, 0.3]) == pytest.approx(10.0)
+    assert source.fps_from_timestamps([1.0]) is None

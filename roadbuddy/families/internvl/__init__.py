@@ -1,0 +1,1 @@
+"""InternVL (transformers native): loading, tiles, prompts, encoding, answering."""

@@ -1,0 +1,1 @@
+"""roadbuddy-finetune: LoRA / QLoRA on a labeled split through predict's own inputs."""

@@ -1,0 +1,1 @@
+"""Test-time accuracy levers: choice permutations, the letter-prior correction."""

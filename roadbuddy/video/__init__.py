@@ -1,0 +1,1 @@
+"""Clips: the decoders (PyAV, decord) and the frame plans."""
