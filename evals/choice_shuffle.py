@@ -44,15 +44,15 @@ def reversed_split(split: Path) -> Path:
 
 def train_unshuffled(work: Path, threads: int) -> Path:
     """The committed adapter's command with --no-shuffle-choices (resumes, or does nothing, when run before)."""
-    from evals.test_finetune_eval import RECIPE, TRAIN_CLIPS
-    from roadbuddy import tiny_task
+    from evals.rule_adapter import RECIPE, TRAIN_CLIPS
+    from roadbuddy.testing import tiny_task
 
     data = work / "train-data"
     split = data / "train" / "train.json"
     if not split.is_file():
         tiny_task.write_labeled_split(data, clips=TRAIN_CLIPS, seed=tiny_task.RULE_SEED)
     out = work / "adapter-unshuffled"
-    cmd = [sys.executable, "-m", "roadbuddy.finetune_cli", "--train-json", str(split), "--output", str(out),
+    cmd = [sys.executable, "-m", "roadbuddy.finetune.cli", "--train-json", str(split), "--output", str(out),
            *RECIPE, "--no-shuffle-choices", "--no-progress"]
     subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     return out
@@ -63,8 +63,8 @@ def measure(work: Path, *, threads: int = 2, say=print) -> dict:
     import torch
 
     from evals import harness
-    from evals.test_finetune_eval import ADAPTER, HELDOUT_CLIPS
-    from roadbuddy import tiny_task
+    from evals.rule_adapter import ADAPTER, HELDOUT_CLIPS
+    from roadbuddy.testing import tiny_task
 
     torch.set_num_threads(threads)
     started = time.perf_counter()

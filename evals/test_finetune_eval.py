@@ -1,7 +1,7 @@
 """A skill learned, nothing forgotten: the committed LoRA adapter through the real pipeline.
 
-The tiny seeing checkpoint (roadbuddy/tiny_seeing/) was never trained on the rule questions (what the
-traffic light means for the driver: roadbuddy.tiny_task.rule_question). evals/tiny-rule-adapter/ is what
+The tiny seeing checkpoint (roadbuddy/testing/tiny_seeing/) was never trained on the rule questions (what the
+traffic light means for the driver: roadbuddy.testing.tiny_task.rule_question). evals/tiny-rule-adapter/ is what
 roadbuddy-finetune made of it on a synthetic labeled split (command and seed in its TRAINING.md). Here the
 base model and the adapter answer a held-out split of fresh scenes (rule questions and the old kinds),
 through the predict pipeline: the adapter must reach 90% on the rule questions and keep colour, order and
@@ -21,19 +21,12 @@ from pathlib import Path
 import pytest
 
 from evals import harness
-from roadbuddy import tiny_task
+from evals.rule_adapter import ADAPTER, HELDOUT_CLIPS, RECIPE, TRAIN_CLIPS
+from roadbuddy.testing import tiny_task
 
 pytestmark = pytest.mark.eval
 
-ADAPTER = Path(__file__).resolve().parent / "tiny-rule-adapter"
 MIN_ACCURACY = 0.90
-HELDOUT_CLIPS = 48  # 96 questions, about half of them rule questions
-# the committed adapter's recipe (TRAINING.md): what the slow test reruns
-TRAIN_CLIPS = 600
-RECIPE = ["--model", str(tiny_task.CHECKPOINT), "--device", "cpu", "--min-frames", str(tiny_task.FRAMES_SHOWN),
-          "--max-frames", str(tiny_task.FRAMES_SHOWN), "--no-support-frames", "--no-gradient-checkpointing",
-          "--batch-size", "16", "--grad-accum", "1", "--lr", "1e-3", "--warmup-steps", "20", "--max-steps", "500",
-          "--val-every", "100", "--seed", "0"]
 
 
 def by_kind(result, split: Path) -> dict[str, float]:
@@ -100,7 +93,7 @@ def test_the_committed_adapter_regenerates_from_its_command(tmp_path, rule_heldo
     Bit equality is what one machine guarantees (tests/test_finetune.py: two runs, one adapter), not two."""
     split = tiny_task.write_labeled_split(tmp_path / "data", clips=TRAIN_CLIPS, seed=tiny_task.RULE_SEED)
     out = tmp_path / "adapter"
-    res = subprocess.run([sys.executable, "-m", "roadbuddy.finetune_cli", "--train-json", str(split), "--output",
+    res = subprocess.run([sys.executable, "-m", "roadbuddy.finetune.cli", "--train-json", str(split), "--output",
                           str(out), *RECIPE, "--no-progress"], capture_output=True, text=True, timeout=3600,
                          env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert res.returncode == 0, res.stderr
