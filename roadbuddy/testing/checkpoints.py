@@ -1,12 +1,13 @@
-"""Test helpers: a tiny random-weight InternVL checkpoint and a synthetic dataset.
+"""Test helpers: a tiny random-weight checkpoint of each model family and a synthetic dataset.
 
-    python -m roadbuddy.testing tiny-checkpoint DIR
+    python -m roadbuddy.testing tiny-checkpoint DIR [--family internvl|qwen3_vl|qwen2_5_vl|qwen3_5]
     python -m roadbuddy.testing synthetic-dataset DIR
 
 Both are real: the checkpoint is a native transformers InternVL (safetensors,
 config, tokenizer with the real special tokens) that loads through the same
 code path as OpenGVLab/InternVL3_5-4B-HF; the dataset is RoadBuddy-shaped JSON
-with H.264 clips encoded by PyAV.
+with H.264 clips encoded by PyAV. The Qwen families' checkpoints come from
+roadbuddy.testing.qwen_checkpoints (with the published processor settings).
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import json
 import random
 import sys
 from pathlib import Path
+
+from roadbuddy.testing.qwen_checkpoints import FAMILIES as QWEN_FAMILIES
+from roadbuddy.testing.qwen_checkpoints import write_tiny_qwen_checkpoint
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<think>", "</think>",
@@ -196,11 +200,15 @@ def write_synthetic_dataset(directory: Path | str, *, clips: int = 4, seconds: f
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m roadbuddy.testing", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("tiny-checkpoint", help="write a tiny random-weight InternVL checkpoint",
-                       description="Write a tiny random-weight InternVL checkpoint (safetensors, config, tokenizer "
-                                   "with the real special tokens) that roadbuddy-predict --model DIR loads.")
+    p = sub.add_parser("tiny-checkpoint", help="write a tiny random-weight checkpoint (InternVL or a Qwen family)",
+                       description="Write a tiny random-weight checkpoint (safetensors, config, tokenizer with the "
+                                   "real special tokens; for the Qwen families also the published processor "
+                                   "settings) that loads like the published one; roadbuddy-predict --model DIR "
+                                   "loads the InternVL one.")
     p.add_argument("directory", type=Path, metavar="DIR",
                    help="folder to write the checkpoint into (created if missing)")
+    p.add_argument("--family", choices=("internvl", *QWEN_FAMILIES), default="internvl",
+                   help="model family of the checkpoint (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the random weights (default: %(default)s)")
     p = sub.add_parser("synthetic-dataset", help="write a small RoadBuddy-layout dataset with encoded clips",
                        description="Write DIR/train/train.json and DIR/train/videos/*.mp4: H.264 clips of a "
@@ -218,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "tiny-checkpoint":
+    if args.command == "tiny-checkpoint" and args.family == "internvl":
         print(write_tiny_checkpoint(args.directory, seed=args.seed))
+    elif args.command == "tiny-checkpoint":
+        print(write_tiny_qwen_checkpoint(args.directory, args.family, seed=args.seed))
     else:
         print(write_synthetic_dataset(args.directory, clips=args.clips, seconds=args.seconds,
                                       with_answers=not args.no_answers, seed=args.seed))
