@@ -12,6 +12,7 @@ import pytest
 from helpers import cli_command, predict, read_rows, run_main
 
 from roadbuddy.data.questions import load_questions
+from roadbuddy.families.registry import COMING
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +201,23 @@ def test_model_folder_that_does_not_exist_is_named(dataset, tmp_path):
     code, err = run_main("--model", tmp_path / "weights.safetensors", "--test-json", dataset,
                          "--output", tmp_path / "o" / "s.csv")
     assert code == 2 and f"--model {tmp_path / 'weights.safetensors'} is a file; give the checkpoint's folder" in err
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl", "qwen3_5"])
+def test_a_checkpoint_of_another_family_is_refused_naming_the_families_that_run(dataset, tmp_path, family):
+    """Told apart by config.json's model_type before a tokenizer or weight is read (on a GPU: before the VRAM
+    estimate), not by whatever the InternVL loader trips over first."""
+    from roadbuddy.testing.qwen_checkpoints import write_tiny_qwen_checkpoint
+
+    checkpoint = write_tiny_qwen_checkpoint(tmp_path / family, family)
+    for device in ("cpu", "cuda"):
+        code, err = run_main("--model", checkpoint, "--device", device, "--test-json", dataset,
+                             "--output", tmp_path / "o" / "s.csv")
+        assert code == 2, err
+        assert err.strip().splitlines() == [
+            f"error: --model {checkpoint} is a {family} checkpoint ({COMING[family]} is not supported yet); "
+            "roadbuddy runs these families: internvl (InternVL3 and InternVL3.5 (the native -hf / -HF checkpoints))"
+        ], err
 
 
 @pytest.mark.parametrize("network", ["offline", "unreachable"])

@@ -423,3 +423,23 @@ def test_vram_estimate_is_said_only_where_a_gpu_runs_the_model(lm, synthetic_dat
                     limit=1)
     pipeline.run(cfg, model_loader=lambda _c: lm, say=said.append)
     assert any(line.startswith("VRAM estimate") for line in said) == shown, said
+
+
+def test_the_run_names_the_family_and_parameter_count_and_warns_above_the_challenges_cap(lm, synthetic_dataset,
+                                                                                         tmp_path):
+    """The count is the model's own, shared weights once; above 8B (the challenge's rule) the run warns."""
+    import dataclasses
+
+    expected = sum(p.numel() for p in lm.model.parameters())  # parameters() yields a tied weight once
+    assert lm.family == "internvl" and lm.parameters == expected
+    for count, warned in ((lm.parameters, False), (8_000_000_000, False), (8_292_000_000, True)):
+        said = []
+        cfg = RunConfig(test_json=synthetic_dataset, output=tmp_path / str(count) / "submission.csv", device="cpu",
+                        progress=False, limit=1)
+        pipeline.run(cfg, model_loader=lambda _c: dataclasses.replace(lm, parameters=count), say=said.append)
+        (line,) = [s for s in said if s.startswith("model: ")]
+        assert f"(internvl, {count:,} parameters, " in line, line
+        warnings = [s for s in said if "above the RoadBuddy challenge's cap of 8B" in s]
+        assert warnings == ([f"WARNING: the model has {count / 1e9:.2f}B parameters, above the RoadBuddy "
+                             "challenge's cap of 8B in all at inference: a submission with it breaks the rules"]
+                            if warned else []), said

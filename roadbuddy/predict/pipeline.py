@@ -83,18 +83,22 @@ def _runs_on_gpu(cfg: RunConfig) -> bool:
 
 
 def _load(cfg: RunConfig, model_loader, say):
-    from roadbuddy.families.internvl.model import check_model_source, load_model, resolve_model_id
+    from roadbuddy.families import registry
+    from roadbuddy.families.internvl.model import checkpoint_config, load_model, resolve_model_id
 
     torch.manual_seed(cfg.seed)
-    if model_loader is None:  # a --model that names nothing is said before the estimate stumbles over it
-        check_model_source(resolve_model_id(cfg.model)[0])
+    if model_loader is None:  # a --model that names nothing, or another family, is said before the estimate
+        checkpoint_config(resolve_model_id(cfg.model)[0])
     if _runs_on_gpu(cfg):  # the estimate is of GPU memory: on the CPU it is no figure the run needs
         memory.print_estimate(cfg, say)
     lm = (model_loader or load_model)(cfg)
     for note in lm.notes:
         say(note)
-    say(f"model: {lm.source} on {lm.device} ({str(lm.dtype).replace('torch.', '')}, "
-        f"{cfg.quantization or 'no quantization'}, attention {lm.attn_impl})")
+    say(f"model: {lm.source} on {lm.device} ({lm.family}, {lm.parameters:,} parameters, "
+        f"{str(lm.dtype).replace('torch.', '')}, {cfg.quantization or 'no quantization'}, attention {lm.attn_impl})")
+    warning = registry.over_cap_warning(lm.parameters)
+    if warning:
+        say(warning)
     return lm
 
 

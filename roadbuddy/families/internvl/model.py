@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from roadbuddy.config import RunConfig
+from roadbuddy.families import registry
 from roadbuddy.data.questions import LETTERS
 from roadbuddy.families.internvl import tiles
 from roadbuddy.families.internvl.prompts import IMG_CONTEXT
@@ -45,6 +46,8 @@ class LoadedModel:
     source: str  # "trained" or "random" weights, and where from
     notes: list[str] = field(default_factory=list)
     cache_kwarg: str = "past_key_values"
+    family: str = "internvl"
+    parameters: int = 0  # every parameter, shared ones once (the challenge caps it at 8B)
 
     @property
     def config(self):
@@ -196,25 +199,36 @@ def _from_pretrained(cls, name: str, **kwargs):
     return cls.from_pretrained(name, **kwargs)
 
 
+def checkpoint_config(name: str):
+    """The checkpoint's config (a folder, the cache, or one request to the hub), checked to be of a family that
+    runs: what a checkpoint is gets decided from config.json, before a tokenizer or a weight is read."""
+    from transformers import AutoConfig
+
+    check_model_source(name)
+    if Path(name).exists():
+        _check_native_format(Path(name))
+    try:
+        config = _from_pretrained(AutoConfig, name, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
+    try:
+        registry.family_of(config, name)
+    except registry.UnsupportedFamily as exc:
+        raise ModelLoadError(str(exc)) from None
+    return config
+
+
 def load_model(cfg: RunConfig) -> LoadedModel:
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     device = pick_device(cfg.device)
     name, note = resolve_model_id(cfg.model)
-    check_model_source(name)
     notes = [note] if note else []
-    if Path(name).exists():
-        _check_native_format(Path(name))
+    config = checkpoint_config(name)
     if cfg.adapter is not None:  # an adapter for another base is refused from config.json, before the weights load
-        from transformers import AutoConfig
-
         from roadbuddy.families import adapters
 
-        try:
-            base_config = _from_pretrained(AutoConfig, name, trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
-        adapters.check_for_base(cfg.adapter, base_config)
+        adapters.check_for_base(cfg.adapter, config)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     attn = pick_attention(device, cfg.flash_attn, cfg.fused_attention)
     quant = quantization_config(cfg.quantization, device)
@@ -266,7 +280,8 @@ def wrap_model(model, tokenizer, *, device: torch.device, attn_impl: str, source
         model=model, tokenizer=tokenizer, device=device, dtype=next(model.parameters()).dtype,
         attn_impl=attn_impl, image_size=image_size, tokens_per_tile=tokens_per_tile,
         image_token_id=image_token_id, letter_ids=letter_ids, stop_ids=stop_ids, source=source,
-        notes=list(notes), cache_kwarg=cache_kwarg,
+        notes=list(notes), cache_kwarg=cache_kwarg, family=registry.family_of(config, source),
+        parameters=registry.parameter_count(model),
     )
 
 
