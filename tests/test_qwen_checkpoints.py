@@ -1,10 +1,10 @@
 """The tiny Qwen checkpoints load like the published ones and their processors behave as FAMILIES.md says.
 
 Each family's checkpoint is written once and loaded with AutoTokenizer and AutoModelForImageTextToText
-(offline, safetensors, no remote code). Where torchvision can be imported (the Qwen video processors need
-it), the family's AutoProcessor is loaded too and fed one processor-built prompt: four 448x448 RGB frames
-(noise), taken at 0, 1, 2 and 3 s of a 9 s 30 fps clip and passed as the harness will pass them
-(do_sample_frames=False and the clip's metadata); those tests skip, saying why, without it.
+(offline, safetensors, no remote code), then with the family's AutoProcessor (its video processor needs
+torchvision, a test dependency), fed one processor-built prompt: four 448x448 RGB frames (noise), taken
+at 0, 1, 2 and 3 s of a 9 s 30 fps clip and passed as the harness will pass them (do_sample_frames=False
+and the clip's metadata).
 """
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from roadbuddy.testing.qwen_checkpoints import FAMILIES, make_torchvision_importable, write_tiny_qwen_checkpoint
-
-make_torchvision_importable()
+from roadbuddy.testing.qwen_checkpoints import FAMILIES, write_tiny_qwen_checkpoint
 
 FRAMES = np.random.default_rng(0).integers(0, 256, (4, 448, 448, 3), dtype=np.uint8)
 METADATA = {"fps": 30, "frames_indices": [0, 30, 60, 90], "total_num_frames": 270}
@@ -44,7 +42,7 @@ def video_messages(question: str, system: str | None = None) -> list[dict]:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def checkpoint(request, tmp_path_factory):
-    """One family's checkpoint, written and loaded: its model and tokenizer (no torchvision needed)."""
+    """One family's checkpoint, written and loaded: its model and tokenizer."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     family = request.param
@@ -59,8 +57,6 @@ def checkpoint(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(checkpoint):
     """The checkpoint with its processor and the processor's inputs for the video prompt."""
-    pytest.importorskip("torchvision", reason="torchvision is not installed: the Qwen video processors need it "
-                                              "(pip install torchvision==0.28.0, which requires torch==2.13.0)")
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(checkpoint.directory, local_files_only=True)

@@ -12,7 +12,7 @@ keeps the real patch size. The tokenizer is a byte-level BPE trained here with t
 library on a little Vietnamese and English text; it carries Qwen's added tokens in their published
 order (at small ids), so <|vision_start|>, <|video_pad|>, ... are single tokens whose ids the
 config names, and the family's real tokenizer class wraps it. Loading the video processor needs
-torchvision (see make_torchvision_importable); writing the checkpoint does not.
+torchvision (a test dependency); writing the checkpoint does not.
 
 What is taken from where (the Qwen repositories cannot be reached here): shared/FAMILIES.md §2-§3
 and §6, and third-party copies, found in public code, of the published preprocessor and video
@@ -21,9 +21,7 @@ the Qwen repositories themselves.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from roadbuddy.testing.qwen_vocab import ADDED_TOKENS
@@ -279,36 +277,3 @@ def write_tiny_qwen_checkpoint(directory: Path | str, family: str, seed: int = 0
     for name, settings in PROCESSOR_FILES[family].items():
         (directory / name).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     return directory
-
-
-def make_torchvision_importable() -> None:
-    """Let an installed PyPI torchvision import beside the CPU torch wheel; nothing to do otherwise.
-
-    PyPI's torchvision 0.28.0 is built against PyPI's CUDA torch 2.13.0. Beside the CPU build of
-    that torch its C++ ops (nms, roi_align, ...) cannot load (libc10_cuda.so is missing), and
-    `import torchvision` then dies registering a fake kernel for the undefined `torchvision::nms`
-    (pytorch/vision#9085). transformers imports torchvision whenever it is installed (from
-    modeling_utils on), so that breaks every model, not only the Qwen processors. Those use only
-    torchvision's pure-torch transforms: declaring the two schemas that the import registers
-    against lets it finish, and the C++ ops stay unavailable, as they were. Call this before
-    anything imports transformers.
-    """
-    if importlib.util.find_spec("torchvision") is None:
-        return
-    try:
-        import torchvision
-    except RuntimeError as err:
-        if "torchvision::nms does not exist" not in str(err):
-            raise
-        import torch
-
-        for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
-            del sys.modules[name]  # the half-imported package, so the next import starts over
-        schemas = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            schemas.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _TORCHVISION_SCHEMAS.append(schemas)  # a Library drops its definitions when collected
-        import torchvision  # noqa: F401  (imported for its side effect: it now finishes)
-
-
-_TORCHVISION_SCHEMAS: list = []
