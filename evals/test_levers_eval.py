@@ -103,13 +103,17 @@ def levers_table(runs: dict) -> list[dict]:
     return table
 
 
+def with_each_lever(evaluate, name: str):
+    """The biased model evaluated plain, with --permutations 4, and with --debias (8 estimation questions)."""
+    return (evaluate(name), evaluate(f"{name}-permutations-4", permutations=4),
+            evaluate(f"{name}-debias", debias=True, debias_questions=8))
+
+
 @pytest.mark.tiny_eval
 def test_permutations_and_the_prior_correction_undo_a_letter_bias(monkeypatch, evaluate, unbiased):
     clean = unbiased
     plant_letter_bias(monkeypatch)
-    biased = evaluate("biased")
-    permuted = evaluate("biased-permutations-4", permutations=4)
-    debiased = evaluate("biased-debias", debias=True, debias_questions=8)
+    biased, permuted, debiased = with_each_lever(evaluate, "biased")
     table = levers_table({"unbiased": clean, "biased": biased, "+ --permutations 4": permuted,
                           "+ --debias": debiased})
     assert biased.accuracy <= clean.accuracy - 0.2, "the planted bias should cost accuracy"
@@ -124,9 +128,7 @@ def test_permutations_and_the_prior_correction_undo_a_letter_bias(monkeypatch, e
 def test_neither_lever_undoes_a_bias_that_moves_with_the_content(monkeypatch, evaluate, unbiased):
     clean = unbiased
     plant_length_bias(monkeypatch)
-    biased = evaluate("length-biased")
-    permuted = evaluate("length-biased-permutations-4", permutations=4)
-    debiased = evaluate("length-biased-debias", debias=True, debias_questions=8)
+    biased, permuted, debiased = with_each_lever(evaluate, "length-biased")
     levers_table({"unbiased": clean, "longest choice +10": biased, "+ --permutations 4": permuted,
                   "+ --debias": debiased})
     assert biased.accuracy <= clean.accuracy - 0.2, "the planted bias should cost accuracy"
