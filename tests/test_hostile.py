@@ -938,5 +938,8 @@ def test_no_remote_code_no_pickle_no_shell(source):
 
 
 def test_model_loading_asks_for_safetensors_and_no_remote_code():
-    text = (ROOT / "roadbuddy" / "families" / "internvl" / "model.py").read_text(encoding="utf-8").replace(" ", "")
-    assert "trust_remote_code=False" in text and "use_safetensors=True" in text
+    families = ROOT / "roadbuddy" / "families"
+    loader = (families / "internvl" / "model.py").read_text(encoding="utf-8").replace(" ", "")
+    assert "trust_remote_code=False" in loader and "use_safetensors=True" in loader
+    source = (families / "checkpoint.py").read_text(encoding="utf-8").replace(" ", "")  # the config read first
+    assert "trust_remote_code=False" in source

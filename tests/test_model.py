@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from roadbuddy.config import RunConfig
+from roadbuddy.families.checkpoint import ModelLoadError
 from roadbuddy.families.internvl import prompts, tiles
-from roadbuddy.families.internvl.model import (ModelLoadError, can_pack, encode_tiles, forward, forward_official,
-                                               forward_packed, letter_probs, load_model, new_cache, resolve_model_id,
-                                               rewind)
+from roadbuddy.families.internvl.model import (can_pack, encode_tiles, forward, forward_official, forward_packed,
+                                               letter_probs, load_model, new_cache, resolve_model_id, rewind)
 
 
 def tokenize(lm, text):

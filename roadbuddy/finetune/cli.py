@@ -52,7 +52,7 @@ def configs_from_args(args: argparse.Namespace, shard: Shard = Shard()) -> tuple
 def main(argv: list[str] | None = None) -> int:
     from roadbuddy.data.questions import QuestionFileError
     from roadbuddy.families.adapters import AdapterError
-    from roadbuddy.families.internvl.model import ModelLoadError
+    from roadbuddy.families.checkpoint import ModelLoadError
     from roadbuddy.finetune.recipe import FineTune, TrainingOOM
 
     parser = build_parser()

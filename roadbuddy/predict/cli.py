@@ -118,7 +118,7 @@ def _predict(args: argparse.Namespace, shard: Shard, say, demo_root: Path | None
     from roadbuddy.data.output import OutputError
     from roadbuddy.data.questions import QuestionFileError
     from roadbuddy.families.adapters import AdapterError
-    from roadbuddy.families.internvl.model import ModelLoadError
+    from roadbuddy.families.checkpoint import ModelLoadError
     from roadbuddy.levers.letter_prior import PriorError
 
     try:

@@ -18,8 +18,15 @@ from pathlib import Path
 import torch
 
 from roadbuddy.config import RunConfig
-from roadbuddy.data.output import (OutputPaths, PredictionLog, RunLock, check_run_info, load_all_predictions,
-                                   merge_and_write, prepare_output)
+from roadbuddy.data.output import (
+    OutputPaths,
+    PredictionLog,
+    RunLock,
+    check_run_info,
+    load_all_predictions,
+    merge_and_write,
+    prepare_output,
+)
 from roadbuddy.data.questions import group_by_video, load_questions, missing_videos, roots_tried
 from roadbuddy.levers import letter_prior
 from roadbuddy.predict import distributed, memory
@@ -84,7 +91,8 @@ def _runs_on_gpu(cfg: RunConfig) -> bool:
 
 def _load(cfg: RunConfig, model_loader, say):
     from roadbuddy.families import registry
-    from roadbuddy.families.internvl.model import checkpoint_config, load_model, resolve_model_id
+    from roadbuddy.families.checkpoint import checkpoint_config
+    from roadbuddy.families.internvl.model import load_model, resolve_model_id
 
     torch.manual_seed(cfg.seed)
     if model_loader is None:  # a --model that names nothing, or another family, is said before the estimate
