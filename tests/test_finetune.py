@@ -28,7 +28,8 @@ from roadbuddy.finetune import cli as finetune_cli
 from roadbuddy.finetune import data as train_data
 from roadbuddy.finetune.config import TrainConfig
 from roadbuddy.finetune.loss import answer_loss
-from roadbuddy.finetune.recipe import KNOBS, FineTune
+from roadbuddy.finetune.oom import KNOBS
+from roadbuddy.finetune.recipe import FineTune
 from roadbuddy.levers.choice_orders import permute_choices
 from roadbuddy.predict import answering, inputs, pipeline
 from roadbuddy.testing import tiny_task

@@ -12,10 +12,11 @@ no model load.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import warnings
 from pathlib import Path
+
+from roadbuddy.data.digest import file_sha256
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -47,12 +48,7 @@ def check_folder(path: Path | str) -> Path:
 
 def adapter_digest(path: Path | str) -> str:
     """The first 16 hex digits of the sha256 of the adapter's weights: what identifies its answers."""
-    weights = check_folder(path) / ADAPTER_WEIGHTS
-    h = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(check_folder(path) / ADAPTER_WEIGHTS)[:16]
 
 
 def architecture(config) -> dict:

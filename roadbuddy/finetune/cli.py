@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     from roadbuddy.data.questions import QuestionFileError
     from roadbuddy.families.adapters import AdapterError
     from roadbuddy.families.checkpoint import ModelLoadError
-    from roadbuddy.finetune.recipe import FineTune, TrainingOOM
+    from roadbuddy.finetune.oom import TrainingOOM
+    from roadbuddy.finetune.recipe import FineTune
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -28,9 +28,7 @@ Features:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import platform
@@ -45,13 +43,16 @@ import torch
 
 from roadbuddy.config import RunConfig
 from roadbuddy.data.atomic import atomic_write_text
+from roadbuddy.data.digest import file_sha256
 from roadbuddy.families import adapters
 from roadbuddy.families.internvl.model import LoadedModel, encode_tiles, load_model
 from roadbuddy.finetune import checkpoint as train_checkpoint
 from roadbuddy.finetune import data as train_data
 from roadbuddy.finetune import log as train_log
 from roadbuddy.finetune.config import TrainConfig
-from roadbuddy.finetune.loss import answer_loss, lora_target_regex, step_seed
+from roadbuddy.finetune.lora import with_lora
+from roadbuddy.finetune.loss import answer_loss, step_seed
+from roadbuddy.finetune.oom import oom_named
 from roadbuddy.predict import distributed
 from roadbuddy.predict.distributed import Shard
 from roadbuddy.predict.inputs import InputSpec
@@ -72,59 +73,6 @@ class TrainState:
     validations: list = field(default_factory=list)
     skipped: dict = field(default_factory=dict)  # question id -> why it taught nothing (an unreadable clip)
     seconds: float = 0.0
-
-
-class TrainingOOM(torch.cuda.OutOfMemoryError):
-    """CUDA ran out of memory in a training step or a validation; the message names the knobs to turn (still an
-    OutOfMemoryError to callers that catch one, as bench/gpu_finetune.py does)."""
-
-
-KNOBS = ("try --load-in-4bit (QLoRA), fewer --max-frames or --max-visual-tokens, --batch-size 1 with a larger "
-         "--grad-accum, or drop --no-gradient-checkpointing")
-
-
-@contextlib.contextmanager
-def oom_named(where: str):
-    """CUDA's out-of-memory error as one sentence saying where it happened and which knobs to turn."""
-    try:
-        yield
-    except TrainingOOM:
-        raise
-    except torch.cuda.OutOfMemoryError:
-        raise TrainingOOM(f"CUDA ran out of memory in {where}: {KNOBS}") from None
-
-
-def with_lora(model: torch.nn.Module, cfg: TrainConfig):
-    """The loaded base (bf16, fp32 on the CPU, or 4-bit with predict's skip list) wrapped with LoRA layers.
-
-    Nothing of the base is cast: peft's prepare_model_for_kbit_training would upcast every parameter that is
-    not 4-bit (vision tower, projector, embeddings, lm_head, norms) to fp32, past the memory QLoRA plans and
-    onto another numeric path than predict's bf16. What it does besides is done here: the base is frozen
-    (get_peft_model), and gradient checkpointing is non-reentrant, which reaches the LoRA weights inside the
-    checkpointed layers without the layers' inputs requiring gradients (so no enable_input_require_grads).
-    """
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same on every rank
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-                      target_modules=lora_target_regex(cfg))
-    with adapters.quiet_peft():
-        peft_model = get_peft_model(model, lora)
-    base = peft_model.get_base_model()
-    if cfg.gradient_checkpointing:  # transformers 5.2x renamed it; 5.17 has only the old name
-        if hasattr(base, "activation_checkpointing_enable"):
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return peft_model
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FineTune:

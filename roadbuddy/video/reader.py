@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from roadbuddy.video.source import (VideoError, VideoInfo, decoder_reason)
+from roadbuddy.video.source import VideoError, VideoInfo, decoder_reason
 
 log = logging.getLogger(__name__)
 
