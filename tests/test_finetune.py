@@ -333,19 +333,26 @@ def test_two_runs_make_the_same_adapter_bit_for_bit(uninterrupted, rule_split, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigkill_midway_then_the_same_command_ends_with_the_uninterrupted_adapter(uninterrupted, rule_split, tmp_path):
-    out = tmp_path / "killed"
+def _signalled_after_step_2(rule_split, out: Path, sig: int) -> subprocess.Popen:
+    """The fine-tune of `_run_args` started in a process that gets `sig` once its checkpoint holds step 2."""
     cmd = [sys.executable, "-m", "roadbuddy.finetune.cli", *map(str, _run_args(rule_split, out))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     state = out / "checkpoint" / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if state.is_file() and json.loads(state.read_text())["progress"]["step"] >= 2:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             break
         time.sleep(0.01)
-    proc.wait()
+    return proc
+
+
+def test_sigkill_midway_then_the_same_command_ends_with_the_uninterrupted_adapter(uninterrupted, rule_split, tmp_path):
+    out = tmp_path / "killed"
+    proc = _signalled_after_step_2(rule_split, out, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    state = out / "checkpoint" / "state.json"
     step = json.loads(state.read_text())["progress"]["step"]
     assert 2 <= step < 8, "the run was not caught midway"
     res = finetune(*_run_args(rule_split, out))
@@ -358,17 +365,9 @@ def test_sigkill_midway_then_the_same_command_ends_with_the_uninterrupted_adapte
 
 def test_ctrl_c_exits_130_naming_the_checkpoint_and_the_same_command_resumes(uninterrupted, rule_split, tmp_path):
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "roadbuddy.finetune.cli", *map(str, _run_args(rule_split, out))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    state = out / "checkpoint" / "state.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["progress"]["step"] >= 2:
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.01)
+    proc = _signalled_after_step_2(rule_split, out, signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
+    state = out / "checkpoint" / "state.json"
     step = json.loads(state.read_text())["progress"]["step"]
     assert proc.returncode == 130 and 2 <= step < 8, (proc.returncode, err)
     assert err.splitlines()[-1].endswith(f": rerun the same command to resume from the checkpoint of step {step}"), err
