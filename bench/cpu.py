@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 
 from roadbuddy.families.internvl import tiles
+from roadbuddy.families.internvl.inputs import TileSpec
 from roadbuddy.predict import inputs
 from roadbuddy.testing.model_card import IMAGENET_STD, card_dynamic_preprocess, card_get_index, card_transform
 
@@ -121,7 +122,7 @@ def ours(path: Path, k: int, max_num: int = 1, backend: str = "auto", threads: i
     cfg = RunConfig(min_frames=k, max_frames=k, max_num=max_num, max_visual_tokens=10**9, support_frames=False,
                     decode_threads=threads, decoder_scaling=decoder_scaling)
     with only_backend(backend):
-        work = inputs.prepare_clip(path, [question], cfg, inputs.InputSpec(image_size, 256, test_tokenizer()))
+        work = inputs.prepare_clip(path, [question], cfg, TileSpec(image_size, 256, test_tokenizer()))
     if work.error:
         raise RuntimeError(work.error)
     pixels = tiles.normalize_tiles(work.tiles) if normalise else work.tiles

@@ -4,7 +4,7 @@
                                    [--frames 32] [--tiles 1] [--simple-prompts] [--json]
 
 Why: the VRAM estimate and the prefill benches need the text tokens a real prompt carries, and
-the test BPE (roadbuddy.testing) gets them wrong. The token ids are built by roadbuddy.predict.inputs' own
+the test BPE (roadbuddy.testing) gets them wrong. The token ids are built by roadbuddy.families.internvl.inputs' own
 prefix_ids and question_ids, so the figures follow the prompts when they change. Without --simple-prompts both the detailed and the simple figures are printed.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _p95(values: list[int]) -> int:
 def measure(tokenizer, questions, *, frames: int = 32, tiles: int = 1, simple: bool = False) -> dict:
     """Token counts of the shared prefix and of every question's suffix, built by the pipeline's own functions."""
     from roadbuddy.config import RunConfig
-    from roadbuddy.predict.inputs import prefix_ids, question_ids
+    from roadbuddy.families.internvl.inputs import prefix_ids, question_ids
 
     cfg = RunConfig(simple_prompts=simple)
     prefix_len = prefix_ids(tokenizer, [tiles] * frames, TOKENS_PER_TILE, cfg).shape[1]

@@ -16,7 +16,7 @@ import torch
 from bench import cpu
 from roadbuddy.config import RunConfig
 from roadbuddy.families.internvl.model import encode_tiles, forward, new_cache, rewind
-from roadbuddy.predict import inputs
+from roadbuddy.families.internvl import inputs as internvl_inputs
 
 FRAMES = 16
 ROUNDS = 2
@@ -45,8 +45,8 @@ def work(lm, dataset, tmp_path_factory):
 def prompt(lm, work):
     """The shared prefix (system, frames, intro) and one question's suffix, as the pipeline makes them."""
     cfg = RunConfig()
-    return (inputs.prefix_ids(lm.tokenizer, work.tiles_per_frame, lm.tokens_per_tile, cfg),
-            inputs.question_ids(lm.tokenizer, work.questions[0], cfg))
+    return (internvl_inputs.prefix_ids(lm.tokenizer, work.tiles_per_frame, lm.tokens_per_tile, cfg),
+            internvl_inputs.question_ids(lm.tokenizer, work.questions[0], cfg))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from evals import report as rep
 from roadbuddy.data.atomic import atomic_write_text
 from roadbuddy.data.questions import Question
-from roadbuddy.predict.inputs import thumbnail_path  # the page reads the thumbnails where the pipeline writes them
+from roadbuddy.video.thumbnails import thumbnail_path  # the page reads the thumbnails where the pipeline writes them
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download cannot be reached from our machines
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from evals import harness
-from roadbuddy.families.internvl import model, prompts, tiles
+from roadbuddy.families import wording
+from roadbuddy.families.internvl import model, tiles
 from roadbuddy.video import frames
 
 pytestmark = pytest.mark.eval
@@ -129,10 +130,10 @@ def skip_mean_std_only(monkeypatch):
 def shift_choice_letters(monkeypatch):
     """The prompt labels the choices B, C, D, A (each letter one off) while answers are read by position."""
     def shifted(choices):
-        valid = prompts.letters(len(choices))
+        valid = wording.letters(len(choices))
         labels = valid[1:] + valid[:1]
         return "\n".join(f"{label}. {choice}" for label, choice in zip(labels, choices))
-    monkeypatch.setattr(prompts, "choices_text", shifted)
+    monkeypatch.setattr(wording, "choices_text", shifted)
 
 
 def _rearrange_features(monkeypatch, change):

@@ -12,7 +12,7 @@ from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import Question
 from roadbuddy.families.internvl import tiles
 from roadbuddy.families.internvl.model import load_model
-from roadbuddy.predict import inputs
+from roadbuddy.families.internvl import inputs as internvl_inputs
 from roadbuddy.testing import tiny_task
 from roadbuddy.testing.checkpoints import build_tokenizer
 
@@ -26,12 +26,12 @@ def test_training_prompt_tokens_are_the_pipelines(lm):
     encoder = train_tiny.Encoder(lm.tokenizer, lm.tokens_per_tile)
     rng = random.Random(3)
     cfg = RunConfig()
-    prefix = inputs.prefix_ids(lm.tokenizer, [1] * tiny_task.FRAMES_SHOWN, lm.tokens_per_tile, cfg)[0].tolist()
+    prefix = internvl_inputs.prefix_ids(lm.tokenizer, [1] * tiny_task.FRAMES_SHOWN, lm.tokens_per_tile, cfg)[0].tolist()
     for seed in range(60):
         _, item = tiny_task.random_example(rng, seed, order_share=0.4, time_share=0.3)
         q = Question(id=f"t{seed}", question=item.question, choices=item.choices, raw_choices=item.choices,
                      video_path=None, video_rel="x.mp4")
-        assert encoder.ids(item) == prefix + inputs.question_ids(lm.tokenizer, q, cfg)[0].tolist(), item
+        assert encoder.ids(item) == prefix + internvl_inputs.question_ids(lm.tokenizer, q, cfg)[0].tolist(), item
 
 
 def test_relabeled_prompt_prints_the_given_letters_and_targets_them(lm):

@@ -60,7 +60,7 @@ class Encoder:
     def __init__(self, tokenizer, tokens_per_tile: int):
         self.tokenizer = tokenizer
         frames = prompts.frames_text([1] * tiny_task.FRAMES_SHOWN, tokens_per_tile)
-        self.prefix = self._ids(prompts.prompt_prefix(frames + prompts.intro_text()))  # as inputs.prefix_ids
+        self.prefix = self._ids(prompts.prompt_prefix(frames + prompts.intro_text()))  # as families/internvl/inputs.prefix_ids
         self._suffix: dict[tuple, list[int]] = {}
         self.letter_ids = [tokenizer.convert_tokens_to_ids(c) for c in "ABCD"]
 

@@ -203,7 +203,7 @@ def test_model_folder_that_does_not_exist_is_named(dataset, tmp_path):
     assert code == 2 and f"--model {tmp_path / 'weights.safetensors'} is a file; give the checkpoint's folder" in err
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl", "qwen3_5"])
+@pytest.mark.parametrize("family", sorted(COMING))
 def test_a_checkpoint_of_another_family_is_refused_naming_the_families_that_run(dataset, tmp_path, family):
     """Told apart by config.json's model_type before a tokenizer or weight is read (on a GPU: before the VRAM
     estimate), not by whatever the InternVL loader trips over first."""
@@ -216,7 +216,8 @@ def test_a_checkpoint_of_another_family_is_refused_naming_the_families_that_run(
         assert code == 2, err
         assert err.strip().splitlines() == [
             f"error: --model {checkpoint} is a {family} checkpoint ({COMING[family]} is not supported yet); "
-            "roadbuddy runs these families: internvl (InternVL3 and InternVL3.5 (the native -hf / -HF checkpoints))"
+            "roadbuddy runs these families: internvl (InternVL3 and InternVL3.5 (the native -hf / -HF checkpoints)); "
+            "qwen3_vl (Qwen3-VL (Qwen/Qwen3-VL-*-Instruct)); qwen2_5_vl (Qwen2.5-VL (Qwen/Qwen2.5-VL-*-Instruct))"
         ], err
 
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import group_by_video, load_questions
 from roadbuddy.families.adapters import AdapterError
+from roadbuddy.families.internvl import model as internvl_model
 from roadbuddy.families.internvl.model import encode_tiles, load_model
 from roadbuddy.finetune import checkpoint as train_checkpoint
 from roadbuddy.finetune import cli as finetune_cli
@@ -83,10 +84,12 @@ def test_a_training_example_is_what_predict_sends(tiny_checkpoint, synthetic_dat
     lm = load_model(cfg)
     questions = load_questions(synthetic_dataset)
     sent = {"tiles": [], "calls": []}
-    real_encode, real_forward = answering.encode_tiles, answering.forward
-    monkeypatch.setattr(answering, "encode_tiles", lambda lm_, t, b=32: sent["tiles"].append(t) or real_encode(lm_, t, b))
-    monkeypatch.setattr(answering, "forward", lambda lm_, ids, f, c, **k: sent["calls"].append((ids, f))
+    real_encode, real_forward, real_extend = internvl_model.encode_tiles, internvl_model.forward, internvl_model.extend
+    monkeypatch.setattr(internvl_model, "encode_tiles", lambda lm_, t, b=32: sent["tiles"].append(t) or real_encode(lm_, t, b))
+    monkeypatch.setattr(internvl_model, "forward", lambda lm_, ids, f, c, **k: sent["calls"].append((ids, f))
                         or real_forward(lm_, ids, f, c, **k))
+    monkeypatch.setattr(internvl_model, "extend", lambda lm_, ids, c, start: sent["calls"].append((ids, None))
+                        or real_extend(lm_, ids, c, start))
     predicted, answered_order = {}, []
     for video, qs in group_by_video(questions):
         clip = inputs.prepare_clip(video, qs, cfg, inputs.InputSpec.of(lm))

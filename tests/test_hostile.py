@@ -36,6 +36,8 @@ from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import Question, QuestionFileError, load_questions, prior_letter
 from roadbuddy.video.reader import open_video
 from roadbuddy.video.source import VideoError
+from roadbuddy.families.internvl.inputs import TileSpec
+from roadbuddy.families.internvl import model as internvl_model
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_X265 = "libx265" in __import__("av").codecs_available
@@ -280,7 +282,7 @@ def test_each_hostile_clip_decodes_correctly_or_raises_video_error(hostile_root,
 
 def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     """Ten minutes at 5 fps: the plan stays at max_frames, and decoding seeks rather than reading every frame."""
-    from roadbuddy.predict.inputs import InputSpec, plan_frames, prepare_clip
+    from roadbuddy.predict.inputs import plan_frames, prepare_clip
     from roadbuddy.video import pyav_source as video_pyav
 
     root, rel = hostile_root
@@ -298,7 +300,7 @@ def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
 
     monkeypatch.setattr(video_pyav.PyAVSource, "_decode_from", counting)
     with open_video(path, backend="pyav") as reader:
-        planned = plan_frames(reader.info, [q], cfg, image_size=56, tokens_per_tile=4)["q"]
+        planned = plan_frames(reader.info, [q], cfg, TileSpec(56, 4, None))["q"]
         assert len(planned) == cfg.max_frames  # 600 s x 3 fps asks for 1800 frames; the cap holds
         decoded.clear()
         frames_out = reader.get(planned)
@@ -311,7 +313,7 @@ def test_long_clip_reads_few_frames_and_seeks(hostile_root, monkeypatch):
     # time in test_cli_record_for_each_hostile_clip.
     from roadbuddy.testing.checkpoints import build_tokenizer
 
-    work = prepare_clip(path, [q], cfg, InputSpec(56, 4, build_tokenizer()))  # the run's own path, "auto"
+    work = prepare_clip(path, [q], cfg, TileSpec(56, 4, build_tokenizer()))  # the run's own path, "auto"
     assert work.error is None and len(work.frame_order) == cfg.max_frames
     assert work.tiles.shape[0] == cfg.max_frames
 
@@ -391,7 +393,7 @@ def test_cli_record_for_each_hostile_clip(hostile_run, clip):
             assert record["mode"] == "score" and "error" not in record
             assert record["answer"] in q.letters and set(record["probs"]) == set(q.letters)
             with open_video(root / rel[clip.name]) as reader:  # the frames the run must have planned
-                planned = plan_frames(reader.info, [q], RunConfig(), image_size=56, tokens_per_tile=4)[qid]
+                planned = plan_frames(reader.info, [q], RunConfig(), TileSpec(56, 4, None))[qid]
                 count = reader.info.num_frames
             assert record["frames"] == list(planned) == sorted(set(planned))
             assert len(planned) <= RunConfig().max_frames and all(0 <= f < count for f in planned)
@@ -861,9 +863,8 @@ def test_unexpected_error_mid_clip_gives_its_unanswered_questions_error_rows(sma
 def test_unexpected_error_through_the_cli_exits_1_with_the_csvs_written(small, tmp_path, monkeypatch):
     """roadbuddy-predict's main(): the vision tower raises on the second clip only. Its questions get error rows
     (prior answer), the other clips are answered, both CSVs are written, the summary names the ids, exit 1."""
-    from roadbuddy.predict import answering
 
-    real = answering.encode_tiles
+    real = internvl_model.encode_tiles
     calls = []
 
     def buggy(lm, pixel_values, *args, **kwargs):
@@ -872,7 +873,7 @@ def test_unexpected_error_through_the_cli_exits_1_with_the_csvs_written(small, t
             raise RuntimeError("injected bug in the vision tower")
         return real(lm, pixel_values, *args, **kwargs)
 
-    monkeypatch.setattr(answering, "encode_tiles", buggy)
+    monkeypatch.setattr(internvl_model, "encode_tiles", buggy)
     out = tmp_path / "out"
     code, err = run_main("--model", small["model"], "--test-json", small["json"], "--output", out / "submission.csv")
     assert code == 1, err

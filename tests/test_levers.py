@@ -28,6 +28,8 @@ from roadbuddy.predict.pipeline import run
 from roadbuddy.testing import tiny_task
 from roadbuddy.testing.checkpoints import write_synthetic_dataset
 from roadbuddy.video.source import VideoInfo
+from roadbuddy.families.internvl.inputs import TileSpec
+from roadbuddy.families.internvl import model as internvl_model
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "levers_off_golden.json"
 
@@ -163,8 +165,8 @@ def test_with_all_orders_reordering_the_file_never_changes_the_chosen_text(which
 
 def test_permutations_pack_into_one_forward_and_keep_each_orders_probabilities(seeing, heldout, monkeypatch):
     packs = []
-    real = answering.forward_packed
-    monkeypatch.setattr(answering, "forward_packed", lambda lm_, s, c: packs.append(len(s)) or real(lm_, s, c))
+    real = internvl_model.forward_packed
+    monkeypatch.setattr(internvl_model, "forward_packed", lambda lm_, s, c, *r: packs.append(len(s)) or real(lm_, s, c, *r))
     questions = [q for q in load_questions(heldout) if q.video_path == load_questions(heldout)[0].video_path]
     cfg = RunConfig(permutations=4, support_frames=False, min_frames=4, max_frames=4)
     clip = inputs.prepare_clip(questions[0].video_path, questions, cfg, inputs.InputSpec.of(seeing))
@@ -368,22 +370,22 @@ def test_detail_frames_count_every_token_against_the_budget():
     q = Question("q", "?", ("a", "b"), ("a", "b"), Path("v.mp4"), "v.mp4", support_frames=(2.0, 7.5))
     base = RunConfig(min_frames=8, max_frames=16, frames_per_second=3.0)  # 10 s: 16 frames, 16 tiles
     cfg = base.replace(detail_frames=2, detail_max_num=6, max_visual_tokens=16 * 256)
-    count, k = inputs.frame_budget(INFO, cfg, 448, 256)
+    count, k = inputs.frame_budget(INFO, cfg, TileSpec(448, 256, None))
     # a 16:9 frame tiled up to 6 tiles is the card's 2x1 grid + thumbnail = 3 tiles: 2 x 2 extra tiles come off
     from roadbuddy.video.frames import tiles_per_frame
 
     assert tiles_per_frame(2560, 1440, 6, True) == 3
     assert (count, k) == (12, 2) and count * 256 + k * 2 * 256 <= cfg.max_visual_tokens
     roomy = cfg.replace(max_visual_tokens=8192)
-    assert inputs.frame_budget(INFO, roomy, 448, 256) == (16, 2)
-    planned = inputs.plan_frames(INFO, [q], roomy, 448, 256)
-    detail = set(inputs.plan_detail(INFO, planned, [q], roomy, 448, 256)["q"])
+    assert inputs.frame_budget(INFO, roomy, TileSpec(448, 256, None)) == (16, 2)
+    planned = inputs.plan_frames(INFO, [q], roomy, TileSpec(448, 256, None))
+    detail = set(inputs.plan_detail(INFO, planned, [q], roomy, TileSpec(448, 256, None))["q"])
     assert len(detail) == 2 and detail <= set(planned["q"])
     assert {min(planned["q"], key=lambda f: abs(f / 30 - t)) for t in (2.0, 7.5)} == detail  # nearest support
-    spread = inputs.plan_detail(INFO, planned, [q], roomy.replace(support_frames=False), 448, 256)["q"]
+    spread = inputs.plan_detail(INFO, planned, [q], roomy.replace(support_frames=False), TileSpec(448, 256, None))["q"]
     assert len(spread) == 2
     # the VRAM estimate plans for the same tokens
-    assert memory.planned_prompt_tokens(roomy, 448, 256) == 16 * 256 + 2 * 2 * 256 + 146 + 8 * 16 + 353
+    assert memory.planned_prompt_tokens(roomy, TileSpec(448, 256, None)) == 16 * 256 + 2 * 2 * 256 + 146 + 8 * 16 + 353
 
 
 def test_detail_frames_tiles_and_prompt(seeing, tmp_path):
@@ -432,6 +434,5 @@ def test_each_question_sees_its_own_detail_frames_within_the_budget(seeing, tmp_
         assert r["visual_tokens"] == sum(r["tiles_per_frame"]) * seeing.tokens_per_tile == budget
     # a frame one question sees in detail and another plainly is tiled both ways
     assert any(d for _, d in clip.views) and len(clip.views) > len(clip.frame_order)
-    image_size, tokens = seeing.image_size, seeing.tokens_per_tile
     text = memory.PREFIX_TEXT_TOKENS + memory.TEXT_TOKENS_PER_FRAME * 8 + memory.LONGEST_SUFFIX_TOKENS
-    assert memory.planned_prompt_tokens(cfg, image_size, tokens) == budget + text
+    assert memory.planned_prompt_tokens(cfg, inputs.InputSpec.of(seeing)) == budget + text

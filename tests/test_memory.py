@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from roadbuddy.predict import memory
+from roadbuddy.families.internvl.inputs import TileSpec
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,8 @@ def test_planned_prompt_holds_the_real_vocabularys_longest_prompt():
     """The allowance for text is the measured prefix text and longest suffix (bench/prompt_lengths.py)."""
     from roadbuddy.config import RunConfig
 
-    assert memory.planned_prompt_tokens(RunConfig(), 448, 256) == 8192 + 146 + 8 * 32 + 353
-    assert memory.planned_prompt_tokens(RunConfig(max_frames=8), 448, 256) == 2048 + 146 + 64 + 353
+    assert memory.planned_prompt_tokens(RunConfig(), TileSpec(448, 256, None)) == 8192 + 146 + 8 * 32 + 353
+    assert memory.planned_prompt_tokens(RunConfig(max_frames=8), TileSpec(448, 256, None)) == 2048 + 146 + 64 + 353
 
 
 def test_planned_prompt_is_what_a_long_clip_is_sent_with_detail_frames():
@@ -92,8 +93,8 @@ def test_planned_prompt_is_what_a_long_clip_is_sent_with_detail_frames():
 
     cfg = RunConfig(max_frames=8, max_visual_tokens=2048, detail_frames=4, detail_max_num=6)
     long_clip = VideoInfo(path=None, fps=30.0, num_frames=3000, width=2560, height=1440, backend="test")
-    assert inputs.frame_budget(long_clip, cfg, 448, 256) == (2, 2)
-    assert memory.planned_prompt_tokens(cfg, 448, 256) == 2 * 256 + 2 * (3 - 1) * 256 + 146 + 8 * 2 + 353
+    assert inputs.frame_budget(long_clip, cfg, TileSpec(448, 256, None)) == (2, 2)
+    assert memory.planned_prompt_tokens(cfg, TileSpec(448, 256, None)) == 2 * 256 + 2 * (3 - 1) * 256 + 146 + 8 * 2 + 353
 
 
 def test_estimate_warns_when_the_gpu_has_less_free_memory(tmp_path):

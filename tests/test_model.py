@@ -16,7 +16,7 @@ from roadbuddy.families.internvl.model import (can_pack, encode_tiles, forward, 
 
 
 def tokenize(lm, text):
-    from roadbuddy.predict.inputs import tokenize as ids
+    from roadbuddy.families.text_ids import tokenize as ids
 
     return ids(lm.tokenizer, text)
 
@@ -82,7 +82,7 @@ def test_pipeline_split_tokenizes_like_the_whole_prompt(lm, real_data_dir):
     Every real question of the three files."""
     from roadbuddy.config import RunConfig
     from roadbuddy.data.questions import load_questions
-    from roadbuddy.predict.inputs import prefix_ids, question_ids
+    from roadbuddy.families.internvl.inputs import prefix_ids, question_ids
 
     questions = [q for name in ("train.json", "public_test.json", "private_test.json")
                  for q in load_questions(real_data_dir / name)]

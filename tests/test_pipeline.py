@@ -16,6 +16,8 @@ from roadbuddy.families.internvl.model import load_model
 from roadbuddy.predict import answering, inputs, pipeline, sample_budget
 from roadbuddy.predict.prefetch import iter_prepared
 from roadbuddy.video import reader as video
+from roadbuddy.families.internvl.inputs import TileSpec
+from roadbuddy.families.internvl import model as internvl_model
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def lm(tiny_checkpoint):
 def oom_above(monkeypatch, lm, max_image_tokens: int) -> list[int]:
     """Make forward() raise CUDA OOM whenever a prompt carries more image tokens than the threshold."""
     seen = []
-    real = answering.forward
+    real = internvl_model.forward
 
     def forward(lm_, ids, features, cache, **kw):
         n = int((ids == lm.image_token_id).sum())
@@ -35,7 +37,7 @@ def oom_above(monkeypatch, lm, max_image_tokens: int) -> list[int]:
             raise torch.cuda.OutOfMemoryError(f"injected: {n} image tokens")
         return real(lm_, ids, features, cache, **kw)
 
-    monkeypatch.setattr(answering, "forward", forward)
+    monkeypatch.setattr(internvl_model, "forward", forward)
     return seen
 
 
@@ -102,7 +104,7 @@ def test_prefetch_queue_is_bounded_while_the_model_is_slow(monkeypatch, prefetch
     monkeypatch.setattr(inputs, "prepare_clip", prepare)
     clips = [(Path(f"clip{i}.mp4"), []) for i in range(12)]
     seen, ahead = [], []
-    for work in iter_prepared(clips, RunConfig(prefetch=prefetch), inputs.InputSpec(56, 4, None)):
+    for work in iter_prepared(clips, RunConfig(prefetch=prefetch), TileSpec(56, 4, None)):
         seen.append(work.video)
         time.sleep(0.02)  # the model answering; the worker has time to run ahead if it is allowed to
         with lock:
@@ -168,13 +170,13 @@ def _drop_support_after_first(src, dst):
 @pytest.mark.parametrize("support", [False, True])
 def test_batched_questions_answer_as_one_at_a_time_and_plain(monkeypatch, lm, synthetic_dataset, tmp_path, support):
     packs = []
-    real = answering.forward_packed
+    real = internvl_model.forward_packed
 
-    def counted(lm_, suffixes, cache):
+    def counted(lm_, suffixes, cache, *rest):
         packs.append(len(suffixes))
-        return real(lm_, suffixes, cache)
+        return real(lm_, suffixes, cache, *rest)
 
-    monkeypatch.setattr(answering, "forward_packed", counted)
+    monkeypatch.setattr(internvl_model, "forward_packed", counted)
     data = _drop_support_after_first(synthetic_dataset, synthetic_dataset.parent / "mixed.json") if support \
         else synthetic_dataset
     base = RunConfig(model="tiny", test_json=data, device="cpu", progress=False, support_frames=support)
@@ -210,7 +212,7 @@ def test_no_packing_in_generate_mode_or_without_a_mask(monkeypatch, lm, syntheti
     def refuse(*_a, **_k):
         raise AssertionError("forward_packed should not run here")
 
-    monkeypatch.setattr(answering, "forward_packed", refuse)
+    monkeypatch.setattr(internvl_model, "forward_packed", refuse)
     for name, cfg_lm in {"generate": (dict(answer_mode="generate", max_new_tokens=2), lm),
                          "flash": ({}, dataclasses.replace(lm, attn_impl="flash_attention_2"))}.items():
         changes, model = cfg_lm
@@ -228,10 +230,10 @@ def test_plan_frames_respects_the_token_budget(lm):
     question = Question(id="x", question="?", choices=("a", "b"), raw_choices=("a", "b"), video_path=None,
                         video_rel="v.mp4")
     cfg = RunConfig(max_visual_tokens=40, max_frames=32, min_frames=8)
-    frames = inputs.plan_frames(info, [question], cfg, lm.image_size, lm.tokens_per_tile)["x"]
+    frames = inputs.plan_frames(info, [question], cfg, inputs.InputSpec.of(lm))["x"]
     assert len(frames) == 10  # 10 s at 3 fps = 30 frames, cut to 40 // 4 tokens per frame
     cfg = RunConfig(max_visual_tokens=20, max_frames=32, min_frames=8)
-    frames = inputs.plan_frames(info, [question], cfg, lm.image_size, lm.tokens_per_tile)["x"]
+    frames = inputs.plan_frames(info, [question], cfg, inputs.InputSpec.of(lm))["x"]
     assert len(frames) == 5  # the budget wins over --min-frames
 
 
@@ -265,13 +267,13 @@ def test_sample_timeout_degrades_frames_instead_of_exceeding(monkeypatch, lm, tm
     from roadbuddy.testing.checkpoints import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", clips=5)
-    real = answering.encode_tiles
+    real = internvl_model.encode_tiles
 
     def slow_encode(lm_, pixel_values, batch=32):
         _time.sleep(0.04 * pixel_values.shape[0])  # 40 ms per tile: a slow GPU stand-in
         return real(lm_, pixel_values, batch)
 
-    monkeypatch.setattr(answering, "encode_tiles", slow_encode)
+    monkeypatch.setattr(internvl_model, "encode_tiles", slow_encode)
     cfg = RunConfig(model="tiny", test_json=data, output=tmp_path / "s.csv", device="cpu", progress=False,
                     prefetch=0, min_frames=8, max_frames=8, sample_timeout=0.25)
     run(cfg, lm)
@@ -371,8 +373,8 @@ def test_decode_vision_tower_and_prefill_run_once_per_clip(monkeypatch, lm, synt
 
     events = []  # (what, clip): list.append is safe from the prefetch thread
     answering_now = []
-    real_answer, real_encode, real_forward, real_open = (oom_ladder.answer_clip, answering.encode_tiles,
-                                                         answering.forward, inputs.open_video)
+    real_answer, real_encode, real_forward, real_open = (oom_ladder.answer_clip, internvl_model.encode_tiles,
+                                                         internvl_model.forward, inputs.open_video)
 
     def answer_clip(lm_, clip, *args, **kwargs):
         answering_now.append(clip.video)
@@ -392,8 +394,8 @@ def test_decode_vision_tower_and_prefill_run_once_per_clip(monkeypatch, lm, synt
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(oom_ladder, "answer_clip", answer_clip)
-    monkeypatch.setattr(answering, "encode_tiles", encode_tiles)
-    monkeypatch.setattr(answering, "forward", forward)
+    monkeypatch.setattr(internvl_model, "encode_tiles", encode_tiles)
+    monkeypatch.setattr(internvl_model, "forward", forward)
     monkeypatch.setattr(inputs, "open_video", open_video)
     cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / "s.csv", device="cpu",
                     progress=False, share_prefix=share_prefix, support_frames=support_frames)

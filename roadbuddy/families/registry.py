@@ -1,14 +1,25 @@
-"""Which model family a checkpoint belongs to, told apart by its config.json (`model_type`), and the challenge's
-cap on parameters.
+"""Which model family a checkpoint belongs to, told apart by its config.json (`model_type`), the family's
+functions (roadbuddy.families.protocol) by name, and the challenge's cap on parameters.
 
-Only InternVL runs today; the Qwen families have tiny test checkpoints (roadbuddy.testing.qwen_checkpoints)
-and join through this seam next. A checkpoint of any other family is refused in one sentence that names
-the families that run, before its weights load.
+A checkpoint of any other family is refused in one sentence that names the families that run, before its
+weights load.
 """
 from __future__ import annotations
 
-FAMILIES = {"internvl": "InternVL3 and InternVL3.5 (the native -hf / -HF checkpoints)"}
-COMING = {"qwen3_vl": "Qwen3-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_5": "Qwen3.5"}
+import importlib
+
+FAMILIES = {
+    "internvl": "InternVL3 and InternVL3.5 (the native -hf / -HF checkpoints)",
+    "qwen3_vl": "Qwen3-VL (Qwen/Qwen3-VL-*-Instruct)",
+    "qwen2_5_vl": "Qwen2.5-VL (Qwen/Qwen2.5-VL-*-Instruct)",
+}
+COMING = {"qwen3_5": "Qwen3.5"}
+# where each family's object lives (module, attribute)
+_OPS = {
+    "internvl": ("roadbuddy.families.internvl.family", "INTERNVL"),
+    "qwen3_vl": ("roadbuddy.families.qwen_vl.family", "QWEN3_VL"),
+    "qwen2_5_vl": ("roadbuddy.families.qwen_vl.family", "QWEN2_5_VL"),
+}
 PARAMETER_CAP = 8e9  # the challenge's rule: at most 8B parameters in all at inference
 
 
@@ -25,6 +36,29 @@ def family_of(config, name: str) -> str:
     runs = "; ".join(f"{family} ({what})" for family, what in FAMILIES.items())
     raise UnsupportedFamily(f"--model {name} is a {model_type or 'model_type-less'} checkpoint{coming}; "
                             f"roadbuddy runs these families: {runs}")
+
+
+def ops(family: str):
+    """The family's object (roadbuddy.families.protocol.Family)."""
+    module, attribute = _OPS[family]
+    return getattr(importlib.import_module(module), attribute)
+
+
+def check_model(cfg):
+    """The family of the checkpoint --model names (its config.json read, the family checked to run and to take
+    this RunConfig) before anything heavy loads; ModelLoadError or a family's ConfigError in one sentence."""
+    from roadbuddy.families.checkpoint import checkpoint_config
+    from roadbuddy.families.internvl.model import resolve_model_id
+
+    config = checkpoint_config(resolve_model_id(cfg.model)[0])
+    family = ops(family_of(config, cfg.model))
+    family.check_config(cfg)
+    return family
+
+
+def load_model(cfg):
+    """The checkpoint --model names, loaded by its family (told apart by its config.json)."""
+    return check_model(cfg).load(cfg)
 
 
 def parameter_count(model) -> int:

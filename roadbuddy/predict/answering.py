@@ -16,8 +16,8 @@ import torch
 
 from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import Question, prior_letter
-from roadbuddy.families.internvl.model import (LoadedModel, can_pack, encode_tiles, forward, forward_packed, greedy,
-                                               letter_probs, new_cache, rewind)
+from roadbuddy.families.decoding import greedy, letter_probs, new_cache, rewind
+from roadbuddy.families.loaded import LoadedModel
 from roadbuddy.levers import choice_orders
 from roadbuddy.predict import answers
 from roadbuddy.predict.inputs import PreparedClip
@@ -36,17 +36,17 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig,
     """Answer every question of a prepared clip, yielding each record as soon as it is made. With
     --permutations each question is asked in each of its orders (one suffix each); `prior` (number of
     choices -> position prior) is divided out of the probabilities (--debias)."""
+    family = lm.ops
     vision_ms = 0.0
     features = None
     if cfg.share_prefix:
         t = time.perf_counter()
-        features = encode_tiles(lm, clip.tiles, cfg.vision_batch)
+        features = family.encode(lm, clip, cfg.vision_batch)  # None where the family's prefill runs the tower
         _sync(lm)
         vision_ms = (time.perf_counter() - t) * 1000
     n = len(clip.questions)
 
     for group in clip.groups:
-        prefix_ids = group.prefix_ids.to(lm.device)
         asks = {q.id: [(order, ids.to(lm.device)) for order, ids in
                        (group.asks.get(q.id) or [(tuple(range(q.num_choices)), group.suffix_ids[q.id])])]
                 for q in group.questions}
@@ -54,33 +54,32 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig,
         if cfg.share_prefix:
             t = time.perf_counter()
             cache = new_cache(lm)
-            forward(lm, prefix_ids, features[group.tile_rows], cache, chunk=cfg.prefill_chunk)
+            _, start = family.prefill(lm, clip, group, features, cache, cfg.prefill_chunk, batch=cfg.vision_batch)
             prefix_len = cache.get_seq_length()
             _sync(lm)
             group_ms = (time.perf_counter() - t) * 1000
         flat = [(q.id, k, ids) for q in group.questions for k, (_, ids) in enumerate(asks[q.id])]
         packed = {}
-        if cfg.share_prefix and cfg.batch_questions and cfg.answer_mode == "score" and can_pack(lm):
+        if cfg.share_prefix and cfg.batch_questions and cfg.answer_mode == "score" and family.can_pack(lm):
             packed = _packed_logits(lm, [ids for _, _, ids in flat], [(qid, k) for qid, k, _ in flat], cache,
-                                    prefix_len, cfg.prefill_chunk)
+                                    prefix_len, start, cfg.prefill_chunk)
         for q in group.questions:
             t = time.perf_counter()
             pass_ms, asked = 0.0, []
-            q_features = None
             for k, (order, suffix_ids) in enumerate(asks[q.id]):
                 if (q.id, k) in packed:
                     logits, share = packed[(q.id, k)]
                     pass_ms += share
+                    after = start + suffix_ids.shape[1]
                 elif cfg.share_prefix:
-                    logits = forward(lm, suffix_ids, None, cache)
+                    logits = family.extend(lm, suffix_ids, cache, start)
+                    after = start + suffix_ids.shape[1]
                 else:  # the plain path: re-encode this question's frames, prefill the whole prompt
                     cache = new_cache(lm)
-                    if q_features is None:
-                        q_features = encode_tiles(lm, clip.tiles[group.tile_rows], cfg.vision_batch)
-                    logits = forward(lm, torch.cat([prefix_ids, suffix_ids], dim=1), q_features, cache,
-                                     chunk=cfg.prefill_chunk)
+                    logits, after = family.prefill(lm, clip, group, None, cache, cfg.prefill_chunk, suffix=suffix_ids,
+                                                   batch=cfg.vision_batch)
                 if len(asks[q.id]) == 1:
-                    record = answer_record(lm, q, logits, cache, cfg, prior)
+                    record = answer_record(lm, q, logits, cache, cfg, prior, after)
                 else:
                     asked.append((order, letter_logprobs(lm, logits, q.letters)))
                 if cfg.share_prefix:
@@ -100,15 +99,15 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig,
                 frame_seconds=clip.seconds(group.frames),
                 tiles_per_frame=list(group.tiles_per_frame),
                 tiles=group.tiles,
-                visual_tokens=group.tiles * lm.tokens_per_tile,
-                prompt_tokens=int(prefix_ids.shape[1] + suffix_tokens),
+                visual_tokens=group.visual_tokens,
+                prompt_tokens=int(group.prefix_ids.shape[1] + suffix_tokens),
                 time_ms=round(sum(split.values()), 3),
                 time_split_ms=split,
             )
             yield record
 
 
-def _packed_logits(lm: LoadedModel, suffixes: list[torch.Tensor], keys: list, cache, prefix_len: int,
+def _packed_logits(lm: LoadedModel, suffixes: list[torch.Tensor], keys: list, cache, prefix_len: int, start: int,
                    max_tokens: int) -> dict:
     """Next-token logits of every suffix that shares a forward pass with another, by its key (question id
     and order), with its share of that pass in ms; a suffix alone in its pack is left out (it takes the
@@ -118,7 +117,7 @@ def _packed_logits(lm: LoadedModel, suffixes: list[torch.Tensor], keys: list, ca
         if len(pack) < 2:
             continue
         t = time.perf_counter()
-        logits = forward_packed(lm, [suffixes[i] for i in pack], cache)
+        logits = lm.ops.extend_packed(lm, [suffixes[i] for i in pack], cache, start)
         rewind(cache, prefix_len)
         _sync(lm)
         share = (time.perf_counter() - t) * 1000 / len(pack)
@@ -157,7 +156,7 @@ def letter_logprobs(lm: LoadedModel, logits: torch.Tensor, letters: tuple[str, .
 
 
 def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg: RunConfig,
-                  prior: dict[int, list[float]] | None = None) -> dict:
+                  prior: dict[int, list[float]] | None = None, start: int | None = None) -> dict:
     """The record of one answer: the scored letter and its probabilities (with the position prior divided
     out, --debias); in generate mode the greedy text, parsed, with the scored letter as the recorded
     fallback when it names no letter."""
@@ -169,7 +168,7 @@ def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg
     scored = max(probs, key=probs.get)
     record.update(answer=scored, probs=_rounded(probs))
     if cfg.answer_mode == "generate":
-        text = greedy(lm, logits, cache, cfg.max_new_tokens)
+        text = greedy(lm, logits, cache, cfg.max_new_tokens, start)
         parsed = answers.parse_answer(text, q.choices)
         record.update(raw=text, mode="generate")
         if parsed is None:

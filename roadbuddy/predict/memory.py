@@ -143,22 +143,17 @@ def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, visio
 PREFIX_TEXT_TOKENS, TEXT_TOKENS_PER_FRAME, LONGEST_SUFFIX_TOKENS = 146, 8, 353
 
 
-def planned_prompt_tokens(cfg, image_size: int, tokens_per_tile: int) -> int:
+def planned_prompt_tokens(cfg, spec) -> int:
     """Tokens of the largest prompt a RunConfig allows on a 16:9 clip (what the estimate plans for): the
-    frames and detail frames inputs.frame_budget gives a clip long enough for --max-frames, each question
-    seeing only its own detail frames (inputs.plan_detail)."""
+    frames and detail frames inputs.frame_budget gives a clip long enough for --max-frames, counted by the
+    family (`spec.ops.visual_tokens`), each question seeing only its own detail frames (inputs.plan_detail)."""
     from types import SimpleNamespace
 
     from roadbuddy.predict.inputs import frame_budget
-    from roadbuddy.video.frames import tiles_per_frame
-
-    def tokens(max_num):
-        return tokens_per_tile * tiles_per_frame(2560, 1440, max_num, cfg.use_thumbnail, image_size=image_size)
 
     longest = SimpleNamespace(width=2560, height=1440, duration=1e9)
-    frames, detail = frame_budget(longest, cfg, image_size, tokens_per_tile)
-    per_frame = tokens(cfg.max_num)
-    visual = frames * per_frame + detail * (tokens(max(cfg.detail_max_num, cfg.max_num)) - per_frame)
+    frames, detail = frame_budget(longest, cfg, spec)
+    visual = spec.ops.visual_tokens(spec, longest.width, longest.height, frames, detail, cfg)
     suffixes = LONGEST_SUFFIX_TOKENS * max(1, min(cfg.permutations, 4))  # a question's orders pack together
     return visual + PREFIX_TEXT_TOKENS + TEXT_TOKENS_PER_FRAME * frames + suffixes
 
@@ -173,9 +168,11 @@ def print_estimate(cfg, say, free_memory=None) -> MemoryEstimate | None:
     except Exception as exc:  # offline with no cached config: nothing to estimate from
         say(f"VRAM estimate skipped: no config for {cfg.model} ({str(exc).splitlines()[0]})")
         return None
+    from roadbuddy.families.internvl.inputs import TileSpec
+
     size, _, tokens_per_tile = vision_geometry(config)
     est = estimate_vram(config, quantization=cfg.quantization,
-                        prompt_tokens=planned_prompt_tokens(cfg, size, tokens_per_tile),
+                        prompt_tokens=planned_prompt_tokens(cfg, TileSpec(size, tokens_per_tile, None)),
                         vision_batch=cfg.vision_batch, prefill_chunk=cfg.prefill_chunk,
                         embeddings_on_gpu=not cfg.embeddings_on_cpu)
     say(est.describe())

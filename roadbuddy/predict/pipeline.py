@@ -91,15 +91,13 @@ def _runs_on_gpu(cfg: RunConfig) -> bool:
 
 def _load(cfg: RunConfig, model_loader, say):
     from roadbuddy.families import registry
-    from roadbuddy.families.checkpoint import checkpoint_config
-    from roadbuddy.families.internvl.model import load_model, resolve_model_id
 
     torch.manual_seed(cfg.seed)
     if model_loader is None:  # a --model that names nothing, or another family, is said before the estimate
-        checkpoint_config(resolve_model_id(cfg.model)[0])
+        registry.check_model(cfg)
     if _runs_on_gpu(cfg):  # the estimate is of GPU memory: on the CPU it is no figure the run needs
         memory.print_estimate(cfg, say)
-    lm = (model_loader or load_model)(cfg)
+    lm = (model_loader or registry.load_model)(cfg)
     for note in lm.notes:
         say(note)
     say(f"model: {lm.source} on {lm.device} ({lm.family}, {lm.parameters:,} parameters, "

@@ -8,11 +8,8 @@ No remote code is ever enabled and checkpoints load from safetensors only.
 """
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,33 +18,13 @@ from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import LETTERS
 from roadbuddy.families import registry
 from roadbuddy.families.checkpoint import ModelLoadError, checkpoint_config, from_pretrained, pick_device
+from roadbuddy.families.decoding import greedy, letter_probs, new_cache, packed_mask, rewind  # noqa: F401
 from roadbuddy.families.internvl import tiles
 from roadbuddy.families.internvl.prompts import IMG_CONTEXT
+from roadbuddy.families.load_options import pick_attention, quantization_config
+from roadbuddy.families.loaded import LoadedModel, cache_kwarg_of, letter_token_ids, stop_token_ids
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: object
-    device: torch.device
-    dtype: torch.dtype
-    attn_impl: str
-    image_size: int
-    tokens_per_tile: int
-    image_token_id: int
-    letter_ids: dict[str, int]
-    stop_ids: set[int]
-    source: str  # "trained" or "random" weights, and where from
-    notes: list[str] = field(default_factory=list)
-    cache_kwarg: str = "past_key_values"
-    family: str = "internvl"
-    parameters: int = 0  # every parameter, shared ones once (the challenge caps it at 8B)
-
-    @property
-    def config(self):
-        return self.model.config
 
 
 def vision_geometry(config) -> tuple[int, int, int]:
@@ -78,44 +55,6 @@ def resolve_model_id(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def pick_attention(device: torch.device, want_flash: bool, fused: bool = False) -> str:
-    """flash_attention_2 when asked for and importable on CUDA; else --fused-attention's function; else SDPA."""
-    if want_flash and device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    if fused:
-        from roadbuddy.families import attention
-
-        return attention.register()
-    return "sdpa"
-
-
-def quantization_config(kind: str | None, device: torch.device):
-    if kind is None:
-        return None
-    flag = "--load-in-8bit" if kind == "8bit" else "--load-in-4bit"
-    if device.type != "cuda":
-        raise ModelLoadError(f"{flag} needs a CUDA GPU (bitsandbytes quantized kernels); this run is on {device.type}")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelLoadError(f"{flag} needs bitsandbytes: pip install 'roadbuddy[quant]'")
-    from transformers import BitsAndBytesConfig
-
-    # The vision tower and projector stay in bf16: quantizing them hurts
-    # accuracy for little memory, and 8-bit InternVL has NaN reports.
-    # transformers 5.x matches these as regexes anchored at the start of the full module name
-    # ("vision_tower" alone silently matched nothing: the bench measured the tower quantized), while
-    # older releases matched substrings; the full prefixes work with both.
-    skip = SKIP_QUANTIZATION
-    if kind == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.bfloat16,
-        bnb_4bit_use_double_quant=True,
-        llm_int8_skip_modules=skip,
-    )
-
-
 SKIP_QUANTIZATION = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
@@ -132,7 +71,7 @@ def load_model(cfg: RunConfig) -> LoadedModel:
         adapters.check_for_base(cfg.adapter, config)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     attn = pick_attention(device, cfg.flash_attn, cfg.fused_attention)
-    quant = quantization_config(cfg.quantization, device)
+    quant = quantization_config(cfg.quantization, device, SKIP_QUANTIZATION)
     kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=False, use_safetensors=True)
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
@@ -169,20 +108,12 @@ def wrap_model(model, tokenizer, *, device: torch.device, attn_impl: str, source
         raise ModelLoadError(
             f"tokenizer's {IMG_CONTEXT} id {image_token_id} differs from config.image_token_id {config.image_token_id}"
         )
-    letter_ids = {}
-    for letter in LETTERS:
-        ids = tokenizer.encode(letter, add_special_tokens=False)
-        if len(ids) == 1:
-            letter_ids[letter] = ids[0]
-    stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if i is not None}
-    params = inspect.signature(model.forward).parameters
-    cache_kwarg = "cache" if "cache" in params else "past_key_values"
     return LoadedModel(
         model=model, tokenizer=tokenizer, device=device, dtype=next(model.parameters()).dtype,
         attn_impl=attn_impl, image_size=image_size, tokens_per_tile=tokens_per_tile,
-        image_token_id=image_token_id, letter_ids=letter_ids, stop_ids=stop_ids, source=source,
-        notes=list(notes), cache_kwarg=cache_kwarg, family=registry.family_of(config, source),
-        parameters=registry.parameter_count(model),
+        image_token_id=image_token_id, letter_ids=letter_token_ids(tokenizer, LETTERS),
+        stop_ids=stop_token_ids(tokenizer), source=source, notes=list(notes), cache_kwarg=cache_kwarg_of(model),
+        family=registry.family_of(config, source), parameters=registry.parameter_count(model),
     )
 
 
@@ -220,12 +151,6 @@ def _embed(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None) ->
     return embeds
 
 
-def new_cache(lm: LoadedModel):
-    from transformers import DynamicCache
-
-    return DynamicCache(config=lm.config)
-
-
 @torch.inference_mode()
 def forward(lm: LoadedModel, ids: torch.Tensor, features: torch.Tensor | None, cache,
             chunk: int = 0) -> torch.Tensor:
@@ -250,28 +175,35 @@ def can_pack(lm: LoadedModel) -> bool:
 
 
 @torch.inference_mode()
-def forward_packed(lm: LoadedModel, suffixes: list[torch.Tensor], cache) -> torch.Tensor:
+def forward_packed(lm: LoadedModel, suffixes: list[torch.Tensor], cache, start: int | None = None) -> torch.Tensor:
     """Several questions' suffixes (each 1 x T_i) after one cached prefix, in one forward pass.
 
     The suffixes go in side by side as one sequence; a 4D mask lets each token see the whole prefix and
-    the earlier tokens of its own suffix only, and position ids restart after the prefix for each, so
-    every suffix is computed as if it followed the prefix alone. Returns the next-token logits after
-    each suffix ([len(suffixes), vocab]); the cache then holds all the suffixes: rewind it.
+    the earlier tokens of its own suffix only, and position ids restart at `start` (the prefix's length)
+    for each, so every suffix is computed as if it followed the prefix alone. Returns the next-token
+    logits after each suffix ([len(suffixes), vocab]); the cache then holds all the suffixes: rewind it.
     """
     prefix_len = cache.get_seq_length()
+    start = prefix_len if start is None else start
     ids = torch.cat(suffixes, dim=1)
     embeds = _embed(lm, ids, None)
-    lengths = torch.tensor([s.shape[1] for s in suffixes], device=embeds.device)
-    owner = torch.repeat_interleave(torch.arange(len(suffixes), device=embeds.device), lengths)
-    starts = torch.cumsum(lengths, 0) - lengths
-    offset = torch.arange(ids.shape[1], device=embeds.device) - starts[owner]  # position inside its suffix
-    sees = (owner[:, None] == owner[None, :]) & (offset[:, None] >= offset[None, :])
-    sees = torch.cat([sees.new_ones(ids.shape[1], prefix_len), sees], dim=1)
-    mask = torch.zeros(sees.shape, dtype=embeds.dtype, device=embeds.device)
-    mask.masked_fill_(~sees, torch.finfo(embeds.dtype).min)
-    out = lm.model(inputs_embeds=embeds, attention_mask=mask[None, None], position_ids=(prefix_len + offset)[None],
-                   use_cache=True, logits_to_keep=starts + lengths - 1, **{lm.cache_kwarg: cache})
+    lengths = [int(s.shape[1]) for s in suffixes]
+    mask, offset = packed_mask(lengths, prefix_len, embeds.dtype, embeds.device)
+    last = torch.cumsum(torch.tensor(lengths, device=embeds.device), 0) - 1
+    out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=(start + offset)[None],
+                   use_cache=True, logits_to_keep=last, **{lm.cache_kwarg: cache})
     return out.logits[0].float()
+
+
+@torch.inference_mode()
+def extend(lm: LoadedModel, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
+    """`ids` (1 x T) after the cached tokens, the first at position `start` (the cache's length for InternVL,
+    whose positions are 1D); the next-token logits after the last."""
+    embeds = _embed(lm, ids, None)
+    positions = start + torch.arange(ids.shape[1], device=embeds.device)
+    out = lm.model(inputs_embeds=embeds, position_ids=positions[None], use_cache=True, logits_to_keep=1,
+                   **{lm.cache_kwarg: cache})
+    return out.logits[0, -1].float()
 
 
 @torch.inference_mode()
@@ -280,35 +212,3 @@ def forward_official(lm: LoadedModel, ids: torch.Tensor, pixel_values: torch.Ten
     (it looks up embeddings on the model's device, so not with RunConfig.embeddings_on_cpu on CUDA)."""
     out = lm.model(input_ids=ids, pixel_values=pixel_values.to(lm.device, lm.dtype), use_cache=False, logits_to_keep=1)
     return out.logits[0, -1].float()
-
-
-def letter_probs(lm: LoadedModel, logits: torch.Tensor, letters: tuple[str, ...]) -> dict[str, float]:
-    """Softmax over the next-token logits of this question's valid letters only."""
-    ids = [lm.letter_ids[letter] for letter in letters]
-    probs = torch.softmax(logits[ids], dim=-1)
-    return {letter: float(p) for letter, p in zip(letters, probs)}
-
-
-@torch.inference_mode()
-def greedy(lm: LoadedModel, first_logits: torch.Tensor, cache, max_new_tokens: int) -> str:
-    """Greedy continuation from `first_logits`, extending `cache`; returns the decoded text."""
-    tokens = []
-    logits = first_logits
-    for _ in range(max_new_tokens):
-        token = int(torch.argmax(logits))
-        if token in lm.stop_ids:
-            break
-        tokens.append(token)
-        logits = forward(lm, torch.tensor([[token]], device=lm.device), None, cache)
-    return lm.tokenizer.decode(tokens, skip_special_tokens=False)
-
-
-def rewind(cache, length: int) -> None:
-    """Cut `cache` back to its first `length` tokens (the shared prefix).
-
-    A negative argument means "remove that many" in every transformers 5.x
-    (positive values changed meaning in 5.18), so only that form is used.
-    """
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)

@@ -1,0 +1,134 @@
+"""Qwen3-VL and Qwen2.5-VL through transformers' native classes: load, prefill a frame set, answer.
+
+The hot path per frame set (roadbuddy.predict.answering drives it through the family):
+    logits, start = prefill(lm, group, cache)             # vision tower and the prefix, explicit M-RoPE positions
+    logits = extend(lm, suffix_ids, cache, start)         # a question, positions start, start + 1, ... on 3 rows
+    logits = extend_packed(lm, [suffix_ids, ...], cache, start)   # several, each restarting at `start`
+`start` is the position of the prefix's last token + 1, from the model's own get_rope_index over the
+prefix: not the cache length (a frame pair's tokens take far fewer positions than tokens) and not the
+largest prefix position + 1 (Qwen2.5-VL's temporal positions run past the last token with sparse
+frames). Positions are always passed, so the model's stored `rope_deltas` is never read.
+No remote code is ever enabled and checkpoints load from safetensors only.
+"""
+from __future__ import annotations
+
+import torch
+
+from roadbuddy.config import RunConfig
+from roadbuddy.data.questions import LETTERS
+from roadbuddy.families import registry
+from roadbuddy.families.checkpoint import ModelLoadError, checkpoint_config, from_pretrained, pick_device
+from roadbuddy.families.decoding import packed_mask
+from roadbuddy.families.load_options import pick_attention, quantization_config
+from roadbuddy.families.loaded import LoadedModel, cache_kwarg_of, letter_token_ids, stop_token_ids
+
+
+def load_model(cfg: RunConfig, family) -> LoadedModel:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = pick_device(cfg.device)
+    name = cfg.model
+    config = checkpoint_config(name)
+    notes = []
+    if cfg.adapter is not None:  # an adapter for another base is refused from config.json, before the weights load
+        from roadbuddy.families import adapters
+
+        adapters.check_for_base(cfg.adapter, config)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    attn = pick_attention(device, cfg.flash_attn, False)
+    quant = quantization_config(cfg.quantization, device, family.skip_quantization)
+    kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": False, "use_safetensors": True}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+    try:
+        processor = from_pretrained(AutoProcessor, name, trust_remote_code=False)
+    except ImportError as exc:  # the video processors import torchvision
+        raise ModelLoadError(f"{family.title}'s video processor needs torchvision (the build that matches your "
+                             f"torch): {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the processor of {name!r}: {str(exc).splitlines()[0]}") from exc
+    try:
+        model = from_pretrained(AutoModelForImageTextToText, name, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
+    if quant is None:
+        model.to(device)
+    if cfg.adapter is not None:
+        from roadbuddy.families import adapters
+
+        model = adapters.apply(model, cfg.adapter, merge=quant is None)
+        notes.append(f"adapter {cfg.adapter} ({'merged into the weights' if quant is None else 'beside the quantized weights'})")
+    if cfg.embeddings_on_cpu and device.type == "cuda":
+        notes.append(f"the input embeddings stay on the GPU for {family.title} (its forward looks them up itself)")
+    model.eval()
+    kind = "random" if getattr(model.config, "roadbuddy_weights", None) == "random" else "trained"
+    return wrap_model(model, processor, family, device=device, attn_impl=attn, source=f"{kind} weights from {name}",
+                      notes=notes)
+
+
+def wrap_model(model, processor, family, *, device, attn_impl: str, source: str, notes=()) -> LoadedModel:
+    tokenizer = processor.tokenizer
+    rope = next((m for m in model.modules() if hasattr(m, "get_rope_index")), None)
+    if rope is None:
+        raise ModelLoadError(f"{source}: no get_rope_index in the model; is this a {family.title} checkpoint?")
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, device=device, dtype=next(model.parameters()).dtype, attn_impl=attn_impl,
+        letter_ids=letter_token_ids(tokenizer, LETTERS), stop_ids=stop_token_ids(tokenizer), source=source,
+        notes=list(notes), cache_kwarg=cache_kwarg_of(model), family=family.name,
+        parameters=registry.parameter_count(model), processor=processor, rope_index=rope.get_rope_index)
+
+
+def positions(lm: LoadedModel, ids: torch.Tensor, vision: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt's M-RoPE positions [3, 1, T] by the model's own get_rope_index (CPU; config arithmetic only),
+    and its token types (0 text, 2 video) the model is given with them."""
+    extra = {"second_per_grid_ts": vision["second_per_grid_ts"]} if "second_per_grid_ts" in vision else {}
+    mm = vision["mm_token_type_ids"]
+    if mm.shape[1] < ids.shape[1]:  # a suffix after the prefix is text
+        mm = torch.cat([mm, mm.new_zeros(1, ids.shape[1] - mm.shape[1])], dim=1)
+    pos, _ = lm.rope_index(ids.cpu(), mm, video_grid_thw=vision["video_grid_thw"], **extra)
+    return pos, mm
+
+
+@torch.inference_mode()
+def prefill(lm: LoadedModel, group, cache, suffix: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """The frame set's prefix (and `suffix`, on the plain path) into `cache`, the vision tower included; returns
+    the next-token logits and the position of the token after the last (all three rows agree on text)."""
+    vision = group.vision
+    ids = group.prefix_ids if suffix is None else torch.cat([group.prefix_ids, suffix.cpu()], dim=1)
+    pos, mm = positions(lm, ids, vision)
+    dev = lm.device
+    out = lm.model(input_ids=ids.to(dev), pixel_values_videos=vision["pixel_values_videos"].to(dev, lm.dtype),
+                   video_grid_thw=vision["video_grid_thw"].to(dev), mm_token_type_ids=mm.to(dev),
+                   position_ids=pos.to(dev), use_cache=True, logits_to_keep=1, **{lm.cache_kwarg: cache})
+    return out.logits[0, -1].float(), int(pos[0, 0, -1]) + 1
+
+
+@torch.inference_mode()
+def extend(lm: LoadedModel, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
+    """`ids` (1 x T, text) after the cached tokens at positions start, start + 1, ... on all three rows."""
+    pos = (start + torch.arange(ids.shape[1], device=lm.device)).view(1, 1, -1).expand(3, 1, -1)
+    out = lm.model(input_ids=ids.to(lm.device), position_ids=pos, use_cache=True, logits_to_keep=1,
+                   **{lm.cache_kwarg: cache})
+    return out.logits[0, -1].float()
+
+
+@torch.inference_mode()
+def extend_packed(lm: LoadedModel, suffixes: list[torch.Tensor], cache, start: int) -> torch.Tensor:
+    """Several suffixes side by side after the cached prefix in one forward: a 4D mask keeps each to the prefix
+    and itself, and each one's positions restart at `start`. Returns [len(suffixes), vocab]; rewind the cache."""
+    ids = torch.cat([s.to(lm.device) for s in suffixes], dim=1)
+    lengths = [int(s.shape[1]) for s in suffixes]
+    mask, offset = packed_mask(lengths, cache.get_seq_length(), lm.dtype, lm.device)
+    pos = (start + offset).view(1, 1, -1).expand(3, 1, -1)
+    last = torch.cumsum(torch.tensor(lengths, device=lm.device), 0) - 1
+    out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=last,
+                   **{lm.cache_kwarg: cache})
+    return out.logits[0].float()
+
+
+@torch.inference_mode()
+def forward_official(lm: LoadedModel, inputs: dict) -> torch.Tensor:
+    """The model's own forward on its processor's output (no cache, positions its own): the tests' reference."""
+    out = lm.model(**{k: (v.to(lm.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}, use_cache=False,
+                   logits_to_keep=1)
+    return out.logits[0, -1].float()

@@ -1,0 +1,255 @@
+"""Qwen3-VL and Qwen2.5-VL through the family seam, on tiny random checkpoints with the published processor
+settings (roadbuddy.testing.qwen_checkpoints): the project's inputs are the processor's for the same frames,
+and every speed path gives the processor's whole-prompt logits.
+
+The reference in each test is built here from the public API alone: the checkpoint's chat template
+(`processor.apply_chat_template`), its processor on the decoded frames with their real indices and the
+clip's fps (`do_sample_frames=False`), and `model(**inputs)`, positions and all left to transformers.
+Tolerance: 1e-5 on logits of order 0.1 (float32, CPU). Measured agreement is about 1e-7; a suffix one
+position off, or started at the cache length, moves the logits by 5e-4 or more (FAMILIES.md §5).
+"""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from roadbuddy.config import ConfigError, RunConfig
+from roadbuddy.data.questions import group_by_video, load_questions
+from roadbuddy.families import registry, wording
+from roadbuddy.families.decoding import new_cache, rewind
+from roadbuddy.levers import choice_orders
+from roadbuddy.predict import answering, inputs
+from roadbuddy.testing.qwen_checkpoints import write_tiny_qwen_checkpoint
+
+FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+ATOL = 1e-5
+# --max-num 1's pixel budget per frame, written out: one 448 x 448 InternVL tile's area. Qwen3-VL's processor
+# bounds the whole clip (frames x budget), Qwen2.5-VL's each frame; the floors are the published processors'.
+BUDGET = 448 * 448
+FLOOR = {"qwen3_vl": 4096, "qwen2_5_vl": 3136}
+
+
+def reference_size(family: str, frames: int, max_num: int = 1) -> dict:
+    per_frame = BUDGET * max_num
+    return {"shortest_edge": FLOOR[family],
+            "longest_edge": per_frame * frames if family == "qwen3_vl" else per_frame}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def lm(request, tmp_path_factory):
+    directory = write_tiny_qwen_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+    return registry.load_model(RunConfig(model=str(directory), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def clip_questions(synthetic_dataset):
+    """The synthetic clip with three questions (4 and 2 choices; each with a support timestamp)."""
+    by_video = dict(group_by_video(load_questions(synthetic_dataset)))
+    video, questions = next((v, qs) for v, qs in by_video.items() if len(qs) == 3)
+    return video, questions
+
+
+def reference_inputs(lm, clip, frames, question, cfg) -> dict:
+    """The processor's whole prompt for these frames and this question, from the chat template."""
+    system = wording.system_text(cfg.system_prompt)
+    text = wording.question_text(question.question, question.choices, simple=cfg.simple_prompts)
+    messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
+    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]})
+    prompt = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    video = np.stack([clip.decoded[f] for f in frames])
+    metadata = {"fps": clip.fps, "frames_indices": list(frames), "total_num_frames": clip.num_frames}
+    return lm.processor(text=[prompt], videos=[video], video_metadata=[metadata], do_sample_frames=False,
+                        size=reference_size(lm.family, len(frames), cfg.max_num), return_tensors="pt")
+
+
+def reference_logits(lm, model_inputs) -> torch.Tensor:
+    with torch.inference_mode():
+        return lm.model(**model_inputs, use_cache=False).logits[0, -1].float()
+
+
+def letters_of(lm, logits, question) -> torch.Tensor:
+    return logits[[lm.letter_ids[letter] for letter in question.letters]]
+
+
+@pytest.mark.parametrize("support", [False, True])
+def test_shared_prefix_logits_are_the_processors_whole_prompt_logits(lm, clip_questions, support):
+    """Per frame set: the prefix prefilled once, each question's suffix from the last prefix position + 1, alone
+    and packed side by side, equal the processor's prompt through model(**inputs); so does the plain path."""
+    video, questions = clip_questions
+    cfg = RunConfig(model="tiny", device="cpu", support_frames=support, min_frames=5, max_frames=5)
+    clip = inputs.prepare_clip(video, questions, cfg, inputs.InputSpec.of(lm))
+    assert clip.error is None
+    assert (len(clip.groups) > 1) == support  # support windows give questions frame sets of their own
+    family = lm.ops
+    checked = 0
+    for group in clip.groups:
+        cache = new_cache(lm)
+        _, start = family.prefill(lm, clip, group, None, cache)
+        prefix_len = cache.get_seq_length()
+        assert start < prefix_len  # a frame pair's tokens take fewer positions than tokens: not the cache length
+        suffixes = [group.suffix_ids[q.id] for q in group.questions]
+        packed = family.extend_packed(lm, suffixes + suffixes[:1], cache, start)  # two at least
+        rewind(cache, prefix_len)
+        for i, q in enumerate(group.questions):
+            ref_inputs = reference_inputs(lm, clip, group.frames, q, cfg)
+            assert torch.equal(ref_inputs["input_ids"], torch.cat([group.prefix_ids, suffixes[i]], dim=1)), q.id
+            ref = reference_logits(lm, ref_inputs)
+            one = family.extend(lm, suffixes[i], cache, start)
+            rewind(cache, prefix_len)
+            plain, _ = family.prefill(lm, clip, group, None, new_cache(lm), suffix=suffixes[i])
+            for name, logits in (("one", one), ("packed", packed[i]), ("plain", plain)):
+                assert torch.allclose(letters_of(lm, logits, q), letters_of(lm, ref, q), atol=ATOL, rtol=0), (name, q.id)
+                assert torch.allclose(logits, ref, atol=ATOL, rtol=0), (name, q.id)
+            checked += 1
+    assert checked == 3
+
+
+def test_sparse_frames_start_the_suffix_at_the_last_prefix_position_not_the_largest(lm, clip_questions, tmp_path):
+    """Four frames of a 30 s clip: Qwen2.5-VL's temporal positions step by tokens_per_second x 15 s per pair, so
+    the prefix's largest position lies inside the video, past its last token's; the suffix must start after the
+    last token (where the processor's whole prompt puts it), and does, on every path."""
+    import dataclasses
+
+    from roadbuddy.testing.synth import write_road_clip
+
+    video = write_road_clip(tmp_path / "long.mp4", seconds=30, fps=10, width=128, height=72, light="red")
+    _, questions = clip_questions
+    asked = [dataclasses.replace(q, video_path=video, support_frames=()) for q in questions[:2]]
+    cfg = RunConfig(model="tiny", device="cpu", min_frames=4, max_frames=4, simple_prompts=True)  # no intro after
+    clip = inputs.prepare_clip(video, asked, cfg, inputs.InputSpec.of(lm))
+    (group,) = clip.groups
+    from roadbuddy.families.qwen_vl.model import positions
+
+    pos, _ = positions(lm, group.prefix_ids, group.vision)
+    if lm.family == "qwen2_5_vl":
+        assert int(pos.max()) > int(pos[0, 0, -1])  # the trap is there to fall into
+    cache = new_cache(lm)
+    _, start = lm.ops.prefill(lm, clip, group, None, cache)
+    assert start == int(pos[0, 0, -1]) + 1
+    packed = lm.ops.extend_packed(lm, [group.suffix_ids[q.id] for q in asked], cache, start)
+    for i, q in enumerate(asked):
+        ref = reference_logits(lm, reference_inputs(lm, clip, group.frames, q, cfg))
+        assert torch.allclose(packed[i], ref, atol=ATOL, rtol=0), q.id
+
+
+def test_pair_timestamps_and_spacing_come_from_the_frames_real_times(lm, clip_questions):
+    """Qwen3-VL writes each frame pair's mean time (frame index / fps) before it; Qwen2.5-VL spaces the pairs by
+    2 / (frames / source frames x fps). Both from the clip's own fps and frame count, not a guessed fps."""
+    video, questions = clip_questions
+    cfg = RunConfig(model="tiny", device="cpu", support_frames=False, min_frames=4, max_frames=4)
+    clip = inputs.prepare_clip(video, questions, cfg, inputs.InputSpec.of(lm))
+    (group,) = clip.groups
+    frames = group.frames
+    assert clip.fps == 10 and clip.num_frames == 20 and len(frames) == 4
+    if lm.family == "qwen3_vl":
+        text = lm.tokenizer.decode(group.prefix_ids[0])
+        stamps = [f"<{(frames[i] / clip.fps + frames[i + 1] / clip.fps) / 2:.1f} seconds>" for i in (0, 2)]
+        assert [m for m in stamps if m in text] == stamps, text[:300]
+    else:
+        spacing = float(group.vision["second_per_grid_ts"][0])
+        assert spacing == pytest.approx(2 / (4 / 20 * 10))
+
+
+@pytest.mark.parametrize("frames", [1, 3, 4, 7])
+def test_visual_tokens_are_what_the_processor_makes(lm, clip_questions, frames):
+    """The frame budget's count for n frames equals the video tokens the processor puts in the prompt (an odd
+    count padded to a pair, as the processor pads it), for any --max-num."""
+    video, questions = clip_questions
+    spec = inputs.InputSpec.of(lm)
+    for max_num in (1, 2):
+        cfg = RunConfig(model="tiny", device="cpu", support_frames=False, min_frames=frames, max_frames=frames,
+                        max_num=max_num)
+        clip = inputs.prepare_clip(video, questions, cfg, spec)
+        (group,) = clip.groups
+        pad = lm.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        made = int((group.prefix_ids == pad).sum())
+        width, height = clip.decoded[group.frames[0]].shape[1], clip.decoded[group.frames[0]].shape[0]
+        assert made == group.visual_tokens == spec.ops.visual_tokens(spec, width, height, frames, 0, cfg)
+
+
+def test_a_448_pair_costs_the_familys_tokens_and_the_budget_counts_them(lm):
+    """A 448 x 448 frame pair is 196 tokens for Qwen3-VL and 256 for Qwen2.5-VL (not InternVL's 2 x 256); the
+    frame budget cuts the frames until their tokens fit --max-visual-tokens."""
+    spec = inputs.InputSpec.of(lm)
+    per_pair = {"qwen3_vl": 196, "qwen2_5_vl": 256}[lm.family]
+    cfg = RunConfig(model="tiny", max_frames=16, min_frames=4)
+    assert spec.ops.visual_tokens(spec, 448, 448, 2, 0, cfg) == per_pair
+    info = SimpleNamespace(width=448, height=448, duration=60.0)
+    assert inputs.frame_budget(info, cfg.replace(max_visual_tokens=per_pair * 8), spec) == (16, 0)
+    count, _ = inputs.frame_budget(info, cfg.replace(max_visual_tokens=per_pair * 3), spec)
+    assert count == 6 and spec.ops.visual_tokens(spec, 448, 448, count, 0, cfg) <= per_pair * 3
+
+
+def test_generate_mode_is_greedy_decoding_of_the_whole_prompt(lm, clip_questions):
+    """Generated tokens from the shared prefix (positions continuing after the suffix) equal greedy decoding by
+    whole-prompt forwards of the processor's inputs with the tokens appended; the text is parsed or falls back."""
+    video, questions = clip_questions
+    cfg = RunConfig(model="tiny", device="cpu", support_frames=False, min_frames=4, max_frames=4,
+                    answer_mode="generate", max_new_tokens=4)
+    clip = inputs.prepare_clip(video, questions, cfg, inputs.InputSpec.of(lm))
+    records = {r["id"]: r for r in answering.answer_clip(lm, clip, cfg)}
+    stops = lm.stop_ids
+    for q in questions:
+        ref = dict(reference_inputs(lm, clip, clip.groups[0].frames, q, cfg))
+        tokens = []
+        for _ in range(cfg.max_new_tokens):
+            token = int(torch.argmax(reference_logits(lm, ref)))
+            if token in stops:
+                break
+            tokens.append(token)
+            ref["input_ids"] = torch.cat([ref["input_ids"], torch.tensor([[token]])], dim=1)
+            ref["attention_mask"] = torch.ones_like(ref["input_ids"])
+            ref["mm_token_type_ids"] = torch.cat([ref["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.long)],
+                                                 dim=1)
+        record = records[q.id]
+        assert record["raw"] == lm.tokenizer.decode(tokens, skip_special_tokens=False), q.id
+        assert record["mode"] in ("generate", "generate-fallback-score") and record["answer"] in q.letters
+
+
+def test_permutations_make_the_answer_independent_of_the_files_choice_order(lm, clip_questions):
+    """With every order of the choices asked, a question and its copy with the choices reordered in the file get
+    the same probability per choice text."""
+    video, questions = clip_questions
+    q = next(q for q in questions if q.num_choices == 4)
+    twin = choice_orders.permute_choices(q, (2, 0, 3, 1))
+    cfg = RunConfig(model="tiny", device="cpu", support_frames=False, min_frames=4, max_frames=4, permutations=4)
+    by_text = []
+    for asked in (q, twin):
+        clip = inputs.prepare_clip(video, [asked], cfg, inputs.InputSpec.of(lm))
+        (record,) = answering.answer_clip(lm, clip, cfg)
+        assert len(record["orders"]) == 4  # each choice at each position once
+        by_text.append({c: record["probs"][letter] for letter, c in zip(asked.letters, asked.choices)})
+    assert by_text[0] == pytest.approx(by_text[1], abs=2e-6)
+
+
+def test_the_pipeline_answers_alike_on_every_path(lm, synthetic_dataset, tmp_path):
+    """roadbuddy-predict's run on the whole synthetic set: shared prefix packed = one question at a time =
+    --no-share-prefix, record for record; the records name the frames and the family's visual tokens."""
+    from roadbuddy.predict import pipeline
+
+    runs = {}
+    for name, changes in {"packed": {}, "one": {"batch_questions": False}, "plain": {"share_prefix": False}}.items():
+        cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / name / "submission.csv",
+                        device="cpu", progress=False, min_frames=4, max_frames=6)
+        pipeline.run(cfg.replace(**changes), model_loader=lambda _c: lm, say=lambda _m: None)
+        lines = (tmp_path / name / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        runs[name] = {r["id"]: r for r in map(json.loads, lines)}
+    assert len(runs["packed"]) == len(load_questions(synthetic_dataset))
+    for qid, record in runs["packed"].items():
+        assert record["mode"] == "score" and record["visual_tokens"] > 0
+        for other in ("one", "plain"):
+            assert runs[other][qid]["probs"] == pytest.approx(record["probs"], abs=2e-6), (other, qid)
+            assert runs[other][qid]["frames"] == record["frames"]
+
+
+@pytest.mark.parametrize("setting, flag", [({"detail_frames": 2}, "--detail-frames"),
+                                           ({"fused_attention": True}, "--fused-attention")])
+def test_settings_without_meaning_for_qwen_are_one_sentence(lm, setting, flag):
+    with pytest.raises(ConfigError) as err:
+        lm.ops.check_config(RunConfig(**setting))
+    message = str(err.value)
+    assert message.startswith(flag) and "\n" not in message
