@@ -46,8 +46,10 @@ class RunConfig:
 
     # model
     model: str = flag(DEFAULT_MODEL, "--model",
-                      "hub id or local path of a native InternVL checkpoint (default: {default}); original-format "
-                      "ids such as OpenGVLab/InternVL3_5-4B map to their -HF twin", MODEL, metavar="ID_OR_DIR")
+                      "hub id or local folder of a checkpoint of a family roadbuddy runs, told apart by its "
+                      "config.json: InternVL3/3.5 (-hf/-HF; original-format ids such as OpenGVLab/InternVL3_5-4B map "
+                      "to their -HF twin), Qwen3-VL (Qwen/Qwen3-VL-4B-Instruct, -8B-), Qwen2.5-VL "
+                      "(Qwen/Qwen2.5-VL-3B-Instruct, -7B-) (default: {default})", MODEL, metavar="ID_OR_DIR")
     adapter: Path | None = flag(None, "--adapter",
                                 "a LoRA adapter folder made by roadbuddy-finetune for this --model; merged into "
                                 "the weights in bf16, kept beside them with --load-in-8bit/4bit (default: none)",
@@ -61,7 +63,8 @@ class RunConfig:
     fused_attention: bool = flag(False, "--fused-attention",
                                  "experimental: the language model's attention without materialised masks (SDPA "
                                  "with a bottom-right causal bias and grouped-query heads, roadbuddy/families/attention.py); "
-                                 "same answers, speed not yet measured on a GPU (default: transformers' SDPA)",
+                                 "same answers, speed not yet measured on a GPU; InternVL only (default: "
+                                 "transformers' SDPA)",
                                  MODEL, action="store_true")
     flash_attn: bool = flag(True, "--no-flash-attn",
                             "use PyTorch SDPA even when flash-attn is installed (default: flash_attention_2 when "
@@ -76,8 +79,10 @@ class RunConfig:
                                     "adaptive rate: a clip gets duration x this many frames, within [min, max] "
                                     "(default: {default})", FRAMES, type=float)
     max_visual_tokens: int = flag(8192, "--max-visual-tokens",
-                                  "cap on frames x tiles x tokens per tile, which bounds KV cache and prefill "
-                                  "memory; wins over --min-frames (default: {default}, fits a 12 GB budget in bf16)",
+                                  "cap on the frames' vision tokens as the family counts them (InternVL: 256 per "
+                                  "tile; Qwen3-VL: 196 per 448x448 frame pair, Qwen2.5-VL: 256), which bounds KV "
+                                  "cache and prefill memory; wins over --min-frames (default: {default}, fits a 12 GB "
+                                  "budget in bf16)",
                                   FRAMES, type=int)
     support_frames: bool = flag(True, "--no-support-frames",
                                 "ignore support_frames timestamps (train files) and sample uniformly", FRAMES,
@@ -86,8 +91,9 @@ class RunConfig:
     support_share: float = 0.5  # fraction of the frames spent around support timestamps
 
     # tiles
-    max_num: int = flag(1, "--max-num", "tiles per frame for dynamic tiling, plus a thumbnail when >1 "
-                        "(default: {default})", FRAMES, type=int)
+    max_num: int = flag(1, "--max-num", "InternVL: tiles per frame for dynamic tiling, plus a thumbnail when >1; "
+                        "Qwen: each frame's pixel budget, --max-num x 448 x 448 (default: {default})", FRAMES,
+                        type=int)
     use_thumbnail: bool = True
     vision_batch: int = 32  # tiles per vision-tower forward (bounds activation memory)
     embeddings_on_cpu: bool = flag(True, "--embeddings-on-gpu",
@@ -106,9 +112,11 @@ class RunConfig:
     max_new_tokens: int = flag(24, "--max-new-tokens", "generate mode's token budget (default: {default})",
                                PROMPTS, type=int, commands=ANSWERING)
     system_prompt: str = flag("project", "--system-prompt",
-                              "the system turn: project (the project's Vietnamese prompt), none (no system turn, "
-                              "as the -HF checkpoints' chat template sends), internvl (the original InternVL chat "
-                              "default), or a UTF-8 text file (default: {default})", PROMPTS, metavar="NAME_OR_FILE")
+                              "the system turn: project (the project's Vietnamese prompt), none (what the "
+                              "checkpoint's chat template sends without one: nothing for InternVL -HF and Qwen3-VL, "
+                              "\"You are a helpful assistant.\" for Qwen2.5-VL), internvl (the original InternVL "
+                              "chat default), or a UTF-8 text file (default: {default})", PROMPTS,
+                              metavar="NAME_OR_FILE")
 
     # test-time levers (score mode; off by default)
     permutations: int = flag(1, "--permutations",
@@ -131,7 +139,8 @@ class RunConfig:
     detail_frames: int = flag(0, "--detail-frames",
                               "K frames per question (those nearest its support timestamps, else spread across "
                               "the clip) get dynamic tiling up to --detail-max-num tiles plus a thumbnail, the "
-                              "others one tile; --max-visual-tokens counts every tile (default: {default}, none)",
+                              "others one tile; --max-visual-tokens counts every tile; InternVL only (default: "
+                              "{default}, none)",
                               FRAMES, type=int)
     detail_max_num: int = flag(6, "--detail-max-num", "tiles of a detail frame, before its thumbnail "
                                "(default: {default})", FRAMES, type=int)
