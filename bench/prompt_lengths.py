@@ -1,11 +1,16 @@
 """Prompt lengths with the real Qwen tokenizer, over a question file (train.json by default).
 
-    python -m bench.prompt_lengths [--train-json challenge-data/train.json]
+    python -m bench.prompt_lengths [--train-json challenge-data/train.json] [--family internvl]
                                    [--frames 32] [--tiles 1] [--simple-prompts] [--json]
 
 Why: the VRAM estimate and the prefill benches need the text tokens a real prompt carries, and
-the test BPE (roadbuddy.testing) gets them wrong. The token ids are built by roadbuddy.families.internvl.inputs' own
-prefix_ids and question_ids, so the figures follow the prompts when they change. Without --simple-prompts both the detailed and the simple figures are printed.
+the test BPE (roadbuddy.testing) gets them wrong. InternVL3.5, Qwen3-VL and Qwen2.5-VL share the
+Qwen2/Qwen3 vocabulary. The token ids are built by the family's own functions (InternVL:
+families/internvl/inputs.py's prefix_ids and question_ids; Qwen: families/qwen_vl/inputs.py's chat
+texts, from the published chat template, and question_ids), so the figures follow the prompts when they
+change. A Qwen prefix's text is its chat text plus, per frame pair, what the processor writes around
+the video tokens (Qwen3-VL: `<t seconds>` and the vision start/end tokens; Qwen2.5-VL: start/end once).
+Without --simple-prompts both the detailed and the simple figures are printed.
 """
 from __future__ import annotations
 
@@ -47,9 +52,42 @@ def measure(tokenizer, questions, *, frames: int = 32, tiles: int = 1, simple: b
     }
 
 
+def measure_qwen(tokenizer, questions, family: str, *, frames: int = 32, simple: bool = False) -> dict:
+    """The same figures for a Qwen family: the chat template's text around the question and the processor's text
+    around the video (timestamps of 30 s clips' pairs for Qwen3-VL), measured with the real vocabulary."""
+    from types import SimpleNamespace
+
+    from roadbuddy.config import RunConfig
+    from roadbuddy.families import registry
+    from roadbuddy.families.qwen_vl import inputs
+    from roadbuddy.testing.qwen_checkpoints import CHAT_TEMPLATES
+
+    tokenizer.chat_template = CHAT_TEMPLATES[family]
+    ops = registry.ops(family)
+    spec = inputs.VideoSpec(ops, tokenizer, SimpleNamespace(apply_chat_template=tokenizer.apply_chat_template))
+    cfg = RunConfig(simple_prompts=simple)
+    before, _ = inputs.chat_texts(spec, cfg)
+    pairs = math.ceil(frames / 2)
+    if ops.clip_wide_budget:  # Qwen3-VL: the wrapper becomes one "<t seconds><|vision_start|>...<|vision_end|>" a pair
+        seconds = [30 * (2 * i + 1) / (2 * pairs) for i in range(pairs)]
+        video = "".join(f"<{t:.1f} seconds><|vision_start|><|vision_end|>" for t in seconds)
+    else:
+        video = "<|vision_start|><|vision_end|>"
+    prefix_text = len(tokenizer(before.replace("<|vision_start|><|video_pad|><|vision_end|>", video),
+                                add_special_tokens=False).input_ids)
+    suffixes = [inputs.question_ids(spec, q, cfg).shape[1] for q in questions]
+    return {
+        "family": family, "simple_prompts": simple, "frames": frames, "tiles_per_frame": 1, "questions": len(suffixes),
+        "prefix_tokens": prefix_text, "prefix_visual_tokens": 0, "prefix_text_tokens": prefix_text,
+        "suffix_mean": round(statistics.fmean(suffixes), 1), "suffix_p95": _p95(suffixes), "suffix_max": max(suffixes),
+        "longest_prompt_text_tokens": prefix_text + max(suffixes),
+    }
+
+
 def describe(m: dict) -> str:
     kind = "simple" if m["simple_prompts"] else "detailed"
-    return (f"{kind} prompts, {m['frames']} frames x {m['tiles_per_frame']} tile(s), {m['questions']} questions: "
+    family = m.get("family", "internvl")
+    return (f"{family}, {kind} prompts, {m['frames']} frames x {m['tiles_per_frame']} tile(s), {m['questions']} questions: "
             f"prefix {m['prefix_tokens']} tokens = {m['prefix_visual_tokens']} visual + "
             f"{m['prefix_text_tokens']} text; question suffix mean {m['suffix_mean']}, p95 {m['suffix_p95']}, "
             f"max {m['suffix_max']}; longest prompt's text {m['longest_prompt_text_tokens']} tokens")
@@ -58,6 +96,8 @@ def describe(m: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.prompt_lengths", description=__doc__.splitlines()[0])
     parser.add_argument("--train-json", type=Path, default=DEFAULT_TRAIN, help="question file (default: %(default)s)")
+    parser.add_argument("--family", choices=("internvl", "qwen3_vl", "qwen2_5_vl"), default="internvl",
+                        help="whose prompt format (default: %(default)s); Qwen prefixes count text only")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--tiles", type=int, default=1, help="tiles per frame (default 1)")
     parser.add_argument("--simple-prompts", action="store_true", help="only the --simple-prompts figures")
@@ -71,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     kinds = [True] if args.simple_prompts else [False, True]
-    results = [measure(tokenizer, questions, frames=args.frames, tiles=args.tiles, simple=s) for s in kinds]
+    if args.family == "internvl":
+        results = [measure(tokenizer, questions, frames=args.frames, tiles=args.tiles, simple=s) for s in kinds]
+    else:
+        results = [measure_qwen(tokenizer, questions, args.family, frames=args.frames, simple=s) for s in kinds]
     if args.json:
         json.dump({"file": str(args.train_json), "results": results}, sys.stdout, indent=2)
         print()

@@ -139,3 +139,20 @@ def test_a_pointer_to_nothing_is_one_clear_sentence(tmp_path, monkeypatch):
 def test_importing_the_module_loads_no_torch():
     code = "import sys, roadbuddy.testing.qwen_vocab; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_qwen_prompts_measure_with_the_real_vocabulary(qwen, family, real_data_dir):
+    """bench.prompt_lengths --family: a Qwen question suffix (the published chat template's turn end after the
+    project's words) is token for token InternVL's, so their lengths agree over the real questions; Qwen2.5-VL's
+    prefix text does not grow with frames, Qwen3-VL's grows by a timestamp per frame pair."""
+    from bench.prompt_lengths import measure, measure_qwen
+    from roadbuddy.data.questions import load_questions
+
+    questions = load_questions(real_data_dir / "train.json")[:200]
+    internvl = measure(qwen, questions, frames=32)
+    many, few = measure_qwen(qwen, questions, family, frames=32), measure_qwen(qwen, questions, family, frames=2)
+    assert [many[k] for k in ("suffix_mean", "suffix_p95", "suffix_max")] == \
+        [internvl[k] for k in ("suffix_mean", "suffix_p95", "suffix_max")]
+    grown = many["prefix_text_tokens"] - few["prefix_text_tokens"]
+    assert grown == 0 if family == "qwen2_5_vl" else grown >= 15 * 6, grown  # "<t.t seconds>" + start/end a pair
