@@ -253,3 +253,30 @@ def test_settings_without_meaning_for_qwen_are_one_sentence(lm, setting, flag):
         lm.ops.check_config(RunConfig(**setting))
     message = str(err.value)
     assert message.startswith(flag) and "\n" not in message
+
+
+def test_out_of_memory_lowers_the_pixel_budget_then_the_frames(lm, synthetic_dataset, tmp_path, monkeypatch):
+    """The OOM ladder on a Qwen model: a prefill with more video tokens than fit raises CUDA OOM; the clip's
+    questions are answered again with --max-num 1 (a smaller pixel budget per frame), then fewer frames."""
+    from roadbuddy.families.qwen_vl import model as qwen_model
+    from roadbuddy.predict import pipeline
+
+    real, seen = qwen_model.prefill, []
+
+    def prefill(lm_, group, cache, suffix=None):
+        seen.append(group.visual_tokens)
+        if group.visual_tokens > 20:
+            raise torch.cuda.OutOfMemoryError(f"injected: {group.visual_tokens} video tokens")
+        return real(lm_, group, cache, suffix)
+
+    monkeypatch.setattr(qwen_model, "prefill", prefill)
+    cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / "submission.csv", device="cpu",
+                    progress=False, support_frames=False, max_num=4, min_frames=8, max_frames=8)
+    summary = pipeline.run(cfg, model_loader=lambda _c: lm, say=lambda _m: None)
+    assert not summary.errors
+    lines = (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert len(recs) == len(load_questions(synthetic_dataset))
+    assert all(r["oom_retries"] >= 1 and r["visual_tokens"] <= 20 for r in recs)
+    assert {r["degraded"]["max_num"] for r in recs} == {1} and max(seen) > 20
+    assert any(r["degraded"]["max_frames"] < 8 for r in recs)

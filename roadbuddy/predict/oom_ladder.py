@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from roadbuddy.config import RunConfig
-from roadbuddy.families.internvl.model import LoadedModel
+from roadbuddy.families.loaded import LoadedModel
 from roadbuddy.predict.answering import answer_clip, error_records
 from roadbuddy.predict.inputs import InputSpec, PreparedClip, prepare_clip
 
