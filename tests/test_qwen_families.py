@@ -280,3 +280,46 @@ def test_out_of_memory_lowers_the_pixel_budget_then_the_frames(lm, synthetic_dat
     assert all(r["oom_retries"] >= 1 and r["visual_tokens"] <= 20 for r in recs)
     assert {r["degraded"]["max_num"] for r in recs} == {1} and max(seen) > 20
     assert any(r["degraded"]["max_frames"] < 8 for r in recs)
+
+
+def test_quantization_keeps_the_vision_tower_and_lm_head_in_bf16(lm):
+    """--load-in-8bit/4bit convert the language model's linear layers only: the family's skip list (as transformers
+    matches it) keeps every linear layer of the vision tower with its patch mergers, and the lm_head."""
+    quantizers_utils = pytest.importorskip("transformers.quantizers.quantizers_utils")
+    skip = lm.ops.skip_quantization
+    linears = [name for name, m in lm.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    kept = [n for n in linears if not quantizers_utils.should_convert_module(n, skip)]
+    converted = [n for n in linears if quantizers_utils.should_convert_module(n, skip)]
+    assert "lm_head" in kept and any(".merger." in n for n in kept)
+    assert all(n.startswith(("model.visual.", "lm_head")) for n in kept)
+    assert converted and all(n.startswith("model.language_model.") for n in converted)
+    assert not [n for n in converted if "visual" in n]
+
+
+def test_system_prompt_none_is_what_the_chat_template_sends_without_one(lm):
+    """--system-prompt none: Qwen2.5-VL's template puts its own default system turn in, Qwen3-VL's none; the
+    project's prompt replaces either."""
+    from roadbuddy.families.qwen_vl.inputs import chat_texts
+
+    spec = inputs.InputSpec.of(lm)
+    none, _ = chat_texts(spec, RunConfig(system_prompt="none"))
+    project, _ = chat_texts(spec, RunConfig())
+    default = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert none.startswith(default) == (lm.family == "qwen2_5_vl")
+    assert none.startswith("<|im_start|>user\n") == (lm.family == "qwen3_vl")
+    assert project.startswith(f"<|im_start|>system\n{wording.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n")
+
+
+def test_debias_estimates_and_divides_out_a_letter_prior(lm, synthetic_dataset, tmp_path):
+    """--debias on a Qwen model: the prior is estimated from questions asked in all their orders and divided out
+    of every answer (records keep what the model said as observed_probs)."""
+    from roadbuddy.predict import pipeline
+
+    cfg = RunConfig(model="tiny", test_json=synthetic_dataset, output=tmp_path / "submission.csv", device="cpu",
+                    progress=False, min_frames=4, max_frames=4, debias=True, debias_questions=2)
+    pipeline.run(cfg, model_loader=lambda _c: lm, say=lambda _m: None)
+    recs = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    prior = json.loads((tmp_path / "prior.json").read_text(encoding="utf-8"))
+    divided = [r for r in recs if "observed_probs" in r]
+    assert len(recs) == len(load_questions(synthetic_dataset)) and prior and divided
+    assert any(r["probs"] != r["observed_probs"] for r in divided)
