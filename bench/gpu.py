@@ -5,6 +5,8 @@ is the real InternVL3.5-4B architecture from roadbuddy/families/configs with ran
 weights (built on the GPU, saved once as a safetensors checkpoint so that 8-bit
 and 4-bit load through the same from_pretrained path as a real checkpoint),
 unless a real checkpoint is given. Results say which.
+
+The other families' rows (Qwen3-VL, Qwen2.5-VL) are bench/gpu_families.py's, measured by `measure` here.
 """
 from __future__ import annotations
 
@@ -156,6 +158,7 @@ def measure(lm, cfg: RunConfig, sampler, counts, label: str) -> dict:
     times = [r["time_ms"] / 1000 for r in records]
     prompt_tokens = max(r.get("prompt_tokens", 0) for r in records)
     est = memory.estimate_vram(lm.config, quantization=cfg.quantization, prompt_tokens=prompt_tokens,
+                               visual_tokens=max(r.get("visual_tokens", 0) for r in records),
                                vision_batch=cfg.vision_batch, prefill_chunk=cfg.prefill_chunk,
                                embeddings_on_gpu=not cfg.embeddings_on_cpu, counts=counts)
     peak = sampler.peak
@@ -194,8 +197,6 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
     `adapter` (a roadbuddy-finetune adapter) is loaded as roadbuddy-predict --adapter loads it: merged in
     bf16, beside the weights when quantized. `on_row(doc)` is called after every row, so a sweep cut short
     still leaves its figures."""
-    import transformers
-
     from roadbuddy.families.internvl.model import load_model
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it warns once per 8-bit matmul call
@@ -207,22 +208,9 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the harness's own test, tiny model
     base = RunConfig(model=str(model_path), test_json=data_json, device=device, progress=False, prefetch=2,
                      support_frames=False, adapter=adapter)
-    rows = []
-    doc = {
-        "date": time.strftime("%Y-%m-%d"),
-        "gpu": sampler.name,
-        "driver": sampler.driver,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "weights": weights,
-        "model": str(model_path) if weights == "trained" else f"{BENCH_CONFIG} architecture, random weights",
-        "adapter": str(adapter) if adapter else None,
-        "tokenizer": ((Path(model_path) / "VOCABULARY.txt").read_text().strip()
-                      if (Path(model_path) / "VOCABULARY.txt").is_file() else "the checkpoint's"),
-        "clips": "2560x1440 30 fps H.264, 6/8/10/12 s, 2-4 questions each (bench.json)",
-        "rows": rows,
-    }
+    doc = document(sampler, weights, str(model_path) if weights == "trained" else
+                    f"{BENCH_CONFIG} architecture, random weights", _vocabulary(model_path), adapter)
+    rows = doc["rows"]
     for quant in quants:
         gc.collect()
         if device == "cuda":
@@ -245,7 +233,8 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
                     row = measure(lm, cfg, sampler, counts, f"{tag} {name}")
                 except torch.cuda.OutOfMemoryError as exc:
                     row = {"label": f"{tag} {name}", "quantization": tag, "error": f"CUDA OOM: {exc}"}
-                row.update(setting=name, load_s=load_s, weights=weights)
+                row.update(setting=name, load_s=load_s, weights=weights,
+                           config=BENCH_CONFIG if weights == "random" else None)
                 rows.append(row)
                 log(format_row(row))
                 if on_row:
@@ -253,21 +242,38 @@ def sweep(model_path: Path | None, data_json: Path, work: Path, sampler, quants=
 
         rows_of(lm, run_settings, {"quantization": quant})
         del lm
-        _release(device)
+        release(device)
         if quant is None and fused:  # issue 14: the same rows with --fused-attention (a model loaded with it)
             lm = load_model(base.replace(fused_attention=True))
             measure(lm, run_settings[0].apply(base).replace(limit=2, output=work / "fused-warmup" / "s.csv"),
                     sampler, counts, "warmup")
             rows_of(lm, fused, {"fused_attention": True}, "-fused")
             del lm
-            _release(device)
+            release(device)
     return doc
 
 
-def _release(device: str) -> None:
+def release(device: str) -> None:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
+
+
+def document(sampler, weights: str, model: str, tokenizer: str, adapter: Path | None = None) -> dict:
+    """A results document: the environment, what was measured, and its rows (filled by the sweep)."""
+    import transformers
+
+    return {
+        "date": time.strftime("%Y-%m-%d"), "gpu": sampler.name, "driver": sampler.driver, "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(), "weights": weights,
+        "model": model, "adapter": str(adapter) if adapter else None, "tokenizer": tokenizer,
+        "clips": "2560x1440 30 fps H.264, 6/8/10/12 s, 2-4 questions each (bench.json)", "rows": [],
+    }
+
+
+def _vocabulary(model_path: Path) -> str:
+    marker = Path(model_path) / "VOCABULARY.txt"
+    return marker.read_text().strip() if marker.is_file() else "the checkpoint's"
 
 
 def format_row(row: dict) -> str:

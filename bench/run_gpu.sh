@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU sweep as one prepared command, for a machine with no registry:
-#   bench/run_gpu.sh [smoke|sweep|issue7|issue14|finetune] [extra pytest args]
+#   bench/run_gpu.sh [smoke|sweep|issue7|issue14|finetune|families] [extra args]
+# families: Qwen3-VL-4B/8B and Qwen2.5-VL-7B random weights, bf16 and 4-bit, 16 and 32 frames (bench/gpu_families.py;
+# needs a torchvision matching torch; pass --models qwen3-vl-4b to fit a short device lease).
 # finetune: roadbuddy-finetune steps, LoRA bf16 and QLoRA 4-bit at 16 and 32 frames (bench/gpu_finetune.py).
 # issue14: the smoke checks (--fused-attention among them), the per-step profile of one clip against its
 # arithmetic floor for both attention paths (bench/gpu_profile.py), and the bf16 sweep with its -fused rows.
@@ -54,6 +56,10 @@ fi
 if [ "$mode" = finetune ]; then
   python3 -m pytest -m gpu bench/test_gpu_finetune.py -p no:cacheprovider -q -s -rA --bench-out "$out" \
     --bench-data .gpu/bench-data "$@" 2>&1 | tee "$out/finetune.log"
+  exit "${PIPESTATUS[0]}"
+fi
+if [ "$mode" = families ]; then
+  python3 bench/gpu_families.py "$out" --data .gpu/bench-data "$@" 2>&1 | tee "$out/families.log"
   exit "${PIPESTATUS[0]}"
 fi
 if [ "$mode" = smoke ]; then

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import gpu
 
 
@@ -59,6 +61,41 @@ def test_sweep_rows_and_table(tiny_checkpoint, tmp_path):
     table = gpu.markdown_table(doc)
     assert table.count("\n| bf16 |") == len(labels)
     assert gpu.results_stem(doc).endswith("cpu-stand-in")
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_family_rows_load_through_the_familys_own_path(family, tmp_path):
+    """bench/gpu_families.py on the CPU: a random-weight checkpoint written as the GPU run writes its real-size ones
+    (here of the tiny config, with the tests' BPE), loaded by its family through the registry and measured as the
+    InternVL rows are; 4-bit cannot load on the CPU and leaves one error row, not a crash. The video tokens of
+    each row are what the VRAM estimate's spec (read from the folder's processor files) counts."""
+    from bench import gpu_families
+    from roadbuddy.config import RunConfig
+    from roadbuddy.families import registry
+    from roadbuddy.predict import memory
+    from roadbuddy.testing.checkpoints import write_synthetic_dataset
+    from roadbuddy.testing.qwen_checkpoints import build_qwen_tokenizer, tiny_qwen_config
+
+    data = write_synthetic_dataset(tmp_path / "data", clips=2, with_answers=False)  # 128 x 72 clips
+    tokenizer = build_qwen_tokenizer(family)
+    path = gpu_families.build_random_family_checkpoint(tmp_path / "ckpt", tiny_qwen_config(family, tokenizer),
+                                                       tokenizer, "test BPE", device="cpu")
+    model = gpu_families.FamilyModel("tiny", None, settings=(gpu.Setting("4f", 4), gpu.Setting("2f", 2)))
+    sampler = CountingSampler()
+    doc = gpu_families.sweep_families(data, tmp_path / "work", sampler, models=[model], checkpoints={"tiny": path},
+                                      log=lambda _m: None)
+    assert [r["label"] for r in doc["rows"]] == ["bf16 tiny 4f", "bf16 tiny 2f", "4bit tiny"]
+    assert "needs a CUDA GPU" in doc["rows"][-1]["error"]
+    assert sampler.resets == 3  # the warm-up and two rows
+    config = memory.load_config(str(path))
+    spec = registry.ops(family).planning_spec(config, str(path))
+    n = len(json.loads(data.read_text(encoding="utf-8"))["data"])
+    for row, frames in zip(doc["rows"], (4, 2)):
+        assert row["questions"] == n and row["errors"] == 0 and row["nan_answers"] == 0
+        assert row["weights"] == "random" and row["model"] == "tiny"
+        assert row["visual_tokens_max"] == spec.ops.visual_tokens(spec, 128, 72, frames, 0, RunConfig())
+        assert row["estimate_error"] == (row["estimate_gib"] - 2.0) / 2.0
+    assert gpu.markdown_table(doc).count("| bf16 | tiny ") == 2
 
 
 def test_sweep_loads_an_adapter_as_predict_does(tiny_checkpoint, tmp_path):

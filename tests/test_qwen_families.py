@@ -53,17 +53,25 @@ def clip_questions(synthetic_dataset):
     return video, questions
 
 
-def reference_inputs(lm, clip, frames, question, cfg) -> dict:
-    """The processor's whole prompt for these frames and this question, from the chat template."""
+def reference_inputs(lm, clip, frames, question, cfg, detail=()) -> dict:
+    """The processor's whole prompt for these frames and this question, from the chat template; `detail` frames
+    go after the video as images of at most --detail-max-num x 448 x 448 pixels."""
     system = wording.system_text(cfg.system_prompt)
     text = wording.question_text(question.question, question.choices, simple=cfg.simple_prompts)
     messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
-    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]})
+    messages.append({"role": "user", "content": [{"type": "video"}, *[{"type": "image"}] * len(detail),
+                                                 {"type": "text", "text": text}]})
     prompt = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     video = np.stack([clip.decoded[f] for f in frames])
     metadata = {"fps": clip.fps, "frames_indices": list(frames), "total_num_frames": clip.num_frames}
+    images = {}
+    if detail:
+        floor = lm.processor.image_processor.size.shortest_edge
+        images = {"images": [clip.decoded[f] for f in sorted(detail)],
+                  "images_kwargs": {"size": {"shortest_edge": floor, "longest_edge": BUDGET * cfg.detail_max_num}}}
     return lm.processor(text=[prompt], videos=[video], video_metadata=[metadata], do_sample_frames=False,
-                        size=reference_size(lm.family, len(frames), cfg.max_num), return_tensors="pt")
+                        videos_kwargs={"size": reference_size(lm.family, len(frames), cfg.max_num)},
+                        return_tensors="pt", **images)
 
 
 def reference_logits(lm, model_inputs) -> torch.Tensor:
@@ -134,6 +142,42 @@ def test_sparse_frames_start_the_suffix_at_the_last_prefix_position_not_the_larg
     for i, q in enumerate(asked):
         ref = reference_logits(lm, reference_inputs(lm, clip, group.frames, q, cfg))
         assert torch.allclose(packed[i], ref, atol=ATOL, rtol=0), q.id
+
+
+def test_detail_frames_are_images_after_the_video_and_the_logits_are_the_processors(lm, clip_questions, tmp_path):
+    """--detail-frames 1 on Qwen: each question's detail frame (nearest its support timestamp) follows the video as
+    an image of up to --detail-max-num x 448 x 448 pixels; the prompt, the token count the budget plans with
+    and the logits (one suffix, packed, plain) are the processor's for that conversation. 1280 x 720 frames,
+    so both pixel budgets bind."""
+    import dataclasses
+
+    from roadbuddy.testing.synth import write_road_clip
+
+    video = write_road_clip(tmp_path / "hd.mp4", seconds=2, fps=10, width=1280, height=720, light="green")
+    questions = [dataclasses.replace(q, video_path=video) for q in clip_questions[1]]
+    cfg = RunConfig(model="tiny", device="cpu", min_frames=4, max_frames=4, detail_frames=1, detail_max_num=2)
+    spec = inputs.InputSpec.of(lm)
+    clip = inputs.prepare_clip(video, questions, cfg, spec)
+    assert clip.error is None and all(g.detail_frames and "pixel_values" in g.vision for g in clip.groups)
+    for group in clip.groups:
+        cache = new_cache(lm)
+        _, start = lm.ops.prefill(lm, clip, group, None, cache)
+        prefix_len = cache.get_seq_length()
+        suffixes = [group.suffix_ids[q.id] for q in group.questions]
+        packed = lm.ops.extend_packed(lm, suffixes + suffixes[:1], cache, start)
+        rewind(cache, prefix_len)
+        assert group.visual_tokens == spec.ops.visual_tokens(spec, 1280, 720, 4, 1, cfg)
+        assert group.visual_tokens > spec.ops.visual_tokens(spec, 1280, 720, 4, 1, cfg.replace(detail_max_num=1))
+        assert group.tiles_per_frame == [1 + (f in group.detail_frames) for f in group.frames]
+        for i, q in enumerate(group.questions):
+            ref_inputs = reference_inputs(lm, clip, group.frames, q, cfg, detail=group.detail_frames)
+            assert torch.equal(ref_inputs["input_ids"], torch.cat([group.prefix_ids, suffixes[i]], dim=1)), q.id
+            ref = reference_logits(lm, ref_inputs)
+            one = lm.ops.extend(lm, suffixes[i], cache, start)
+            rewind(cache, prefix_len)
+            plain, _ = lm.ops.prefill(lm, clip, group, None, new_cache(lm), suffix=suffixes[i])
+            for name, logits in (("one", one), ("packed", packed[i]), ("plain", plain)):
+                assert torch.allclose(logits, ref, atol=ATOL, rtol=0), (name, q.id)
 
 
 def test_pair_timestamps_and_spacing_come_from_the_frames_real_times(lm, clip_questions):
@@ -246,8 +290,7 @@ def test_the_pipeline_answers_alike_on_every_path(lm, synthetic_dataset, tmp_pat
             assert runs[other][qid]["frames"] == record["frames"]
 
 
-@pytest.mark.parametrize("setting, flag", [({"detail_frames": 2}, "--detail-frames"),
-                                           ({"fused_attention": True}, "--fused-attention")])
+@pytest.mark.parametrize("setting, flag", [({"fused_attention": True}, "--fused-attention")])
 def test_settings_without_meaning_for_qwen_are_one_sentence(lm, setting, flag):
     with pytest.raises(ConfigError) as err:
         lm.ops.check_config(RunConfig(**setting))

@@ -2,12 +2,12 @@
 
 An adapter folder is a standard peft adapter (adapter_config.json +
 adapter_model.safetensors) plus roadbuddy_adapter.json, its card: the base
-model and its architecture, every setting, the train file's hash, the data
-split, library versions and the validation curve. Loading refuses a folder
-that is not an adapter and an adapter made for another architecture, each in
-one sentence (the CLI exits 2); the architecture is checked against the base's
-config.json before its weights load (`check_for_base`), so a wrong pair costs
-no model load.
+model, its family (model_type) and architecture, every setting, the train
+file's hash, the data split, library versions and the validation curve.
+Loading refuses a folder that is not an adapter, an adapter made for another
+model family and one made for another architecture, each in one sentence (the
+CLI exits 2); the card is checked against the base's config.json before its
+weights load (`check_for_base`), so a wrong pair costs no model load.
 """
 from __future__ import annotations
 
@@ -51,15 +51,27 @@ def adapter_digest(path: Path | str) -> str:
     return file_sha256(check_folder(path) / ADAPTER_WEIGHTS)[:16]
 
 
+# cards written before fine-tuning took other families name none: roadbuddy-finetune trained InternVL only then
+UNNAMED_FAMILY = "internvl"
+
+
+def _first(config, *names):
+    """The first of these attributes the config has (families name a size differently), lists for tuples."""
+    value = next((getattr(config, n) for n in names if getattr(config, n, None) is not None), None)
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def architecture(config) -> dict:
-    """The shape of a base model that an adapter's weights must fit (not its name: a hub id and a local
-    copy of the same checkpoint are the same base)."""
+    """The family (model_type) and shape of a base model that an adapter's weights must fit (not its name: a hub
+    id and a local copy of the same checkpoint are the same base). The vision tower's input size is its tile
+    size where it has one, else its patch size (towers that take frames at any size)."""
     text, vision = config.text_config, config.vision_config
     return {
+        "model_type": config.model_type,
         "text": [text.model_type, text.hidden_size, text.num_hidden_layers, text.num_attention_heads,
                  text.num_key_value_heads, text.intermediate_size, text.vocab_size],
-        "vision": [vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size,
-                   list(vision.image_size) if isinstance(vision.image_size, (list, tuple)) else vision.image_size],
+        "vision": [vision.hidden_size, _first(vision, "num_hidden_layers", "depth"), vision.intermediate_size,
+                   _first(vision, "image_size", "patch_size")],
     }
 
 
@@ -74,12 +86,20 @@ def read_card(path: Path | str) -> dict:
 
 
 def check_base(path: Path | str, config) -> None:
-    """Refuse an adapter whose card names another base architecture than `config`'s."""
+    """Refuse an adapter whose card names another model family, or another base architecture, than `config`'s."""
     card = read_card(path)
     made_for = card.get("base_architecture")
-    if made_for is not None and made_for != architecture(config):
+    if made_for is None:
+        return
+    loaded = architecture(config)
+    family = made_for.get("model_type", UNNAMED_FAMILY)
+    if family != loaded["model_type"]:
+        raise AdapterError(f"--adapter {path} was made for a model of the {family} family ({card.get('base_model', '?')}), "
+                           f"not for the {loaded['model_type']} model loaded: an adapter fits only the model family "
+                           "it was trained on")
+    if [made_for.get("text"), made_for.get("vision")] != [loaded["text"], loaded["vision"]]:
         raise AdapterError(f"--adapter {path} was made for another base model ({card.get('base_model', '?')}, "
-                           f"text {made_for.get('text')}) than the one loaded (text {architecture(config)['text']})")
+                           f"text {made_for.get('text')}) than the one loaded (text {loaded['text']})")
 
 
 def check_for_base(path: Path | str, config) -> Path:

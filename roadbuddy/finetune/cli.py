@@ -33,9 +33,9 @@ exit codes: 0 done, 1 unexpected failure or CUDA out of memory, 2 bad input or u
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="roadbuddy-finetune",
-        description="Fine-tune InternVL with LoRA (QLoRA with --load-in-4bit) on a labeled RoadBuddy question "
-                    "file, on exactly the inputs roadbuddy-predict builds, and write a peft adapter that "
-                    "roadbuddy-predict --adapter, the evals and the bench load.",
+        description="Fine-tune the --model checkpoint (any family roadbuddy-predict runs) with LoRA (QLoRA with "
+                    "--load-in-4bit) on a labeled RoadBuddy question file, on exactly the inputs roadbuddy-predict "
+                    "builds, and write a peft adapter that roadbuddy-predict --adapter, the evals and the bench load.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = flags.add_to_parser(p, TrainConfig, flags.FINETUNE)
     flags.add_to_parser(p, RunConfig, flags.FINETUNE, groups)

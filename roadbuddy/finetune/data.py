@@ -6,14 +6,15 @@
   its text). The order is a function of (seed, epoch), so a position in it is all a resumed run needs.
 - A step of the optimizer takes the next `batch_size x grad_accum x processes` slots of the order;
   under torchrun rank r takes every world-th of them.
-- Examples come from `inputs.prepare_clip` on the prefetch thread: the frames, tiles and token ids of
-  an example are what prediction sends for the same question and settings (tests/test_finetune.py).
+- Examples come from `inputs.prepare_clip` on the prefetch thread: the frames, the family's pixels (a
+  clip's tiles, or a frame set's video inputs) and token ids of an example are what prediction sends for
+  the same question and settings (tests/test_finetune.py, tests/test_finetune_qwen.py).
 """
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -111,11 +112,13 @@ def steps_per_epoch(slots: int, per_step: int) -> int:
 
 @dataclass
 class Example:
-    """One question as the model sees it in training: the tiles of its frames, its prompt, its answer."""
+    """One question as the model sees it in training: its frames' pixels (the family's, as prepare_clip made
+    them for prediction), its prompt, its answer."""
 
     question: Question  # with the choices in this epoch's order
     slot: int  # position in the epoch's order
-    clip_tiles: torch.Tensor  # uint8 [tiles, 3, S, S]: every decoded frame of the clip, shared by its examples
+    # where the family tiles frames: uint8 [tiles, 3, S, S], every view of the clip, shared by its examples; else None
+    clip_tiles: torch.Tensor | None
     clip_key: str  # the same for the examples that share clip_tiles (the frozen tower runs once for them)
     tile_rows: list[int]  # rows of clip_tiles this question's frames have
     prefix_ids: torch.Tensor  # [1, T] int64
@@ -123,6 +126,7 @@ class Example:
     target: str  # the position letter of the answer
     frames: tuple[int, ...]
     error: str | None = None  # the clip failed to decode: the slot counts but teaches nothing
+    vision: dict = field(default_factory=dict)  # the frame set's vision inputs, where the family's processor makes them
 
     @property
     def tiles(self) -> torch.Tensor:
@@ -136,7 +140,7 @@ def rank_slots(start: int, end: int, rank: int, world: int) -> list[int]:
 
 def iter_examples(order: list[Question], slots: list[int], cfg: RunConfig, spec: InputSpec) -> Iterator[Example]:
     """The examples of these slots of an epoch's order, in order; consecutive slots of one clip are prepared
-    (decoded, tiled, tokenised) once, and the next clips are prepared on a worker thread meanwhile."""
+    (decoded, made into the family's pixels, tokenised) once, and the next clips are prepared on a worker thread meanwhile."""
     runs: list[tuple[Path, list[tuple[int, Question]]]] = []
     for slot in slots:
         q = order[slot]
@@ -156,4 +160,4 @@ def iter_examples(order: list[Question], slots: list[int], cfg: RunConfig, spec:
                 continue
             group = where[q.id]
             yield Example(q, slot, clip.tiles, key, group.tile_rows, group.prefix_ids, group.suffix_ids[q.id],
-                          q.answer, group.frames)
+                          q.answer, group.frames, vision=group.vision)

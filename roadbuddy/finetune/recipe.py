@@ -7,9 +7,11 @@
 
 Features:
 - Inputs are prediction's: examples come from roadbuddy.predict.inputs (frame plan with support windows,
-  decode, tiles, prompt prefix and suffix tokenised as predict does); the target is the position
+  decode, the family's pixels, prompt prefix and suffix tokenised as predict does); the target is the position
   letter right after the assistant turn opens (what score mode reads), then the end of the turn after
   it, so generate mode still stops. Choices are shuffled each epoch, the letter moving with its text.
+- The model's family (roadbuddy.families.protocol; families/*/training.py) names LoRA's target modules and
+  computes the logits at those two positions with the forward prediction runs; the card names the family.
 - Memory: logits at those two positions only (never the vocabulary over the whole prompt), gradient
   checkpointing in the language model, the frozen vision tower without gradients, QLoRA on a 4-bit
   base with predict's quantization skip list; what is not 4-bit stays bf16 (nothing is upcast to fp32).
@@ -44,8 +46,7 @@ import torch
 from roadbuddy.config import RunConfig
 from roadbuddy.data.atomic import atomic_write_text
 from roadbuddy.data.digest import file_sha256
-from roadbuddy.families import adapters
-from roadbuddy.families.internvl.model import LoadedModel, encode_tiles, load_model
+from roadbuddy.families import adapters, registry
 from roadbuddy.finetune import checkpoint as train_checkpoint
 from roadbuddy.finetune import data as train_data
 from roadbuddy.finetune import log as train_log
@@ -78,7 +79,7 @@ class TrainState:
 class FineTune:
     def __init__(self, run_cfg: RunConfig, train_cfg: TrainConfig, *, say=print, model_loader=None):
         self.run_cfg, self.cfg, self.say = run_cfg, train_cfg, say
-        self.model_loader = model_loader or load_model
+        self.model_loader = model_loader or registry.load_model
         self.shard = Shard(run_cfg.rank, run_cfg.world_size, run_cfg.local_rank)
         self.out = Path(train_cfg.output)
         self.state = TrainState()
@@ -121,8 +122,10 @@ class FineTune:
         run_cfg = self.run_cfg.replace(adapter=None)
         if self.shard.distributed and torch.cuda.is_available() and run_cfg.device in ("auto", "cuda"):
             run_cfg = run_cfg.replace(device=f"cuda:{self.shard.local_rank}")
+        # the family's LoRA targets from config.json, so a setting it cannot train is refused before the load
+        targets = registry.check_model(run_cfg).lora_targets(cfg.targets, cfg.lora_vision)
         lm = self.model_loader(run_cfg)
-        self.peft = with_lora(lm.model, cfg)
+        self.peft = with_lora(lm.model, cfg, targets)
         base = self.peft.get_base_model()
         self.lm = dataclasses.replace(lm, model=base)
         self.spec = InputSpec.of(self.lm)
@@ -233,11 +236,11 @@ class FineTune:
         cfg, lm, st = self.cfg, self.lm, self.state
         self.peft.train()
         if not cfg.lora_vision:
-            lm.model.model.vision_tower.eval()
+            lm.ops.vision_tower(lm).eval()
         mine = train_data.rank_slots(start, end, self.shard.rank, self.shard.world_size)
         scale = 1.0 / (end - start)  # the step's loss is the mean over all its examples, on every rank
         total = torch.zeros(2, dtype=torch.float64, device=lm.device)  # the step's mean loss, and its letter part
-        features_of: tuple[str, torch.Tensor] | None = None
+        memo: dict = {}  # the family's frozen-tower output kept over the step (one clip's, for its examples)
         batch: list = []
         with oom_named(f"step {st.step + 1}"):
             for example in train_data.iter_examples(order, mine, self.run_cfg, self.spec):
@@ -246,10 +249,10 @@ class FineTune:
                     continue
                 batch.append(example)
                 if len(batch) == cfg.batch_size:
-                    features_of = self._backward(batch, scale, total, features_of, st.epoch)
+                    self._backward(batch, scale, total, memo, st.epoch)
                     batch = []
             if batch:
-                self._backward(batch, scale, total, features_of, st.epoch)
+                self._backward(batch, scale, total, memo, st.epoch)
             for p in self.trainable.values():
                 if p.grad is None:  # no example on this rank in this step (the last, short step, or unreadable clips):
                     p.grad = torch.zeros_like(p)  # it still sends its share, the same tensors as every other rank
@@ -261,24 +264,16 @@ class FineTune:
         self.optimizer.zero_grad(set_to_none=True)
         return float(total[0]), float(total[1])
 
-    def _backward(self, batch, scale: float, total: torch.Tensor, features_of, epoch: int):
-        """Forward and backward of one micro-batch; returns the cached (clip key, features) of the frozen tower."""
+    def _backward(self, batch, scale: float, total: torch.Tensor, memo: dict, epoch: int) -> None:
+        """Forward and backward of one micro-batch (the family's vision features first: the frozen tower's,
+        kept in `memo` across the step, or with gradients under --lora-vision; None where its forward runs it)."""
         lm = self.lm
-        feats = []
-        for e in batch:
-            if self.cfg.lora_vision:  # gradients through the tower: no cache across backward passes
-                feats.append(lm.model.get_image_features(pixel_values=_normalised(lm, e.tiles)).pooler_output)
-                continue
-            if features_of is None or features_of[0] != e.clip_key:
-                with torch.no_grad():
-                    features_of = (e.clip_key, encode_tiles(lm, e.clip_tiles, self.run_cfg.vision_batch).clone())
-            feats.append(features_of[1][e.tile_rows])
+        feats = lm.ops.training_features(lm, batch, memo, self.cfg.lora_vision, self.run_cfg.vision_batch)
         torch.manual_seed(step_seed(self.cfg.seed, epoch, batch[0].slot))
         loss, letters = answer_loss(lm, batch, feats, self.stop_id)
         (loss * scale).backward()
         total[0] += float(loss.detach()) * scale
         total[1] += float(letters.sum()) * scale
-        return features_of
 
     # --- validation, checkpoints, the end --------------------------------------------------------
 
@@ -374,12 +369,6 @@ class FineTune:
     def _log(self, entry: dict) -> None:
         if self.shard.rank == 0:
             train_log.append(self.out / train_log.LOG_NAME, entry)
-
-
-def _normalised(lm: LoadedModel, tiles: torch.Tensor) -> torch.Tensor:
-    from roadbuddy.families.internvl.tiles import normalize_tiles
-
-    return normalize_tiles(tiles.to(lm.device)).to(lm.dtype)
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -2,78 +2,92 @@
 
 peak = weights + max(vision activations, KV cache + prefill activations) + overhead
 
-- weights: parameters counted exactly on the meta device, bytes by quantization
-  (bf16: 2 B each; 8-bit: 1 B for the language model's linear layers; 4-bit NF4
-  with double quantization: about 0.52 B for them). The vision tower, projector,
-  embeddings and lm_head stay bf16, as model.quantization_config leaves them;
-  the input embedding table is not counted when it lives in host memory
-  (RunConfig.embeddings_on_cpu, the default on CUDA).
+- weights: parameters counted exactly on the meta device (AutoModelForImageTextToText of the config, any
+  family; tied embeddings once), bytes by quantization (bf16: 2 B each; 8-bit: 1 B for the linear layers
+  bitsandbytes quantizes; 4-bit NF4 with double quantization: about 0.52 B for them). What the family's
+  skip list names (the vision tower, projector, lm_head) and the embeddings stay bf16, as the loader's
+  quantization_config leaves them; the input embedding table is not counted when it lives in host memory
+  (RunConfig.embeddings_on_cpu, the default on CUDA, where the family's code path allows it: InternVL's).
 - KV cache: 2 (K, V) x layers x kv_heads x head_dim x 2 B per token of prompt.
-- activations: the larger of the vision tower over one batch of tiles and the
-  language model's prefill over one chunk of the prompt (residual, attention
-  projections and the MLP's three intermediates per token).
+- activations: the larger of the vision tower at its peak and the language model's prefill over one chunk
+  of the prompt (residual, attention projections and the MLP's three intermediates per token; the whole
+  prompt at once where the family's prefill does not chunk: Qwen's). The vision term is the family's
+  (`family.memory_terms(config)`): InternVL's tower runs over --vision-batch tiles at a time, Qwen's over
+  every patch of a frame set at once (families/qwen_vl/vram.py says what it holds per patch).
 - prompt buffers: per prompt token, the embeddings looked up on the CPU and
   their GPU copy, the vision features scattered into them, and the allocator's
-  per-clip slack: PROMPT_BUFFERS hidden-size bf16 vectors.
+  per-clip slack: PROMPT_BUFFERS hidden-size bf16 vectors; plus any vision features the family keeps
+  through the prefill (Qwen3-VL's deepstack features).
 - overhead: the CUDA context and allocator slack that NVML sees beyond torch.
 
 OVERHEAD_BYTES and PROMPT_BUFFERS were fitted on the NVML peaks of the H200
 sweep in bench/results/2026-11-27-nvidia-h200.json (20 configurations, bf16,
 8-bit and 4-bit, 2k to 17k prompt tokens: largest error 5.1%), and
 tests/test_memory.py checks every committed result against this function.
+The Qwen terms are derived from transformers' code, not fitted: no GPU has measured them yet.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
+
+from roadbuddy.families import configs, registry
 
 GiB = 1024 ** 3
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "families" / "configs"
 OVERHEAD_BYTES = int(0.72 * GiB)  # CUDA context (0.67 GiB seen by NVML on an H200) and allocator slack
 PROMPT_BUFFERS = 4  # hidden-size bf16 vectors per prompt token beside the KV cache (fitted, see below)
 BYTES_PER_PARAM = {None: 2.0, "8bit": 1.0, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
 
 
-SHIPPED = {"OpenGVLab/InternVL3_5-4B-HF": "internvl3_5-4b"}
-
-
 def load_config(name_or_path: str):
-    """The InternVLConfig for a shipped name (configs/*.json), a local checkpoint, or a cached hub id.
+    """The config of a shipped name (roadbuddy/families/configs: a hub id or a file stem), a local checkpoint or a
+    cached hub id, as its family's config class. Never touches the network: the estimate must not stall a run
+    that has no network (the model load that follows reports that case itself)."""
+    return configs.load_config(name_or_path)
 
-    Never touches the network: the estimate must not stall a run that has no
-    network (the model load that follows reports that case itself).
-    """
-    from transformers import AutoConfig, InternVLConfig
 
-    shipped = CONFIG_DIR / f"{SHIPPED.get(name_or_path, name_or_path)}.json"
-    if shipped.is_file():
-        return InternVLConfig(**json.loads(shipped.read_text()))
-    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False, local_files_only=True)
+def family_of(config):
+    """The family object (roadbuddy.families.protocol.Family) of a config; UnsupportedFamily for any other."""
+    return registry.ops(registry.family_of(config, getattr(config, "_name_or_path", "") or "this checkpoint"))
 
 
 def count_parameters(config) -> dict[str, int]:
-    """Parameters by how quantization treats them: kept 16-bit vs the language model's quantizable linears."""
+    """Parameters by how quantization treats them: `lm_linear`, the linear weights bitsandbytes quantizes under the
+    family's skip list (transformers' own matching); the rest stays 16-bit: `vision` and `projector` (the
+    family's modules), `embed` (an input table not tied to the lm_head, which may live in host memory) and
+    `lm_other`. Shared parameters count once."""
     import torch
-    from transformers import InternVLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
+    from transformers.quantizers.quantizers_utils import should_convert_module
 
+    family = family_of(config)
+    terms = family.memory_terms(config)
     with torch.device("meta"):
-        model = InternVLForConditionalGeneration(config)
+        model = AutoModelForImageTextToText.from_config(config)
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embed.weight
     counts = {"vision": 0, "projector": 0, "lm_linear": 0, "lm_other": 0, "embed": 0}
-    embed = model.get_input_embeddings()
+    seen = set()
     for name, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
-            if module is embed:
-                counts["embed"] += p.numel()
-            elif ".vision_tower." in f".{name}." or name.startswith("model.vision_tower"):
-                counts["vision"] += p.numel()
-            elif "multi_modal_projector" in name:
-                counts["projector"] += p.numel()
-            elif isinstance(module, torch.nn.Linear) and name != "lm_head" and pname == "weight":
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if isinstance(module, torch.nn.Linear) and pname == "weight" and \
+                    should_convert_module(name, family.skip_quantization):
                 counts["lm_linear"] += p.numel()
+            elif module is embed and not tied:
+                counts["embed"] += p.numel()
+            elif _under(name, terms.projector_modules):
+                counts["projector"] += p.numel()
+            elif _under(name, terms.vision_modules):
+                counts["vision"] += p.numel()
             else:
                 counts["lm_other"] += p.numel()
     return counts
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
 def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
@@ -107,31 +121,31 @@ class MemoryEstimate:
 
 def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, vision_batch: int,
                   prefill_chunk: int = 0, embeddings_on_gpu: bool = True,
-                  counts: dict[str, int] | None = None) -> MemoryEstimate:
-    """Peak GPU memory for one question with `prompt_tokens` tokens (visual + text) in bf16 compute,
-    the prompt prefilled `prefill_chunk` tokens at a time (0: all at once)."""
+                  counts: dict[str, int] | None = None, visual_tokens: int | None = None) -> MemoryEstimate:
+    """Peak GPU memory for one question with `prompt_tokens` tokens (`visual_tokens` of them the frame set's vision
+    tokens; None: as many as the prompt's) in bf16 compute, the prompt prefilled `prefill_chunk` tokens at a time
+    (0: all at once) where the family's prefill chunks, the input embeddings in host memory unless
+    `embeddings_on_gpu` or the family keeps them on the GPU."""
+    terms = family_of(config).memory_terms(config)
     counts = counts or count_parameters(config)
-    kept = counts["vision"] + counts["projector"] + counts["lm_other"] + counts["embed"] * embeddings_on_gpu
+    on_gpu = embeddings_on_gpu or not terms.embeddings_on_host
+    kept = counts["vision"] + counts["projector"] + counts["lm_other"] + counts["embed"] * on_gpu
     weights = int(kept * 2 + counts["lm_linear"] * BYTES_PER_PARAM[quantization])
 
-    text, vision = config.text_config, config.vision_config
+    text = config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     qkv = (text.num_attention_heads + 2 * text.num_key_value_heads) * head_dim
-    step = min(prompt_tokens, prefill_chunk) if prefill_chunk > 0 else prompt_tokens
+    chunk = prefill_chunk if terms.chunked_prefill else 0
+    step = min(prompt_tokens, chunk) if chunk > 0 else prompt_tokens
     prefill = step * (6 * text.hidden_size + qkv + 3 * text.intermediate_size) * 2
-
-    from roadbuddy.families.internvl.model import vision_geometry
-
-    size, patch, _ = vision_geometry(config)
-    seq = (size // patch) ** 2 + 1
-    vision_act = vision_batch * seq * (7 * vision.hidden_size + vision.intermediate_size) * 2
+    visual = prompt_tokens if visual_tokens is None else visual_tokens
 
     return MemoryEstimate(
         weights=weights,
         kv_cache=prompt_tokens * kv_bytes_per_token(config),
-        vision_activations=vision_act,
+        vision_activations=terms.vision_activations(visual, vision_batch),
         prefill_activations=prefill,
-        prompt_buffers=prompt_tokens * PROMPT_BUFFERS * text.hidden_size * 2,
+        prompt_buffers=prompt_tokens * PROMPT_BUFFERS * text.hidden_size * 2 + terms.prefill_features(visual),
         overhead=OVERHEAD_BYTES,
     )
 
@@ -139,14 +153,16 @@ def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, visio
 # Text tokens of a prompt with the real Qwen vocabulary (bench/prompt_lengths.py over train.json, detailed
 # prompts): the prefix holds 146 + about 8 per frame ("Frame12: <img>" and "</img>\n"; 393 at 32 frames),
 # and the longest question suffix is 353 tokens (mean 91). A pack of questions is bounded by the prefill
-# chunk, so the longest single prompt is what the KV cache must hold.
+# chunk, so the longest single prompt is what the KV cache must hold. Measured on InternVL's prompt; the Qwen
+# prompts' text around a frame pair is shorter (a timestamp and the vision start/end), so it is a bound there.
 PREFIX_TEXT_TOKENS, TEXT_TOKENS_PER_FRAME, LONGEST_SUFFIX_TOKENS = 146, 8, 353
 
 
-def planned_prompt_tokens(cfg, spec) -> int:
-    """Tokens of the largest prompt a RunConfig allows on a 16:9 clip (what the estimate plans for): the
-    frames and detail frames inputs.frame_budget gives a clip long enough for --max-frames, counted by the
-    family (`spec.ops.visual_tokens`), each question seeing only its own detail frames (inputs.plan_detail)."""
+def planned_tokens(cfg, spec) -> tuple[int, int]:
+    """(vision tokens, all tokens) of the largest prompt a RunConfig allows on a 16:9 clip (what the estimate
+    plans for): the frames and detail frames inputs.frame_budget gives a clip long enough for --max-frames,
+    counted by the family (`spec.ops.visual_tokens`), each question seeing only its own detail frames
+    (inputs.plan_detail)."""
     from types import SimpleNamespace
 
     from roadbuddy.predict.inputs import frame_budget
@@ -155,24 +171,30 @@ def planned_prompt_tokens(cfg, spec) -> int:
     frames, detail = frame_budget(longest, cfg, spec)
     visual = spec.ops.visual_tokens(spec, longest.width, longest.height, frames, detail, cfg)
     suffixes = LONGEST_SUFFIX_TOKENS * max(1, min(cfg.permutations, 4))  # a question's orders pack together
-    return visual + PREFIX_TEXT_TOKENS + TEXT_TOKENS_PER_FRAME * frames + suffixes
+    return visual, visual + PREFIX_TEXT_TOKENS + TEXT_TOKENS_PER_FRAME * frames + suffixes
+
+
+def planned_prompt_tokens(cfg, spec) -> int:
+    """Tokens of the largest prompt a RunConfig allows (planned_tokens' second figure)."""
+    return planned_tokens(cfg, spec)[1]
 
 
 def print_estimate(cfg, say, free_memory=None) -> MemoryEstimate | None:
     """Say the VRAM estimate of a RunConfig before its model loads, and warn when the GPU has less free
-    (`free_memory()` -> (free, total) bytes or None; NVML's by default, on CUDA machines)."""
-    from roadbuddy.families.internvl.model import resolve_model_id, vision_geometry
+    (`free_memory()` -> (free, total) bytes or None; NVML's by default, on CUDA machines). The checkpoint's
+    family says how its tokens are counted (`family.planning_spec`) and what its code path holds."""
+    from roadbuddy.families.internvl.model import resolve_model_id
 
+    name = resolve_model_id(cfg.model)[0]
     try:
-        config = load_config(resolve_model_id(cfg.model)[0])
-    except Exception as exc:  # offline with no cached config: nothing to estimate from
+        config = load_config(name)
+        family = family_of(config)
+        spec = family.planning_spec(config, name)
+    except Exception as exc:  # offline with no cached config, another family: nothing to estimate from
         say(f"VRAM estimate skipped: no config for {cfg.model} ({str(exc).splitlines()[0]})")
         return None
-    from roadbuddy.families.internvl.inputs import TileSpec
-
-    size, _, tokens_per_tile = vision_geometry(config)
-    est = estimate_vram(config, quantization=cfg.quantization,
-                        prompt_tokens=planned_prompt_tokens(cfg, TileSpec(size, tokens_per_tile, None)),
+    visual, prompt = planned_tokens(cfg, spec)
+    est = estimate_vram(config, quantization=cfg.quantization, prompt_tokens=prompt, visual_tokens=visual,
                         vision_batch=cfg.vision_batch, prefill_chunk=cfg.prefill_chunk,
                         embeddings_on_gpu=not cfg.embeddings_on_cpu)
     say(est.describe())

@@ -134,8 +134,8 @@ def write_tiny_adapter(checkpoint: Path | str, directory: Path | str, *, seed: i
     from transformers import InternVLForConditionalGeneration
 
     from roadbuddy.families import adapters
+    from roadbuddy.families.internvl.training import LM_LAYERS
     from roadbuddy.finetune.config import LM_TARGETS
-    from roadbuddy.finetune.loss import LM_LAYERS
 
     directory = Path(directory)
     model = InternVLForConditionalGeneration.from_pretrained(str(checkpoint))

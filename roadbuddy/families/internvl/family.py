@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from roadbuddy.families.internvl import inputs, model
+from roadbuddy.families.internvl import inputs, model, training, vram
 from roadbuddy.families.wording import INTERNVL_SYSTEM_PROMPT
 
 
@@ -22,6 +22,14 @@ class InternVLFamily:
 
     def input_spec(self, lm):
         return inputs.TileSpec(lm.image_size, lm.tokens_per_tile, lm.tokenizer)
+
+    def planning_spec(self, config, name: str):
+        """The input spec of a checkpoint not loaded (the VRAM estimate's): its tile geometry, no tokenizer."""
+        return vram.planning_spec(config)
+
+    def memory_terms(self, config):
+        """What the VRAM estimate needs beside the config: vision/projector modules, the code path, the tower's peak."""
+        return vram.InternVLMemory(config)
 
     def visual_tokens(self, spec, width, height, frames, detail, cfg) -> int:
         return inputs.visual_tokens(spec, width, height, frames, detail, cfg)
@@ -64,6 +72,19 @@ class InternVLFamily:
 
     def can_pack(self, lm) -> bool:
         return model.can_pack(lm)
+
+    # fine-tuning (roadbuddy.finetune)
+    def lora_targets(self, names, vision: bool) -> str:
+        return training.lora_targets(names, vision)
+
+    def vision_tower(self, lm):
+        return training.vision_tower(lm)
+
+    def training_features(self, lm, examples, memo: dict, train_vision: bool, batch: int) -> list:
+        return training.training_features(lm, examples, memo, train_vision, batch)
+
+    def answer_logits(self, lm, examples, letters, features) -> torch.Tensor:
+        return training.answer_logits(lm, examples, letters, features)
 
 
 INTERNVL = InternVLFamily()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from roadbuddy.config import ConfigError
-from roadbuddy.families.qwen_vl import inputs, model
+from roadbuddy.families.qwen_vl import inputs, model, training, vram
 
 
 class QwenVLFamily:
@@ -24,16 +24,21 @@ class QwenVLFamily:
 
     def check_config(self, cfg) -> None:
         """One sentence for a setting that has no meaning for these models."""
-        if cfg.detail_frames:
-            raise ConfigError(f"--detail-frames tiles chosen frames more finely, which is InternVL's; {self.title} "
-                              "sees every frame of a video at one size: raise --max-num (each frame's pixel budget "
-                              "is --max-num x 448 x 448) instead")
         if cfg.fused_attention:
             raise ConfigError(f"--fused-attention replaces InternVL's attention; {self.title} runs with SDPA "
                               "(or --flash-attn)")
 
     def input_spec(self, lm):
         return inputs.VideoSpec(self, lm.tokenizer, lm.processor)
+
+    def planning_spec(self, config, name: str):
+        """The input spec of a checkpoint not loaded (the VRAM estimate's): its video processor's settings, shipped
+        or its own, no tokenizer."""
+        return vram.planning_spec(self, name)
+
+    def memory_terms(self, config):
+        """What the VRAM estimate needs beside the config: vision/projector modules, the code path, the tower's peak."""
+        return vram.QwenVLMemory(config)
 
     def visual_tokens(self, spec, width, height, frames, detail, cfg) -> int:
         return inputs.visual_tokens(spec, width, height, frames, detail, cfg)
@@ -66,6 +71,20 @@ class QwenVLFamily:
 
     def can_pack(self, lm) -> bool:
         return lm.attn_impl in ("sdpa", "eager")
+
+    # fine-tuning (roadbuddy.finetune)
+    def lora_targets(self, names, vision: bool) -> str:
+        return training.lora_targets(self, names, vision)
+
+    def vision_tower(self, lm):
+        return training.vision_tower(lm)
+
+    def training_features(self, lm, examples, memo: dict, train_vision: bool, batch: int) -> list:
+        """None each: the tower runs inside each example's forward (answer_logits), as in prefill."""
+        return [None] * len(examples)
+
+    def answer_logits(self, lm, examples, letters, features) -> torch.Tensor:
+        return training.answer_logits(lm, examples, letters, features)
 
 
 QWEN3_VL = QwenVLFamily("qwen3_vl", "Qwen3-VL", clip_wide_budget=True,

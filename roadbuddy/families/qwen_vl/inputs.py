@@ -9,6 +9,10 @@ budget of --max-num x 448 x 448 (the area of --max-num InternVL tiles).
   depends on the frame count: a 448 x 448 pair is 196 tokens; each pair is preceded by `<t seconds>`, the
   mean of its two frames' real times.
 An odd frame count is padded by the processor repeating the last frame, as it pads any video.
+
+--detail-frames K: a video has one frame size, so a question's K detail frames are shown a second time,
+after the video, as images at up to --detail-max-num x 448 x 448 pixels each (the image processor's own
+resize rule and floor), in time order; --max-visual-tokens counts their image tokens with the video's.
 """
 from __future__ import annotations
 
@@ -86,15 +90,35 @@ def frame_size(spec: VideoSpec, width: int, height: int, frames: int, cfg) -> tu
     return smart_resize(height, width, factor=factor, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
 
 
+def image_size(spec: VideoSpec, cfg) -> dict:
+    """The `size` a detail frame's image is made with: --detail-max-num x 448 x 448 pixels at most (never fewer
+    than --max-num's), within the image processor's own bounds."""
+    size = spec.processor.image_processor.size
+    low, high = int(size.shortest_edge or size.min_pixels), int(size.longest_edge or size.max_pixels)
+    return {"shortest_edge": low, "longest_edge": min(max(cfg.detail_max_num, cfg.max_num) * TILE_AREA, high)}
+
+
+def detail_tokens(spec: VideoSpec, width: int, height: int, cfg) -> int:
+    """Image tokens of one detail frame, by the image processor's own `smart_resize`."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    ip = spec.processor.image_processor
+    size = image_size(spec, cfg)
+    h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size, min_pixels=size["shortest_edge"],
+                        max_pixels=size["longest_edge"])
+    return (h // ip.patch_size) * (w // ip.patch_size) // (ip.merge_size ** 2)
+
+
 def visual_tokens(spec: VideoSpec, width: int, height: int, count: int, detail: int, cfg) -> int:
     """Video tokens of `count` frames: (h / patch) x (w / patch) / merge^2 per temporal pair (an odd count
-    padded to a pair)."""
+    padded to a pair), and the image tokens of `detail` detail frames."""
     if count < 1:
         return 0
     vp = spec.video_processor
     h, w = frame_size(spec, width, height, count, cfg)
     pairs = math.ceil(count / vp.temporal_patch_size)
-    return pairs * (h // vp.patch_size) * (w // vp.patch_size) // (vp.merge_size ** 2)
+    video = pairs * (h // vp.patch_size) * (w // vp.patch_size) // (vp.merge_size ** 2)
+    return video + (detail * detail_tokens(spec, width, height, cfg) if detail else 0)
 
 
 def decode(reader, clip, cfg, spec: VideoSpec) -> None:
@@ -105,16 +129,17 @@ def decode(reader, clip, cfg, spec: VideoSpec) -> None:
     clip.decoded = dict(zip(clip.frame_order, decoded))
 
 
-def chat_texts(spec: VideoSpec, cfg) -> tuple[str, str]:
+def chat_texts(spec: VideoSpec, cfg, images: int = 0) -> tuple[str, str]:
     """(prefix, suffix) text around a question, from the checkpoint's own chat template: the system turn (the
-    template's own default where --system-prompt none, as Qwen2.5-VL's injects one), the user turn's video
-    and intro; then the turn's end and the assistant's opening."""
-    key = (cfg.system_prompt, cfg.simple_prompts)
+    template's own default where --system-prompt none, as Qwen2.5-VL's injects one), the user turn's video,
+    `images` detail frames and intro; then the turn's end and the assistant's opening."""
+    key = (cfg.system_prompt, cfg.simple_prompts, images)
     if key not in spec._texts:
         system = wording.system_text(cfg.system_prompt)
         messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
         messages.append({"role": "user", "content": [
-            {"type": "video"}, {"type": "text", "text": wording.intro_text(cfg.simple_prompts) + _MARK}]})
+            {"type": "video"}, *[{"type": "image"}] * images,
+            {"type": "text", "text": wording.intro_text(cfg.simple_prompts) + _MARK}]})
         text = spec.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prefix, suffix = text.split(_MARK)
         spec._texts[key] = (prefix, suffix)
@@ -137,18 +162,21 @@ def video_metadata(clip, frames: tuple[int, ...], shape) -> dict:
 
 
 def group_inputs(clip, frames: tuple[int, ...], detail: tuple[int, ...], cfg, spec: VideoSpec) -> dict:
-    """A frame set's prefix ids (the video's tokens expanded by the processor) and vision inputs."""
-    frames = shown(spec, frames)
+    """A frame set's prefix ids (the video's tokens, and its detail frames' images, expanded by the processor)
+    and vision inputs."""
+    planned, frames = frames, shown(spec, frames)
     video = np.stack([clip.decoded[f] for f in frames])
-    kwargs = {"size": processor_size(spec, len(frames), cfg)}
+    detail = sorted(detail)
+    video_kwargs = {"size": processor_size(spec, len(frames), cfg)}
     if hasattr(type(spec.video_processor), "cap_pixels_per_frame"):  # releases that still have the choice
-        kwargs["cap_pixels_per_frame"] = False  # the size above is already the per-frame budget
-    out = spec.processor(text=[chat_texts(spec, cfg)[0]], videos=[video],
+        video_kwargs["cap_pixels_per_frame"] = False  # the size above is already the per-frame budget
+    images = {"images": [clip.decoded[f] for f in detail], "images_kwargs": {"size": image_size(spec, cfg)}}
+    out = spec.processor(text=[chat_texts(spec, cfg, len(detail))[0]], videos=[video],
                          video_metadata=[video_metadata(clip, frames, video.shape[1:3])], do_sample_frames=False,
-                         return_tensors="pt", **kwargs)
-    vision = {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"],
-              "mm_token_type_ids": out["mm_token_type_ids"]}
+                         videos_kwargs=video_kwargs, return_tensors="pt", **(images if detail else {}))
+    vision = {key: out[key] for key in ("pixel_values_videos", "video_grid_thw", "mm_token_type_ids",
+                                        "pixel_values", "image_grid_thw") if key in out}
     if "second_per_grid_ts" in out:
         vision["second_per_grid_ts"] = torch.as_tensor(out["second_per_grid_ts"])
-    return dict(prefix_ids=out["input_ids"], vision=vision, tiles_per_frame=[1] * len(set(frames)),
+    return dict(prefix_ids=out["input_ids"], vision=vision, tiles_per_frame=[1 + (f in detail) for f in planned],
                 visual_tokens=int((out["mm_token_type_ids"] != 0).sum()))

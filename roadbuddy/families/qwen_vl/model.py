@@ -57,7 +57,8 @@ def load_model(cfg: RunConfig, family) -> LoadedModel:
         from roadbuddy.families import adapters
 
         model = adapters.apply(model, cfg.adapter, merge=quant is None)
-        notes.append(f"adapter {cfg.adapter} ({'merged into the weights' if quant is None else 'beside the quantized weights'})")
+        where = "merged into the weights" if quant is None else "beside the quantized weights"
+        notes.append(f"adapter {cfg.adapter} ({where})")
     if cfg.embeddings_on_cpu and device.type == "cuda":
         notes.append(f"the input embeddings stay on the GPU for {family.title} (its forward looks them up itself)")
     model.eval()
@@ -80,8 +81,8 @@ def wrap_model(model, processor, family, *, device, attn_impl: str, source: str,
 
 def positions(lm: LoadedModel, ids: torch.Tensor, vision: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompt's M-RoPE positions [3, 1, T] by the model's own get_rope_index (CPU; config arithmetic only),
-    and its token types (0 text, 2 video) the model is given with them."""
-    extra = {"second_per_grid_ts": vision["second_per_grid_ts"]} if "second_per_grid_ts" in vision else {}
+    and its token types (0 text, 1 image: detail frames, 2 video) the model is given with them."""
+    extra = {key: vision[key] for key in ("second_per_grid_ts", "image_grid_thw") if key in vision}
     mm = vision["mm_token_type_ids"]
     if mm.shape[1] < ids.shape[1]:  # a suffix after the prefix is text
         mm = torch.cat([mm, mm.new_zeros(1, ids.shape[1] - mm.shape[1])], dim=1)
@@ -89,17 +90,29 @@ def positions(lm: LoadedModel, ids: torch.Tensor, vision: dict) -> tuple[torch.T
     return pos, mm
 
 
+def forward(lm: LoadedModel, ids: torch.Tensor, vision: dict, **kwargs):
+    """The model's own forward over `ids` (1 x T: a prefix with the frame set's video, and any text after it):
+    the video's pixels and grid (and its detail frames' images), the token types and explicit M-RoPE positions
+    (`positions`); `kwargs` go to the model (cache, logits_to_keep). Prediction's prefill runs it, and
+    fine-tuning with gradients (families/qwen_vl/training.py). Returns the model's output and the positions."""
+    pos, mm = positions(lm, ids, vision)
+    dev = lm.device
+    images = {}
+    if "pixel_values" in vision:  # detail frames, as images after the video
+        images = {"pixel_values": vision["pixel_values"].to(dev, lm.dtype),
+                  "image_grid_thw": vision["image_grid_thw"].to(dev)}
+    out = lm.model(input_ids=ids.to(dev), pixel_values_videos=vision["pixel_values_videos"].to(dev, lm.dtype),
+                   video_grid_thw=vision["video_grid_thw"].to(dev), mm_token_type_ids=mm.to(dev),
+                   position_ids=pos.to(dev), **images, **kwargs)
+    return out, pos
+
+
 @torch.inference_mode()
 def prefill(lm: LoadedModel, group, cache, suffix: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """The frame set's prefix (and `suffix`, on the plain path) into `cache`, the vision tower included; returns
     the next-token logits and the position of the token after the last (all three rows agree on text)."""
-    vision = group.vision
     ids = group.prefix_ids if suffix is None else torch.cat([group.prefix_ids, suffix.cpu()], dim=1)
-    pos, mm = positions(lm, ids, vision)
-    dev = lm.device
-    out = lm.model(input_ids=ids.to(dev), pixel_values_videos=vision["pixel_values_videos"].to(dev, lm.dtype),
-                   video_grid_thw=vision["video_grid_thw"].to(dev), mm_token_type_ids=mm.to(dev),
-                   position_ids=pos.to(dev), use_cache=True, logits_to_keep=1, **{lm.cache_kwarg: cache})
+    out, pos = forward(lm, ids, group.vision, use_cache=True, logits_to_keep=1, **{lm.cache_kwarg: cache})
     return out.logits[0, -1].float(), int(pos[0, 0, -1]) + 1
 
 
