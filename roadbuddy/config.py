@@ -139,7 +139,8 @@ class RunConfig:
     detail_frames: int = flag(0, "--detail-frames",
                               "K frames per question (those nearest its support timestamps, else spread across "
                               "the clip) get dynamic tiling up to --detail-max-num tiles plus a thumbnail, the "
-                              "others one tile; --max-visual-tokens counts every tile; InternVL only (default: "
+                              "others one tile (Qwen: shown again after the video as images of up to "
+                              "--detail-max-num x 448 x 448 pixels); --max-visual-tokens counts them (default: "
                               "{default}, none)",
                               FRAMES, type=int)
     detail_max_num: int = flag(6, "--detail-max-num", "tiles of a detail frame, before its thumbnail "
