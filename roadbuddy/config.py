@@ -49,7 +49,8 @@ class RunConfig:
                       "hub id or local folder of a checkpoint of a family roadbuddy runs, told apart by its "
                       "config.json: InternVL3/3.5 (-hf/-HF; original-format ids such as OpenGVLab/InternVL3_5-4B map "
                       "to their -HF twin), Qwen3-VL (Qwen/Qwen3-VL-4B-Instruct, -8B-), Qwen2.5-VL "
-                      "(Qwen/Qwen2.5-VL-3B-Instruct, -7B-) (default: {default})", MODEL, metavar="ID_OR_DIR")
+                      "(Qwen/Qwen2.5-VL-3B-Instruct, -7B-), Qwen3.5 (Qwen/Qwen3.5-2B, -4B; transformers >= 5.7) "
+                      "(default: {default})", MODEL, metavar="ID_OR_DIR")
     adapter: Path | None = flag(None, "--adapter",
                                 "a LoRA adapter folder made by roadbuddy-finetune for this --model; merged into "
                                 "the weights in bf16, kept beside them with --load-in-8bit/4bit (default: none)",

@@ -25,7 +25,7 @@ from roadbuddy.predict import cli as predict_cli
 from roadbuddy.testing import tiny_task
 from roadbuddy.testing.qwen_checkpoints import write_tiny_qwen_checkpoint
 
-FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+FAMILIES = ("qwen3_vl", "qwen2_5_vl", "qwen3_5")
 INTERNVL_ADAPTER = Path(__file__).resolve().parents[1] / "evals" / "tiny-rule-adapter"  # for tiny_task.CHECKPOINT
 FRAMES = ["--min-frames", "4", "--max-frames", "4"]
 

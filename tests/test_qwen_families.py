@@ -1,4 +1,4 @@
-"""Qwen3-VL and Qwen2.5-VL through the family seam, on tiny random checkpoints with the published processor
+"""Qwen3-VL, Qwen2.5-VL and Qwen3.5 through the family seam, on tiny random checkpoints with the published processor
 settings (roadbuddy.testing.qwen_checkpoints): the project's inputs are the processor's for the same frames,
 and every speed path gives the processor's whole-prompt logits.
 
@@ -25,18 +25,21 @@ from roadbuddy.levers import choice_orders
 from roadbuddy.predict import answering, inputs
 from roadbuddy.testing.qwen_checkpoints import write_tiny_qwen_checkpoint
 
-FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+FAMILIES = ("qwen3_vl", "qwen2_5_vl", "qwen3_5")
 ATOL = 1e-5
 # --max-num 1's pixel budget per frame, written out: one 448 x 448 InternVL tile's area. Qwen3-VL's processor
 # bounds the whole clip (frames x budget), Qwen2.5-VL's each frame; the floors are the published processors'.
 BUDGET = 448 * 448
-FLOOR = {"qwen3_vl": 4096, "qwen2_5_vl": 3136}
+FLOOR = {"qwen3_vl": 4096, "qwen2_5_vl": 3136, "qwen3_5": 4096}
+CLIP_WIDE = ("qwen3_vl", "qwen3_5")  # Qwen3.5 takes Qwen3-VL's processor
+# Qwen3.5's template opens the assistant turn thinking unless told not to; the project answers without
+TEMPLATE = {"qwen3_5": {"enable_thinking": False}}
 
 
 def reference_size(family: str, frames: int, max_num: int = 1) -> dict:
     per_frame = BUDGET * max_num
     return {"shortest_edge": FLOOR[family],
-            "longest_edge": per_frame * frames if family == "qwen3_vl" else per_frame}
+            "longest_edge": per_frame * frames if family in CLIP_WIDE else per_frame}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -61,7 +64,8 @@ def reference_inputs(lm, clip, frames, question, cfg, detail=()) -> dict:
     messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
     messages.append({"role": "user", "content": [{"type": "video"}, *[{"type": "image"}] * len(detail),
                                                  {"type": "text", "text": text}]})
-    prompt = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                              **TEMPLATE.get(lm.family, {}))
     video = np.stack([clip.decoded[f] for f in frames])
     metadata = {"fps": clip.fps, "frames_indices": list(frames), "total_num_frames": clip.num_frames}
     images = {}
@@ -77,6 +81,25 @@ def reference_inputs(lm, clip, frames, question, cfg, detail=()) -> dict:
 def reference_logits(lm, model_inputs) -> torch.Tensor:
     with torch.inference_mode():
         return lm.model(**model_inputs, use_cache=False).logits[0, -1].float()
+
+
+def suffix_logits(lm, cache, start: int, suffixes: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """Each suffix's next-token logits after the cached prefix: alone (on the family's branch of the cache) and,
+    where the family packs, side by side in one forward; the prefix's cache is left as prefilled."""
+    prefix_len = int(cache.get_seq_length())
+    out = {"one": []}
+    for suffix in suffixes:
+        run = lm.ops.branch(cache)
+        out["one"].append(lm.ops.extend(lm, suffix, run, start))
+        if run is cache:
+            rewind(cache, prefix_len)
+    if lm.ops.can_pack(lm):
+        out["packed"] = list(lm.ops.extend_packed(lm, suffixes + suffixes[:1], cache, start))[:len(suffixes)]
+        rewind(cache, prefix_len)
+        # the prefix's cache is as prefilled after the pack (cut back, or never touched: Qwen3.5 batches copies)
+        out["after packing"] = [lm.ops.extend(lm, suffixes[0], lm.ops.branch(cache), start)]
+        rewind(cache, prefix_len)
+    return out
 
 
 def letters_of(lm, logits, question) -> torch.Tensor:
@@ -97,20 +120,17 @@ def test_shared_prefix_logits_are_the_processors_whole_prompt_logits(lm, clip_qu
     for group in clip.groups:
         cache = new_cache(lm)
         _, start = family.prefill(lm, clip, group, None, cache)
-        prefix_len = cache.get_seq_length()
-        assert start < prefix_len  # a frame pair's tokens take fewer positions than tokens: not the cache length
+        assert start < group.prefix_ids.shape[1]  # a frame pair's tokens take fewer positions: not the cache length
         suffixes = [group.suffix_ids[q.id] for q in group.questions]
-        packed = family.extend_packed(lm, suffixes + suffixes[:1], cache, start)  # two at least
-        rewind(cache, prefix_len)
+        paths = suffix_logits(lm, cache, start, suffixes)
         for i, q in enumerate(group.questions):
             ref_inputs = reference_inputs(lm, clip, group.frames, q, cfg)
             assert torch.equal(ref_inputs["input_ids"], torch.cat([group.prefix_ids, suffixes[i]], dim=1)), q.id
             ref = reference_logits(lm, ref_inputs)
-            one = family.extend(lm, suffixes[i], cache, start)
-            rewind(cache, prefix_len)
             plain, _ = family.prefill(lm, clip, group, None, new_cache(lm), suffix=suffixes[i])
-            for name, logits in (("one", one), ("packed", packed[i]), ("plain", plain)):
-                assert torch.allclose(letters_of(lm, logits, q), letters_of(lm, ref, q), atol=ATOL, rtol=0), (name, q.id)
+            for name, logits in [(name, each[i]) for name, each in paths.items() if i < len(each)] + [("plain", plain)]:
+                assert torch.allclose(letters_of(lm, logits, q), letters_of(lm, ref, q), atol=ATOL, rtol=0), \
+                    (name, q.id)
                 assert torch.allclose(logits, ref, atol=ATOL, rtol=0), (name, q.id)
             checked += 1
     assert checked == 3
@@ -138,10 +158,12 @@ def test_sparse_frames_start_the_suffix_at_the_last_prefix_position_not_the_larg
     cache = new_cache(lm)
     _, start = lm.ops.prefill(lm, clip, group, None, cache)
     assert start == int(pos[0, 0, -1]) + 1
-    packed = lm.ops.extend_packed(lm, [group.suffix_ids[q.id] for q in asked], cache, start)
+    paths = suffix_logits(lm, cache, start, [group.suffix_ids[q.id] for q in asked])
     for i, q in enumerate(asked):
         ref = reference_logits(lm, reference_inputs(lm, clip, group.frames, q, cfg))
-        assert torch.allclose(packed[i], ref, atol=ATOL, rtol=0), q.id
+        for name, each in paths.items():
+            if i < len(each):
+                assert torch.allclose(each[i], ref, atol=ATOL, rtol=0), (name, q.id)
 
 
 def test_detail_frames_are_images_after_the_video_and_the_logits_are_the_processors(lm, clip_questions, tmp_path):
@@ -162,10 +184,8 @@ def test_detail_frames_are_images_after_the_video_and_the_logits_are_the_process
     for group in clip.groups:
         cache = new_cache(lm)
         _, start = lm.ops.prefill(lm, clip, group, None, cache)
-        prefix_len = cache.get_seq_length()
         suffixes = [group.suffix_ids[q.id] for q in group.questions]
-        packed = lm.ops.extend_packed(lm, suffixes + suffixes[:1], cache, start)
-        rewind(cache, prefix_len)
+        paths = suffix_logits(lm, cache, start, suffixes)
         assert group.visual_tokens == spec.ops.visual_tokens(spec, 1280, 720, 4, 1, cfg)
         assert group.visual_tokens > spec.ops.visual_tokens(spec, 1280, 720, 4, 1, cfg.replace(detail_max_num=1))
         assert group.tiles_per_frame == [1 + (f in group.detail_frames) for f in group.frames]
@@ -173,10 +193,8 @@ def test_detail_frames_are_images_after_the_video_and_the_logits_are_the_process
             ref_inputs = reference_inputs(lm, clip, group.frames, q, cfg, detail=group.detail_frames)
             assert torch.equal(ref_inputs["input_ids"], torch.cat([group.prefix_ids, suffixes[i]], dim=1)), q.id
             ref = reference_logits(lm, ref_inputs)
-            one = lm.ops.extend(lm, suffixes[i], cache, start)
-            rewind(cache, prefix_len)
             plain, _ = lm.ops.prefill(lm, clip, group, None, new_cache(lm), suffix=suffixes[i])
-            for name, logits in (("one", one), ("packed", packed[i]), ("plain", plain)):
+            for name, logits in [(name, each[i]) for name, each in paths.items() if i < len(each)] + [("plain", plain)]:
                 assert torch.allclose(logits, ref, atol=ATOL, rtol=0), (name, q.id)
 
 
@@ -189,7 +207,7 @@ def test_pair_timestamps_and_spacing_come_from_the_frames_real_times(lm, clip_qu
     (group,) = clip.groups
     frames = group.frames
     assert clip.fps == 10 and clip.num_frames == 20 and len(frames) == 4
-    if lm.family == "qwen3_vl":
+    if lm.family in CLIP_WIDE:
         text = lm.tokenizer.decode(group.prefix_ids[0])
         stamps = [f"<{(frames[i] / clip.fps + frames[i + 1] / clip.fps) / 2:.1f} seconds>" for i in (0, 2)]
         assert [m for m in stamps if m in text] == stamps, text[:300]
@@ -219,7 +237,7 @@ def test_a_448_pair_costs_the_familys_tokens_and_the_budget_counts_them(lm):
     """A 448 x 448 frame pair is 196 tokens for Qwen3-VL and 256 for Qwen2.5-VL (not InternVL's 2 x 256); the
     frame budget cuts the frames until their tokens fit --max-visual-tokens."""
     spec = inputs.InputSpec.of(lm)
-    per_pair = {"qwen3_vl": 196, "qwen2_5_vl": 256}[lm.family]
+    per_pair = {"qwen3_vl": 196, "qwen2_5_vl": 256, "qwen3_5": 196}[lm.family]
     cfg = RunConfig(model="tiny", max_frames=16, min_frames=4)
     assert spec.ops.visual_tokens(spec, 448, 448, 2, 0, cfg) == per_pair
     info = SimpleNamespace(width=448, height=448, duration=60.0)
@@ -349,7 +367,7 @@ def test_system_prompt_none_is_what_the_chat_template_sends_without_one(lm):
     project, _ = chat_texts(spec, RunConfig())
     default = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     assert none.startswith(default) == (lm.family == "qwen2_5_vl")
-    assert none.startswith("<|im_start|>user\n") == (lm.family == "qwen3_vl")
+    assert none.startswith("<|im_start|>user\n") == (lm.family in CLIP_WIDE)
     assert project.startswith(f"<|im_start|>system\n{wording.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n")
 
 

@@ -1,5 +1,6 @@
-"""Whole runs of the Qwen families, as a user starts them: roadbuddy-predict with a tiny Qwen checkpoint folder,
-under torchrun, killed and resumed, and an eval with its report and page against an InternVL baseline."""
+"""Whole runs of the Qwen families (Qwen3-VL, Qwen2.5-VL, Qwen3.5), as a user starts them: roadbuddy-predict with
+a tiny Qwen checkpoint folder, under torchrun, killed and resumed, and an eval with its report and page against
+an InternVL baseline."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import load_questions
 from roadbuddy.testing.qwen_checkpoints import write_tiny_qwen_checkpoint
 
-FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+FAMILIES = ("qwen3_vl", "qwen2_5_vl", "qwen3_5")
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,13 @@ Before a load (roadbuddy.predict.memory, the VRAM estimate, from the checkpoint'
 Model side (roadbuddy.predict.answering, on the model's device):
     features = family.encode(lm, clip, batch)                        # vision tower once per clip, or None
     logits, start = family.prefill(lm, clip, group, features, cache, chunk)   # the prefix, once
-    logits = family.extend(lm, ids, cache, start)                    # one suffix, or one generated token
+    run = family.branch(cache)                                       # the cache one question runs on
+    logits = family.extend(lm, ids, run, start)                      # one suffix, or one generated token
     logits = family.extend_packed(lm, [ids, ...], cache, start)      # several suffixes side by side
 `start` is the rotary position of the token after the prefix: the cache length for InternVL, the last
-multimodal position + 1 for Qwen (never the cache length there: frames compress positions).
+multimodal position + 1 for Qwen (never the cache length there: frames compress positions). `branch` is
+the prefix's cache itself where a KV cache can be cut back after the question (the pipeline rewinds it),
+or a copy of the prefix state where it cannot (Qwen3.5's recurrent layers).
 Fine-tuning (roadbuddy.finetune, on examples whose inputs prepare_clip built as above):
     regex = family.lora_targets(names, vision)                       # LoRA's target modules (ConfigError if it cannot)
     family.vision_tower(lm).eval()                                   # the frozen tower: no dropout, no checkpointing
@@ -53,6 +56,7 @@ class Family(Protocol):
     def extend(self, lm, ids: torch.Tensor, cache, start: int) -> torch.Tensor: ...
     def extend_packed(self, lm, suffixes: list[torch.Tensor], cache, start: int) -> torch.Tensor: ...
     def can_pack(self, lm) -> bool: ...
+    def branch(self, cache) -> object: ...
     def lora_targets(self, names: tuple[str, ...], vision: bool) -> str: ...
     def vision_tower(self, lm) -> torch.nn.Module: ...
     def training_features(self, lm, examples: list, memo: dict, train_vision: bool, batch: int) -> list: ...
@@ -62,4 +66,4 @@ class Family(Protocol):
 MEMBERS = ("name", "title", "skip_quantization", "default_system", "load", "check_config", "input_spec",
            "planning_spec", "memory_terms",
            "visual_tokens", "decoder", "decode", "group_inputs", "question_ids", "encode", "prefill", "extend",
-           "extend_packed", "can_pack", "lora_targets", "vision_tower", "training_features", "answer_logits")
+           "extend_packed", "can_pack", "branch", "lora_targets", "vision_tower", "training_features", "answer_logits")

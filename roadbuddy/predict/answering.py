@@ -55,7 +55,7 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig,
             t = time.perf_counter()
             cache = new_cache(lm)
             _, start = family.prefill(lm, clip, group, features, cache, cfg.prefill_chunk, batch=cfg.vision_batch)
-            prefix_len = cache.get_seq_length()
+            prefix_len = int(cache.get_seq_length())
             _sync(lm)
             group_ms = (time.perf_counter() - t) * 1000
         flat = [(q.id, k, ids) for q in group.questions for k, (_, ids) in enumerate(asks[q.id])]
@@ -68,21 +68,23 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig,
             pass_ms, asked = 0.0, []
             for k, (order, suffix_ids) in enumerate(asks[q.id]):
                 if (q.id, k) in packed:
+                    run = cache  # a packed suffix read its logits; generate mode does not pack
                     logits, share = packed[(q.id, k)]
                     pass_ms += share
                     after = start + suffix_ids.shape[1]
-                elif cfg.share_prefix:
-                    logits = family.extend(lm, suffix_ids, cache, start)
+                elif cfg.share_prefix:  # the prefix's cache, or a copy of its state where it cannot be cut back
+                    run = family.branch(cache)
+                    logits = family.extend(lm, suffix_ids, run, start)
                     after = start + suffix_ids.shape[1]
                 else:  # the plain path: re-encode this question's frames, prefill the whole prompt
-                    cache = new_cache(lm)
-                    logits, after = family.prefill(lm, clip, group, None, cache, cfg.prefill_chunk, suffix=suffix_ids,
+                    run = new_cache(lm)
+                    logits, after = family.prefill(lm, clip, group, None, run, cfg.prefill_chunk, suffix=suffix_ids,
                                                    batch=cfg.vision_batch)
                 if len(asks[q.id]) == 1:
-                    record = answer_record(lm, q, logits, cache, cfg, prior, after)
+                    record = answer_record(lm, q, logits, run, cfg, prior, after)
                 else:
                     asked.append((order, letter_logprobs(lm, logits, q.letters)))
-                if cfg.share_prefix:
+                if cfg.share_prefix and run is cache:
                     rewind(cache, prefix_len)
             if asked:
                 record = ensemble_record(q, asked, prior)

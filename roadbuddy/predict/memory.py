@@ -91,9 +91,11 @@ def _under(name: str, prefixes) -> bool:
 
 
 def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
+    """K and V of every layer that keeps them (Qwen3.5: its full-attention layers only, one in four)."""
     text = config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * dtype_bytes
+    layers = getattr(family_of(config).memory_terms(config), "kv_layers", text.num_hidden_layers)
+    return 2 * layers * text.num_key_value_heads * head_dim * dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,10 @@ def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, visio
 
     return MemoryEstimate(
         weights=weights,
-        kv_cache=prompt_tokens * kv_bytes_per_token(config),
+        # the prefix's cache, and where questions run on copies of its state (Qwen3.5), one copy beside it; plus
+        # the fixed-size recurrent states of the layers that keep no keys and values
+        kv_cache=(prompt_tokens * kv_bytes_per_token(config) + getattr(terms, "state_bytes", 0))
+        * getattr(terms, "cache_copies", 1),
         vision_activations=terms.vision_activations(visual, vision_batch),
         prefill_activations=prefill,
         prompt_buffers=prompt_tokens * PROMPT_BUFFERS * text.hidden_size * 2 + terms.prefill_features(visual),

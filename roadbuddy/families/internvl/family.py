@@ -73,6 +73,10 @@ class InternVLFamily:
     def can_pack(self, lm) -> bool:
         return model.can_pack(lm)
 
+    def branch(self, cache):
+        """The prefix's own cache: a question's tokens are cut back off it afterwards (decoding.rewind)."""
+        return cache
+
     # fine-tuning (roadbuddy.finetune)
     def lora_targets(self, names, vision: bool) -> str:
         return training.lora_targets(names, vision)

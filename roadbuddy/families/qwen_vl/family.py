@@ -13,6 +13,7 @@ from roadbuddy.families.qwen_vl import inputs, model, training, vram
 class QwenVLFamily:
     # the vision tower with its patch merger(s) stays in bf16 under 8-bit / 4-bit; full module-name prefixes
     skip_quantization = ["model.visual", "lm_head"]
+    chat_template_kwargs: dict = {}  # what the chat template is rendered with (Qwen3.5: no thinking)
 
     def __init__(self, name: str, title: str, clip_wide_budget: bool, default_system: str):
         self.name, self.title = name, title
@@ -71,6 +72,10 @@ class QwenVLFamily:
 
     def can_pack(self, lm) -> bool:
         return lm.attn_impl in ("sdpa", "eager")
+
+    def branch(self, cache):
+        """The prefix's own cache: a question's tokens are cut back off it afterwards (decoding.rewind)."""
+        return cache
 
     # fine-tuning (roadbuddy.finetune)
     def lora_targets(self, names, vision: bool) -> str:

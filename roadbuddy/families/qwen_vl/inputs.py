@@ -140,7 +140,8 @@ def chat_texts(spec: VideoSpec, cfg, images: int = 0) -> tuple[str, str]:
         messages.append({"role": "user", "content": [
             {"type": "video"}, *[{"type": "image"}] * images,
             {"type": "text", "text": wording.intro_text(cfg.simple_prompts) + _MARK}]})
-        text = spec.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = spec.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                  **spec.family.chat_template_kwargs)
         prefix, suffix = text.split(_MARK)
         spec._texts[key] = (prefix, suffix)
     return spec._texts[key]
