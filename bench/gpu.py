@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from roadbuddy.config import RunConfig
+from roadbuddy.families.internvl import tiles
 from roadbuddy.predict import memory
-from roadbuddy.video import frames
 
 BENCH_CONFIG = "internvl3_5-4b"
 TOKENS_PER_TILE = 256
@@ -43,7 +43,7 @@ class Setting:
                           batch_questions=self.batch_questions)
         if self.frames is None:
             return cfg
-        per_frame = frames.tiles_per_frame(2560, 1440, self.max_num, True) * TOKENS_PER_TILE
+        per_frame = tiles.tiles_per_frame(2560, 1440, self.max_num, True) * TOKENS_PER_TILE
         return cfg.replace(min_frames=self.frames, max_frames=self.frames, max_num=self.max_num,
                            max_visual_tokens=self.frames * per_frame)
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from roadbuddy.families.internvl import tiles
 from roadbuddy.testing.model_card import card_get_index
-from roadbuddy.video import frames
 from roadbuddy.video.frames import frame_count, segment_indices, select_frames
 
 
@@ -83,11 +83,11 @@ def test_degenerate_inputs():
 # --- tiles_per_frame ----------------------------------------------------------------------------
 
 def test_tiles_per_frame_real_sizes():
-    assert frames.tiles_per_frame(2560, 1440, 1, True) == 1
-    assert frames.tiles_per_frame(2560, 1440, 6, True) == 3  # grid (2, 1) + thumbnail
-    assert frames.tiles_per_frame(2560, 1440, 6, False) == 2
-    assert frames.tiles_per_frame(2560, 1440, 12, True) == 9  # grid (4, 2) + thumbnail
-    assert frames.tiles_per_frame(1280, 720, 12, True) == 9
+    assert tiles.tiles_per_frame(2560, 1440, 1, True) == 1
+    assert tiles.tiles_per_frame(2560, 1440, 6, True) == 3  # grid (2, 1) + thumbnail
+    assert tiles.tiles_per_frame(2560, 1440, 6, False) == 2
+    assert tiles.tiles_per_frame(2560, 1440, 12, True) == 9  # grid (4, 2) + thumbnail
+    assert tiles.tiles_per_frame(1280, 720, 12, True) == 9
 
 
 # --- frame_count --------------------------------------------------------------------------------

@@ -372,7 +372,7 @@ def test_detail_frames_count_every_token_against_the_budget():
     cfg = base.replace(detail_frames=2, detail_max_num=6, max_visual_tokens=16 * 256)
     count, k = inputs.frame_budget(INFO, cfg, TileSpec(448, 256, None))
     # a 16:9 frame tiled up to 6 tiles is the card's 2x1 grid + thumbnail = 3 tiles: 2 x 2 extra tiles come off
-    from roadbuddy.video.frames import tiles_per_frame
+    from roadbuddy.families.internvl.tiles import tiles_per_frame
 
     assert tiles_per_frame(2560, 1440, 6, True) == 3
     assert (count, k) == (12, 2) and count * 256 + k * 2 * 256 <= cfg.max_visual_tokens

@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from roadbuddy.families.internvl import tiles
 from roadbuddy.families.internvl.tiles import (candidate_grids, choose_grid, frames_to_pixel_values, frames_to_tiles,
                                                normalize_tiles, tile_image)
 from roadbuddy.testing.model_card import (card_dynamic_preprocess, card_find_closest_aspect_ratio, card_target_ratios,
                                           card_transform)
-from roadbuddy.video import frames
 
 # the card's build_transform constants, written here from the card (not imported from roadbuddy)
 CARD_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -79,7 +79,7 @@ def test_grid_and_tile_count_match_card(w, h, limits, image_size, thumb):
     assert choose_grid(w, h, image_size, lo, hi) == grid
     blocks = grid[0] * grid[1]
     expected = blocks + 1 if thumb and blocks != 1 else blocks
-    assert frames.tiles_per_frame(w, h, hi, thumb, image_size=image_size, min_num=lo) == expected
+    assert tiles.tiles_per_frame(w, h, hi, thumb, image_size=image_size, min_num=lo) == expected
 
 
 @pytest.mark.parametrize("w,h", [(2560, 1440), (1280, 720), (1920, 1080), (1440, 2560), (640, 480)])
@@ -138,7 +138,7 @@ def test_pixel_values_match_card(w, h, max_num, image_size, thumb, count, seed):
     expected, expected_counts = card_pixel_values(batch, image_size, max_num, thumb)
     assert counts == expected_counts
     assert values.dtype == torch.float32 and torch.equal(values, expected)  # bit for bit
-    assert counts == [frames.tiles_per_frame(w, h, max_num, thumb, image_size=image_size)] * count
+    assert counts == [tiles.tiles_per_frame(w, h, max_num, thumb, image_size=image_size)] * count
 
 
 @pytest.mark.parametrize("w,h,max_num", [(2560, 1440, 1), (2560, 1440, 6), (1280, 720, 12)])
@@ -153,7 +153,7 @@ def test_real_frame_sizes_match_card(w, h, max_num):
     expected = card_dynamic_preprocess(image, 1, max_num, 448, True)
     assert_same_tiles(got, expected)
     values, counts = frames_to_pixel_values([frame], 448, max_num=max_num)
-    assert counts == [len(expected)] == [frames.tiles_per_frame(w, h, max_num, True)]
+    assert counts == [len(expected)] == [tiles.tiles_per_frame(w, h, max_num, True)]
     assert torch.equal(values, torch.stack([card_transform(t, 448) for t in expected]))
 
 

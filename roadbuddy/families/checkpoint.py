@@ -1,6 +1,6 @@
 """Where a checkpoint comes from, for every family: a local folder, the Hugging Face cache, or (after one
 request that says the hub is reachable) the hub; never remote code, safetensors only. Its config.json is
-read first and decides the family (roadbuddy.families.registry) before a tokenizer or a weight loads.
+read first and decides the family (roadbuddy.families.names) before a tokenizer or a weight loads.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from roadbuddy.families import registry
+from roadbuddy.families import names
 
 
 class ModelLoadError(RuntimeError):
@@ -105,7 +105,7 @@ def checkpoint_config(name: str):
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
     try:
-        registry.family_of(config, name)
-    except registry.UnsupportedFamily as exc:
+        names.family_of(config, name)
+    except names.UnsupportedFamily as exc:
         raise ModelLoadError(str(exc)) from None
     return config

@@ -1,20 +1,15 @@
-"""Which model family a checkpoint belongs to, told apart by its config.json (`model_type`), the family's
-functions (roadbuddy.families.protocol) by name, and the challenge's cap on parameters.
-
-A checkpoint of any other family is refused in one sentence that names the families that run, before its
-weights load.
+"""Which model family a checkpoint belongs to, told apart by its config.json (`model_type`), and the family's
+functions (roadbuddy.families.protocol) by name. A checkpoint of any other family is refused in one sentence
+that names the families that run, before its weights load. The names, the refusal and the challenge's cap on
+parameters live in names.py (every family module may import it); they are re-exported here.
 """
 from __future__ import annotations
 
 import importlib
 
-FAMILIES = {
-    "internvl": "InternVL3 and InternVL3.5 (the native -hf / -HF checkpoints)",
-    "qwen3_vl": "Qwen3-VL (Qwen/Qwen3-VL-*-Instruct)",
-    "qwen2_5_vl": "Qwen2.5-VL (Qwen/Qwen2.5-VL-*-Instruct)",
-    "qwen3_5": "Qwen3.5 (Qwen/Qwen3.5-0.8B, -2B, -4B)",
-}
-COMING: dict[str, str] = {}  # families with test checkpoints that do not run yet
+from roadbuddy.families.names import (COMING, FAMILIES, PARAMETER_CAP, UnsupportedFamily,  # noqa: F401
+                                      family_of, over_cap_warning, parameter_count)
+
 # where each family's object lives (module, attribute)
 _OPS = {
     "internvl": ("roadbuddy.families.internvl.family", "INTERNVL"),
@@ -22,22 +17,6 @@ _OPS = {
     "qwen2_5_vl": ("roadbuddy.families.qwen_vl.family", "QWEN2_5_VL"),
     "qwen3_5": ("roadbuddy.families.qwen3_5.family", "QWEN3_5"),
 }
-PARAMETER_CAP = 8e9  # the challenge's rule: at most 8B parameters in all at inference
-
-
-class UnsupportedFamily(ValueError):
-    """A checkpoint of a family roadbuddy does not run; str() is one sentence naming those it runs."""
-
-
-def family_of(config, name: str) -> str:
-    """The family of a checkpoint's config (its model_type), or UnsupportedFamily."""
-    model_type = getattr(config, "model_type", None)
-    if model_type in FAMILIES:
-        return model_type
-    coming = f" ({COMING[model_type]} is not supported yet)" if model_type in COMING else ""
-    runs = "; ".join(f"{family} ({what})" for family, what in FAMILIES.items())
-    raise UnsupportedFamily(f"--model {name} is a {model_type or 'model_type-less'} checkpoint{coming}; "
-                            f"roadbuddy runs these families: {runs}")
 
 
 def ops(family: str):
@@ -46,11 +25,18 @@ def ops(family: str):
     return getattr(importlib.import_module(module), attribute)
 
 
+def checkpoint_name(name: str) -> str:
+    """The checkpoint a --model value names (an original-format InternVL id names its native twin)."""
+    from roadbuddy.families.internvl.ids import resolve_model_id
+
+    return resolve_model_id(name)[0]
+
+
 def check_model(cfg):
     """The family of the checkpoint --model names (its config.json read, the family checked to run and to take
     this RunConfig) before anything heavy loads; ModelLoadError or a family's ConfigError in one sentence."""
     from roadbuddy.families.checkpoint import checkpoint_config
-    from roadbuddy.families.internvl.model import resolve_model_id
+    from roadbuddy.families.internvl.ids import resolve_model_id
 
     config = checkpoint_config(resolve_model_id(cfg.model)[0])
     family = ops(family_of(config, cfg.model))
@@ -61,16 +47,3 @@ def check_model(cfg):
 def load_model(cfg):
     """The checkpoint --model names, loaded by its family (told apart by its config.json)."""
     return check_model(cfg).load(cfg)
-
-
-def parameter_count(model) -> int:
-    """Every parameter of the model, shared ones once; 4-bit weights counted unpacked (transformers' own count)."""
-    count = getattr(model, "num_parameters", None)
-    return int(count()) if callable(count) else sum(p.numel() for p in model.parameters())
-
-
-def over_cap_warning(count: int) -> str | None:
-    if count <= PARAMETER_CAP:
-        return None
-    return (f"WARNING: the model has {count / 1e9:.2f}B parameters, above the RoadBuddy challenge's cap of "
-            f"{PARAMETER_CAP / 1e9:.0f}B in all at inference: a submission with it breaks the rules")

@@ -188,9 +188,9 @@ def print_estimate(cfg, say, free_memory=None) -> MemoryEstimate | None:
     """Say the VRAM estimate of a RunConfig before its model loads, and warn when the GPU has less free
     (`free_memory()` -> (free, total) bytes or None; NVML's by default, on CUDA machines). The checkpoint's
     family says how its tokens are counted (`family.planning_spec`) and what its code path holds."""
-    from roadbuddy.families.internvl.model import resolve_model_id
+    from roadbuddy.families.registry import checkpoint_name
 
-    name = resolve_model_id(cfg.model)[0]
+    name = checkpoint_name(cfg.model)
     try:
         config = load_config(name)
         family = family_of(config)

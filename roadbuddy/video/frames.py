@@ -41,17 +41,6 @@ def segment_indices(num_frames: int, fps: float, k: int, start: float | None = N
     return [min(max(int(first + seg / 2 + round(seg * i)), 0), last_frame) for i in range(k)]
 
 
-def tiles_per_frame(width: int, height: int, max_num: int, use_thumbnail: bool, *,
-                    image_size: int = 448, min_num: int = 1) -> int:
-    """Tiles the tiler makes for one frame of this size: the grid, plus a thumbnail when the grid has >1 tile."""
-    # The grid rule lives with the tiler; imported here so this module stays torch-free to import.
-    from roadbuddy.families.internvl.tiles import choose_grid
-
-    cols, rows = choose_grid(width, height, image_size, min_num, max_num)
-    blocks = cols * rows
-    return blocks + 1 if blocks > 1 and use_thumbnail else blocks
-
-
 def frame_count(duration: float, *, min_frames: int, max_frames: int, frames_per_second: float,
                 max_visual_tokens: int, tokens_per_frame: int) -> int:
     """Frames to show for a clip of `duration` seconds.

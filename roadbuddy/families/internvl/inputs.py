@@ -8,7 +8,6 @@ import torch
 
 from roadbuddy.families.internvl import prompts, tiles
 from roadbuddy.families.text_ids import tokenize
-from roadbuddy.video import frames
 from roadbuddy.video.thumbnails import write_thumbnails
 
 
@@ -22,15 +21,15 @@ class TileSpec:
 
     @property
     def ops(self):
-        from roadbuddy.families.internvl.family import INTERNVL
+        from roadbuddy.families import registry
 
-        return INTERNVL
+        return registry.ops("internvl")
 
 
 def visual_tokens(spec: TileSpec, width: int, height: int, count: int, detail: int, cfg) -> int:
     """Image tokens of `count` frames of this size, `detail` of them tiled up to --detail-max-num tiles."""
     def tokens(max_num):
-        return spec.tokens_per_tile * frames.tiles_per_frame(width, height, max_num, cfg.use_thumbnail,
+        return spec.tokens_per_tile * tiles.tiles_per_frame(width, height, max_num, cfg.use_thumbnail,
                                                              image_size=spec.image_size)
 
     return count * tokens(cfg.max_num) + detail * (tokens(max(cfg.detail_max_num, cfg.max_num)) - tokens(cfg.max_num))

@@ -9,17 +9,16 @@ No remote code is ever enabled and checkpoints load from safetensors only.
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 
 import torch
 
 from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import LETTERS
-from roadbuddy.families import registry
+from roadbuddy.families import names
 from roadbuddy.families.checkpoint import ModelLoadError, checkpoint_config, from_pretrained, pick_device
 from roadbuddy.families.decoding import greedy, letter_probs, new_cache, packed_mask, rewind  # noqa: F401
 from roadbuddy.families.internvl import tiles
+from roadbuddy.families.internvl.ids import resolve_model_id
 from roadbuddy.families.internvl.prompts import IMG_CONTEXT
 from roadbuddy.families.load_options import pick_attention, quantization_config
 from roadbuddy.families.loaded import LoadedModel, cache_kwarg_of, letter_token_ids, stop_token_ids
@@ -33,26 +32,6 @@ def vision_geometry(config) -> tuple[int, int, int]:
     size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
     patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
     return int(size), int(patch), int((size // patch) ** 2 * config.downsample_ratio ** 2)
-
-
-# --- model ids ------------------------------------------------------------
-
-_ORIGINAL_IDS = [
-    (re.compile(r"^(OpenGVLab/InternVL3_5-[0-9.]+B(?:-\w+)?)$"), "-HF"),
-    (re.compile(r"^(OpenGVLab/InternVL3-[0-9.]+B(?:-\w+)?)$"), "-hf"),
-]
-
-
-def resolve_model_id(name: str) -> tuple[str, str | None]:
-    """Map an original-format hub id to its native `-HF`/`-hf` twin; returns (id, note)."""
-    if Path(name).exists():
-        return name, None
-    for pattern, suffix in _ORIGINAL_IDS:
-        m = pattern.match(name)
-        if m and not name.lower().endswith("-hf"):
-            twin = name + suffix
-            return twin, f"{name} is the original (remote-code) format; loading its native twin {twin}"
-    return name, None
 
 
 SKIP_QUANTIZATION = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
@@ -113,7 +92,7 @@ def wrap_model(model, tokenizer, *, device: torch.device, attn_impl: str, source
         attn_impl=attn_impl, image_size=image_size, tokens_per_tile=tokens_per_tile,
         image_token_id=image_token_id, letter_ids=letter_token_ids(tokenizer, LETTERS),
         stop_ids=stop_token_ids(tokenizer), source=source, notes=list(notes), cache_kwarg=cache_kwarg_of(model),
-        family=registry.family_of(config, source), parameters=registry.parameter_count(model),
+        family=names.family_of(config, source), parameters=names.parameter_count(model),
     )
 
 

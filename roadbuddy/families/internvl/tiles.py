@@ -122,3 +122,11 @@ def frames_to_pixel_values(frames: np.ndarray | Sequence[np.ndarray], image_size
     """`frames_to_tiles`, normalised on the CPU: float32 [sum of tiles, 3, S, S], the card's pixel values."""
     tiles, counts = frames_to_tiles(frames, image_size, max_num=max_num, use_thumbnail=use_thumbnail)
     return normalize_tiles(tiles), counts
+
+
+def tiles_per_frame(width: int, height: int, max_num: int, use_thumbnail: bool, *,
+                    image_size: int = 448, min_num: int = 1) -> int:
+    """Tiles the tiler makes for one frame of this size: the grid, plus a thumbnail when the grid has >1 tile."""
+    cols, rows = choose_grid(width, height, image_size, min_num, max_num)
+    blocks = cols * rows
+    return blocks + 1 if blocks > 1 and use_thumbnail else blocks

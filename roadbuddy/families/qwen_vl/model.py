@@ -16,7 +16,7 @@ import torch
 
 from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import LETTERS
-from roadbuddy.families import registry
+from roadbuddy.families import names
 from roadbuddy.families.checkpoint import ModelLoadError, checkpoint_config, from_pretrained, pick_device
 from roadbuddy.families.decoding import packed_mask
 from roadbuddy.families.load_options import pick_attention, quantization_config
@@ -76,7 +76,7 @@ def wrap_model(model, processor, family, *, device, attn_impl: str, source: str,
         model=model, tokenizer=tokenizer, device=device, dtype=next(model.parameters()).dtype, attn_impl=attn_impl,
         letter_ids=letter_token_ids(tokenizer, LETTERS), stop_ids=stop_token_ids(tokenizer), source=source,
         notes=list(notes), cache_kwarg=cache_kwarg_of(model), family=family.name,
-        parameters=registry.parameter_count(model), processor=processor, rope_index=rope.get_rope_index)
+        parameters=names.parameter_count(model), processor=processor, rope_index=rope.get_rope_index)
 
 
 def positions(lm: LoadedModel, ids: torch.Tensor, vision: dict) -> tuple[torch.Tensor, torch.Tensor]:
