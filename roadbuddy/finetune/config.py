@@ -80,8 +80,9 @@ class TrainConfig:
     lora_targets: str = flag(",".join(LM_TARGETS), "--lora-targets", "the language model's linear layers to adapt, "
                              "comma-separated (default: {default}: attention and MLP)", LORA, metavar="NAMES",
                              commands=ONLY)
-    lora_vision: bool = flag(False, "--lora-vision", "also adapt the vision tower's and the projector's linear "
-                             "layers (default: both frozen, and the tower runs without gradients)", LORA,
+    lora_vision: bool = flag(False, "--lora-vision", "InternVL: also adapt the vision tower's and the projector's "
+                             "linear layers (default: both frozen, and the tower runs without gradients); "
+                             "refused for the Qwen families", LORA,
                              action="store_true", commands=ONLY)
 
     def __post_init__(self) -> None:
