@@ -54,6 +54,24 @@ def codec_like(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out * rng.uniform(0.9, 1.1), 0, 255).astype(np.uint8)
 
 
+def lr_factor(step: int, args) -> float:
+    """The learning rate's factor at `step`: linear warm-up over args.warmup steps, constant, then cosine to 10%
+    over the last args.decay share of args.steps (both tiny trainers)."""
+    if step < args.warmup:
+        return (step + 1) / args.warmup
+    decay_from = args.steps * (1 - args.decay)
+    if step < decay_from:
+        return 1.0
+    t = (step - decay_from) / max(1.0, args.steps - decay_from)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def one_off_letters(examples) -> list[str]:
+    """For (scene, item) examples, choice letters printed one off (B, C, D, A for four choices): the validation
+    that tells whether a model reads the printed letters or counts lines."""
+    return ["".join("ABCD"[(i + 1) % len(item.choices)] for i in range(len(item.choices))) for _, item in examples]
+
+
 class Encoder:
     """Prompt token ids as the pipeline builds them (prefix and suffix tokenised separately)."""
 
@@ -336,22 +354,13 @@ def main(argv: list[str] | None = None) -> int:
                    for i in range(0, len(val_examples), 64)]
     # the same kind of examples with the choice letters printed in another order: does the model read them?
     relabeled = val_examples[:128]
-    shifted = ["".join("ABCD"[(i + 1) % len(it.choices)] for i in range(len(it.choices))) for _, it in relabeled]
+    shifted = one_off_letters(relabeled)
     relabeled_batches = [(relabeled[i:i + 64], make_batch(relabeled[i:i + 64], encoder, image_size, val_noise,
                                                           shifted[i:i + 64])) for i in range(0, len(relabeled), 64)]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
-    def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        decay_from = args.steps * (1 - args.decay)
-        if step < decay_from:
-            return 1.0
-        t = (step - decay_from) / max(1.0, args.steps - decay_from)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
     history = []
     started = time.perf_counter()
     seed_counter = 0

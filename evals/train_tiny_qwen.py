@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evals.train_tiny import codec_like, heldout_accuracy
+from evals.train_tiny import codec_like, heldout_accuracy, lr_factor, one_off_letters
 from roadbuddy.testing import tiny_task
 
 DEFAULT_OUT = Path(tiny_task.__file__).resolve().parent / "tiny_seeing_qwen3_vl"
@@ -181,22 +181,13 @@ def main(argv: list[str] | None = None) -> int:
                                     time_share=args.time_share) for i in range(args.validation)]
     val_batches = [(val[i:i + 64], batcher(val[i:i + 64], val_noise)) for i in range(0, len(val), 64)]
     relabeled = val[:128]
-    shifted = ["".join("ABCD"[(i + 1) % len(it.choices)] for i in range(len(it.choices))) for _, it in relabeled]
+    shifted = one_off_letters(relabeled)
     relabeled_batches = [(relabeled[i:i + 64], batcher(relabeled[i:i + 64], val_noise, shifted[i:i + 64]))
                          for i in range(0, len(relabeled), 64)]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
-    def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        decay_from = args.steps * (1 - args.decay)
-        if step < decay_from:
-            return 1.0
-        t = (step - decay_from) / max(1.0, args.steps - decay_from)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
     letter_ids = torch.tensor(batcher.letter_ids)
     history, losses, started = [], [], time.perf_counter()
     for step in range(1, args.steps + 1):

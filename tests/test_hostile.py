@@ -940,7 +940,9 @@ def test_no_remote_code_no_pickle_no_shell(source):
 
 def test_model_loading_asks_for_safetensors_and_no_remote_code():
     families = ROOT / "roadbuddy" / "families"
-    loader = (families / "internvl" / "model.py").read_text(encoding="utf-8").replace(" ", "")
-    assert "trust_remote_code=False" in loader and "use_safetensors=True" in loader
+    weights = (families / "load_options.py").read_text(encoding="utf-8").replace(" ", "")  # every family's weights
+    assert '"trust_remote_code":False' in weights and '"use_safetensors":True' in weights
+    for loader in ("internvl/model.py", "qwen_vl/model.py"):  # the tokenizer, the processor
+        assert "trust_remote_code=False" in (families / loader).read_text(encoding="utf-8").replace(" ", "")
     source = (families / "checkpoint.py").read_text(encoding="utf-8").replace(" ", "")  # the config read first
     assert "trust_remote_code=False" in source

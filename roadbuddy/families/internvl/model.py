@@ -20,7 +20,7 @@ from roadbuddy.families.decoding import greedy, letter_probs, new_cache, packed_
 from roadbuddy.families.internvl import tiles
 from roadbuddy.families.internvl.ids import resolve_model_id
 from roadbuddy.families.internvl.prompts import IMG_CONTEXT
-from roadbuddy.families.load_options import pick_attention, quantization_config
+from roadbuddy.families.load_options import load_weights, pick_attention
 from roadbuddy.families.loaded import LoadedModel, cache_kwarg_of, letter_token_ids, stop_token_ids
 
 log = logging.getLogger(__name__)
@@ -38,42 +38,24 @@ SKIP_QUANTIZATION = ["model.vision_tower", "model.multi_modal_projector", "lm_he
 
 
 def load_model(cfg: RunConfig) -> LoadedModel:
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoTokenizer
 
     device = pick_device(cfg.device)
     name, note = resolve_model_id(cfg.model)
-    notes = [note] if note else []
     config = checkpoint_config(name)
-    if cfg.adapter is not None:  # an adapter for another base is refused from config.json, before the weights load
-        from roadbuddy.families import adapters
-
-        adapters.check_for_base(cfg.adapter, config)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     attn = pick_attention(device, cfg.flash_attn, cfg.fused_attention)
-    quant = quantization_config(cfg.quantization, device, SKIP_QUANTIZATION)
-    kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=False, use_safetensors=True)
-    if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
     try:
         tokenizer = from_pretrained(AutoTokenizer, name, trust_remote_code=False)
-        model = from_pretrained(AutoModelForImageTextToText, name, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
-    if quant is None:
-        model.to(device)
-    if cfg.adapter is not None:
-        from roadbuddy.families import adapters
-
-        model = adapters.apply(model, cfg.adapter, merge=quant is None)
-        notes.append(f"adapter {cfg.adapter} ({'merged into the weights' if quant is None else 'beside the quantized weights'})")
-    model.eval()
+    model, notes, source = load_weights(name, config, cfg, device, attn, SKIP_QUANTIZATION)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight  # small InternVL3s tie them
     if cfg.embeddings_on_cpu and device.type == "cuda" and not tied:
         # The input embedding table (0.73 GiB for the 4B) only serves a lookup, which _embed does on the
         # CPU; the few MB of looked-up rows then go to the GPU. The lm_head stays on the GPU.
         model.get_input_embeddings().to("cpu")
-    kind = "random" if getattr(model.config, "roadbuddy_weights", None) == "random" else "trained"
-    return wrap_model(model, tokenizer, device=device, attn_impl=attn, source=f"{kind} weights from {name}", notes=notes)
+    return wrap_model(model, tokenizer, device=device, attn_impl=attn, source=source,
+                      notes=([note] if note else []) + notes)
 
 
 def wrap_model(model, tokenizer, *, device: torch.device, attn_impl: str, source: str, notes=()) -> LoadedModel:

@@ -19,27 +19,17 @@ from roadbuddy.data.questions import LETTERS
 from roadbuddy.families import names
 from roadbuddy.families.checkpoint import ModelLoadError, checkpoint_config, from_pretrained, pick_device
 from roadbuddy.families.decoding import packed_mask
-from roadbuddy.families.load_options import pick_attention, quantization_config
+from roadbuddy.families.load_options import load_weights, pick_attention
 from roadbuddy.families.loaded import LoadedModel, cache_kwarg_of, letter_token_ids, stop_token_ids
 
 
 def load_model(cfg: RunConfig, family) -> LoadedModel:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     device = pick_device(cfg.device)
     name = cfg.model
     config = checkpoint_config(name)
-    notes = []
-    if cfg.adapter is not None:  # an adapter for another base is refused from config.json, before the weights load
-        from roadbuddy.families import adapters
-
-        adapters.check_for_base(cfg.adapter, config)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     attn = pick_attention(device, cfg.flash_attn, False)
-    quant = quantization_config(cfg.quantization, device, family.skip_quantization)
-    kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": False, "use_safetensors": True}
-    if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
     try:
         processor = from_pretrained(AutoProcessor, name, trust_remote_code=False)
     except ImportError as exc:  # the video processors import torchvision
@@ -47,24 +37,10 @@ def load_model(cfg: RunConfig, family) -> LoadedModel:
                              f"torch): {str(exc).splitlines()[0]}") from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the processor of {name!r}: {str(exc).splitlines()[0]}") from exc
-    try:
-        model = from_pretrained(AutoModelForImageTextToText, name, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
-    if quant is None:
-        model.to(device)
-    if cfg.adapter is not None:
-        from roadbuddy.families import adapters
-
-        model = adapters.apply(model, cfg.adapter, merge=quant is None)
-        where = "merged into the weights" if quant is None else "beside the quantized weights"
-        notes.append(f"adapter {cfg.adapter} ({where})")
+    model, notes, source = load_weights(name, config, cfg, device, attn, family.skip_quantization)
     if cfg.embeddings_on_cpu and device.type == "cuda":
         notes.append(f"the input embeddings stay on the GPU for {family.title} (its forward looks them up itself)")
-    model.eval()
-    kind = "random" if getattr(model.config, "roadbuddy_weights", None) == "random" else "trained"
-    return wrap_model(model, processor, family, device=device, attn_impl=attn, source=f"{kind} weights from {name}",
-                      notes=notes)
+    return wrap_model(model, processor, family, device=device, attn_impl=attn, source=source, notes=notes)
 
 
 def wrap_model(model, processor, family, *, device, attn_impl: str, source: str, notes=()) -> LoadedModel:
