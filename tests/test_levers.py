@@ -72,6 +72,41 @@ def test_levers_off_give_the_answers_of_the_pipeline_before_them(seeing, heldout
     assert "permutations" not in json.loads((tmp_path / "b" / "run.json").read_text())["settings"]
 
 
+def test_records_keep_full_precision_log_probabilities_and_run_json_names_the_question_file(seeing, heldout,
+                                                                                          tmp_path):
+    """Every score record's `logprobs` are the logs of its `probs` at full precision (what an ensemble of runs
+    averages; the underflow case is the next test's); run.json names the question file answered (path, sha256, count)."""
+    from roadbuddy.data.digest import file_sha256
+
+    for name, changes in (("one", {}), ("four", {"permutations": 4}), ("debias", {"debias": True,
+                                                                                  "debias_questions": 3})):
+        cfg = tiny_task.eval_config(tiny_task.CHECKPOINT, heldout, tmp_path / name / "submission.csv", limit=12,
+                                    **changes)
+        run(cfg, model_loader=lambda _c: seeing, say=lambda _m: None)
+        got = records(tmp_path / name)
+        for qid, r in got.items():
+            assert r["logprobs"].keys() == r["probs"].keys(), (name, qid)
+            assert {k: math.exp(v) for k, v in r["logprobs"].items()} == pytest.approx(r["probs"], abs=2e-5), (name, qid)
+        info = json.loads((tmp_path / name / "run.json").read_text())["questions"]
+        assert info == {"file": str(heldout.resolve()), "sha256": file_sha256(heldout), "count": 12}
+
+
+def test_log_space_ensemble_and_debias_agree_with_the_probability_ones_and_survive_underflow():
+    asked = [(order, choice_orders.log_normalised(logs)) for order, logs in
+             (((0, 1, 2), {"A": -0.1, "B": -2.5, "C": -3.0}), ((1, 2, 0), {"A": -1.0, "B": -0.7, "C": -1.9}))]
+    probs = [(order, {k: math.exp(v) for k, v in logs.items()}) for order, logs in asked]
+    assert {k: math.exp(v) for k, v in choice_orders.log_ensemble(asked).items()} == pytest.approx(
+        choice_orders.ensemble(probs), rel=1e-12)
+    prior = [0.5, 0.3, 0.2]
+    assert {k: math.exp(v) for k, v in choice_orders.log_debias(asked[0][1], prior).items()} == pytest.approx(
+        choice_orders.debias(probs[0][1], prior), rel=1e-12)
+    # both orders sure of the file's A; exp() of the other letter's log-probability is 0 in doubles
+    sure = [((0, 1), {"A": 0.0, "B": -900.0}), ((1, 0), {"A": -1000.0, "B": 0.0})]
+    logs = choice_orders.log_ensemble(sure)
+    assert logs["A"] == pytest.approx(0.0, abs=1e-12) and logs["B"] == pytest.approx(-900.0 - math.log(2))
+    assert choice_orders.log_debias({"A": 0.0, "B": -900.0}, [0.5, 0.5])["B"] == pytest.approx(-900.0)
+
+
 # --- permutations -----------------------------------------------------------------------------------
 
 def test_orders_are_cyclic_shifts_of_the_sorted_choices():

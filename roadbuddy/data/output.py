@@ -96,12 +96,15 @@ class RunLock:
         self._fh.close()
 
 
-def check_run_info(paths: OutputPaths, settings: dict, write: bool = True) -> None:
-    """Refuse to resume predictions written with different answer settings; record them for a new run."""
+def check_run_info(paths: OutputPaths, settings: dict, write: bool = True, questions: dict | None = None) -> None:
+    """Refuse to resume predictions written with different answer settings; record them (and `questions`, the
+    question file answered: path, sha256, count) for a new run, keeping what a resumed run's run.json holds."""
     has_answers = any(p.stat().st_size for p in paths.prediction_files())
+    info: dict = {}
     if paths.run_info.is_file() and has_answers:
         try:
-            old = json.loads(paths.run_info.read_text(encoding="utf-8"))["settings"]
+            info = json.loads(paths.run_info.read_text(encoding="utf-8"))
+            old = info["settings"]
             old.items()
         except (ValueError, KeyError, TypeError, AttributeError):
             raise OutputError(f"{paths.run_info} does not hold the settings of the run that wrote "
@@ -114,7 +117,10 @@ def check_run_info(paths: OutputPaths, settings: dict, write: bool = True) -> No
                 "resume with the same settings or choose another --output"
             )
     if write:
-        atomic_write_text(paths.run_info, json.dumps({"settings": settings}, indent=2, default=str) + "\n")
+        info["settings"] = settings
+        if questions is not None:
+            info["questions"] = questions
+        atomic_write_text(paths.run_info, json.dumps(info, indent=2, default=str) + "\n")
 
 
 def load_predictions(path: Path, truncate: bool = True) -> dict[str, dict]:

@@ -303,6 +303,14 @@ def load_questions(json_path: Path | str, data_dir: Path | str | None = None) ->
     return questions
 
 
+def question_file_info(json_path: Path | str, questions: list[Question]) -> dict:
+    """What run.json records of the question file a run answered: its path, sha256 and how many questions were
+    asked of it (fewer than it holds with --limit); an ensemble refuses runs of different files by it."""
+    from roadbuddy.data.digest import file_sha256
+
+    return {"file": str(Path(json_path).resolve()), "sha256": file_sha256(Path(json_path)), "count": len(questions)}
+
+
 def roots_tried(json_path: Path | str, data_dir: Path | str | None) -> str:
     """Where video paths were looked for, in words: "--data-dir /x", or the question file's folder and parent."""
     roots = paths.candidate_roots(Path(json_path), None if data_dir is None else Path(data_dir))

@@ -97,6 +97,27 @@ def mean_prior(priors: list[list[float]]) -> list[float]:
     return [sum(p[i] for p in priors) / len(priors) for i in range(n)]
 
 
+def log_normalised(logs: dict[str, float]) -> dict[str, float]:
+    """Log-probabilities renormalised to sum to one (a log-sum-exp), in double precision."""
+    top = max(logs.values())
+    total = top + math.log(sum(math.exp(v - top) for v in logs.values()))
+    return {letter: v - total for letter, v in logs.items()}
+
+
+def log_debias(logs: dict[str, float], prior: Sequence[float]) -> dict[str, float]:
+    """`debias` on log-probabilities: a confident answer's wrong letters keep their values instead of 0."""
+    return log_normalised({letter: v - math.log(max(prior[LETTERS.index(letter)], 1e-12))
+                           for letter, v in logs.items()})
+
+
+def log_ensemble(asked: list[tuple[Sequence[int], dict[str, float]]]) -> dict[str, float]:
+    """`ensemble` on log-probabilities: the log of the mean over the orders of each file choice's probability."""
+    per_order = [to_file_letters(order, logs) for order, logs in asked]
+    return log_normalised({letter: max(o[letter] for o in per_order)
+                           + math.log(sum(math.exp(o[letter] - max(o[letter] for o in per_order)) for o in per_order))
+                           for letter in per_order[0]})
+
+
 def debias(probs: dict[str, float], prior: Sequence[float]) -> dict[str, float]:
     """Probabilities by position with the position prior divided out, renormalised."""
     raw = {letter: probs[letter] / max(prior[LETTERS.index(letter)], 1e-12) for letter in probs}

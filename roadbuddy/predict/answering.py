@@ -163,12 +163,14 @@ def answer_record(lm: LoadedModel, q: Question, logits: torch.Tensor, cache, cfg
     out, --debias); in generate mode the greedy text, parsed, with the scored letter as the recorded
     fallback when it names no letter."""
     probs = letter_probs(lm, logits, q.letters)
+    logs = letter_logprobs(lm, logits, q.letters)
     record = {"id": q.id, "mode": "score"}
     if prior is not None and q.num_choices in prior:
         record["observed_probs"] = _rounded(probs)
         probs = choice_orders.debias(probs, prior[q.num_choices])
+        logs = choice_orders.log_debias(logs, prior[q.num_choices])
     scored = max(probs, key=probs.get)
-    record.update(answer=scored, probs=_rounded(probs))
+    record.update(answer=scored, probs=_rounded(probs), logprobs=logs)
     if cfg.answer_mode == "generate":
         text = greedy(lm, logits, cache, cfg.max_new_tokens, start)
         parsed = answers.parse_answer(text, q.choices)
@@ -189,12 +191,15 @@ def ensemble_record(q: Question, asked: list[tuple[tuple[int, ...], dict[str, fl
     model said is kept as `observed_probs`, as for a question asked once."""
     observed = [(order, {letter: math.exp(v) for letter, v in logs.items()}) for order, logs in asked]
     probs = choice_orders.ensemble(observed)
+    logs = choice_orders.log_ensemble(asked)
     record = {"id": q.id, "mode": "score"}
     if prior is not None and q.num_choices in prior:
         record["observed_probs"] = _rounded(probs)
         probs = choice_orders.ensemble([(order, choice_orders.debias(shown, prior[q.num_choices]))
                                         for order, shown in observed])
-    record.update(answer=choice_orders.pick(probs), probs=_rounded(probs),
+        logs = choice_orders.log_ensemble([(order, choice_orders.log_debias(shown, prior[q.num_choices]))
+                                           for order, shown in asked])
+    record.update(answer=choice_orders.pick(probs), probs=_rounded(probs), logprobs=logs,
                   orders=[{"order": list(order), "probs": _rounded(shown), "logprobs": dict(logs)}
                           for (order, shown), (_, logs) in zip(observed, asked)])
     return record

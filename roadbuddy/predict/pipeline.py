@@ -27,7 +27,7 @@ from roadbuddy.data.output import (
     merge_and_write,
     prepare_output,
 )
-from roadbuddy.data.questions import group_by_video, load_questions, missing_videos, roots_tried
+from roadbuddy.data.questions import group_by_video, load_questions, missing_videos, question_file_info, roots_tried
 from roadbuddy.levers import letter_prior
 from roadbuddy.predict import distributed, memory
 from roadbuddy.predict.answering import error_records
@@ -190,7 +190,7 @@ def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
     try:
         with RunLock(paths.lock):
             if shard.rank == 0:
-                check_run_info(paths, cfg.answer_settings())
+                check_run_info(paths, cfg.answer_settings(), questions=question_file_info(cfg.test_json, questions))
             distributed.barrier(shard)
             if shard.rank != 0:
                 check_run_info(paths, cfg.answer_settings(), write=False)

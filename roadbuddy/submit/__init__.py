@@ -1,0 +1,1 @@
+"""From runs to a submission: ensembles of runs (ensemble.py) and the sealed offline package (pack.py)."""
