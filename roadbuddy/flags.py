@@ -93,10 +93,15 @@ def _help(f: dataclasses.Field, text: str) -> str:
 
 
 def add_to_parser(parser: argparse.ArgumentParser, cls, command: str,
-                  groups: dict[str, argparse._ArgumentGroup] | None = None) -> dict[str, argparse._ArgumentGroup]:
-    """Add every flag of `cls` that `command` takes; values land under the field's name, given flags only."""
+                  groups: dict[str, argparse._ArgumentGroup] | None = None,
+                  skip: Iterable[str] = ()) -> dict[str, argparse._ArgumentGroup]:
+    """Add every flag of `cls` that `command` takes, except those of the fields named in `skip` (a command that
+    sets them itself); values land under the field's name, given flags only."""
     groups = {} if groups is None else groups
+    skip = set(skip)
     for f, spec in declared(cls, command):
+        if f.name in skip:
+            continue
         group = groups.get(spec.group)
         if group is None:
             group = groups[spec.group] = parser.add_argument_group(spec.group)

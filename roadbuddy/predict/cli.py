@@ -115,6 +115,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _predict(args: argparse.Namespace, shard: Shard, say, demo_root: Path | None) -> int:
     """The run and its exit code; with `demo_root`, the demo's run in that folder."""
+    try:
+        cfg = config_from_args(args, shard)
+        if demo_root is not None:
+            cfg = _demo_config(cfg, say, demo_root)
+    except ConfigError as exc:
+        if args.verbose:
+            raise
+        say(f"error: {exc}")
+        return 2
+    removed = demo_root is not None and "output" not in vars(args)  # the demo's answers go with its folder
+    code = run_config(cfg, say, args.verbose, interrupted="interrupted: the demo's files are removed" if removed
+                      else None)
+    if demo_root is not None and code in (0, 1):
+        say(_demo_score(cfg))
+        if cfg.output.is_relative_to(demo_root):
+            say("demo: its files are removed now; pass --output CSV to keep the answers")
+    return code
+
+
+def run_config(cfg: RunConfig, say, verbose: bool = False, interrupted: str | None = None) -> int:
+    """Run `cfg` as roadbuddy-predict does (a sealed package's predict.sh too) and give its exit code: bad input
+    in one sentence (2), an interrupt (130, `interrupted` said), an unexpected failure (1)."""
     from roadbuddy.data.output import OutputError
     from roadbuddy.data.questions import QuestionFileError
     from roadbuddy.families.adapters import AdapterError
@@ -122,34 +144,24 @@ def _predict(args: argparse.Namespace, shard: Shard, say, demo_root: Path | None
     from roadbuddy.levers.letter_prior import PriorError
 
     try:
-        cfg = config_from_args(args, shard)
-        if demo_root is not None:
-            cfg = _demo_config(cfg, say, demo_root)
         from roadbuddy.predict.pipeline import run
 
         summary = run(cfg, say=say)
     except KeyboardInterrupt:
-        if demo_root is not None and "output" not in vars(args):  # its answers were in the folder just removed
-            say("interrupted: the demo's files are removed")
-        else:
-            say("interrupted: every answer so far is saved in predictions.jsonl; run the same command again to "
-                "resume")
+        say(interrupted or "interrupted: every answer so far is saved in predictions.jsonl; run the same command "
+            "again to resume")
         return 130
     except (QuestionFileError, OutputError, ModelLoadError, ConfigError, AdapterError, PriorError) as exc:
-        if args.verbose:
+        if verbose:
             raise
         say(f"error: {exc}")
         return 2
     except Exception as exc:  # one sentence, not a traceback, unless --verbose
-        if args.verbose:
+        if verbose:
             raise
         return say_failure(exc, say, "every answer finished so far is saved in predictions.jsonl")
     for line in summary.lines():
         say(line)
-    if demo_root is not None:
-        say(_demo_score(cfg))
-        if cfg.output.is_relative_to(demo_root):
-            say("demo: its files are removed now; pass --output CSV to keep the answers")
     if summary.unexpected:
         say(f"{summary.unexpected} clips failed with an unexpected error (see above); their questions got the "
             "prior answer. Rerun with --verbose for the tracebacks.")

@@ -1,0 +1,255 @@
+"""roadbuddy-pack's work: runs' settings -> a sealed folder that answers /data -> /result with nothing else.
+
+    OUTPUT/models/m<i>/        each distinct model's files (config, safetensors, tokenizer, processor), once
+    OUTPUT/adapters/a<i>/      LoRA adapters, as roadbuddy-finetune wrote them
+    OUTPUT/prompts/, priors/   a system prompt file, a --debias-prior, where a member has one
+    OUTPUT/code/roadbuddy/     this roadbuddy's code (predict.sh puts it first on PYTHONPATH)
+    OUTPUT/settings.json       the frozen members (roadbuddy.submit.frozen) and the ensemble's weights
+    OUTPUT/predict.sh          runs it all: $ROADBUDDY_DATA (/data) -> $ROADBUDDY_RESULT (/result), hub off
+    OUTPUT/requirements.txt    the libraries at the versions installed here, pinned
+    OUTPUT/Dockerfile          a CUDA base image, the requirements, the folder, predict.sh as the command
+    OUTPUT/SHA256SUMS          every file's sha256, checked before anything runs (roadbuddy.submit.sealed)
+
+Nothing is written to OUTPUT until every member is checked and the parameters are counted: the folder is built
+under OUTPUT.partial and renamed at the end, so a failed or killed pack never leaves a package that looks whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import stat
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from roadbuddy import __version__
+from roadbuddy.config import RunConfig
+from roadbuddy.submit import frozen
+from roadbuddy.submit.sealed import PackageError, write_manifest
+
+SETTINGS = "settings.json"
+SETTINGS_FORMAT = 1
+# what from_pretrained may read from a checkpoint folder; pickle weights and remote code never travel
+UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".onnx", ".py", ".pyc")
+BASE_IMAGE = "nvidia/cuda:12.8.1-runtime-ubuntu24.04"
+
+
+@dataclass
+class Plan:
+    """What goes where: sources (absolute) -> places (relative to the package), and the parameter count."""
+    members: list[RunConfig]
+    weights: list[float] | None
+    copies: dict[str, Path] = field(default_factory=dict)  # place -> source folder or file
+    places: list[dict[str, str]] = field(default_factory=list)  # per member: field -> place
+    parameters: dict[str, int] = field(default_factory=dict)  # place of a model or adapter -> its parameters
+
+    @property
+    def total_parameters(self) -> int:
+        return sum(self.parameters.values())
+
+
+def model_folder(model: str) -> Path:
+    """The folder of the checkpoint --model names: itself, or its snapshot in the Hugging Face cache (packing never
+    downloads: the runs being packed had the model)."""
+    from roadbuddy.families import registry
+
+    if Path(model).is_dir():
+        return Path(model).resolve()
+    from huggingface_hub import snapshot_download
+
+    name = registry.checkpoint_name(model)
+    try:
+        return Path(snapshot_download(name, local_files_only=True)).resolve()
+    except Exception:  # noqa: BLE001 - not cached, in whatever way the hub client says it
+        raise PackageError(f"--model {model}: no such folder, and {name} is not in the Hugging Face cache; download "
+                           f"it first (hf download {name}) or pass the checkpoint's folder") from None
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The files of a checkpoint that travel: every top-level file but pickles and code; PackageError without
+    config.json or safetensors weights."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and not p.name.endswith(UNSAFE_SUFFIXES))
+    if not (folder / "config.json").is_file() or not any(p.suffix == ".safetensors" for p in files):
+        raise PackageError(f"{folder} is not a checkpoint that can be packed (it needs config.json and safetensors "
+                           "weights)")
+    return files
+
+
+def safetensors_parameters(paths: list[Path]) -> int:
+    """Parameters held in these safetensors files, read from their headers (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in paths:
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not iterable
+                count = 1
+                for size in fh.get_slice(key).get_shape():
+                    count *= size
+                total += count
+    return total
+
+
+def plan(members: list[RunConfig], weights: list[float] | None, max_params: float) -> Plan:
+    """Check every member (its model's family and settings, its adapter), place each distinct file once, count the
+    parameters; PackageError (one sentence) for what cannot be packed or breaks the parameter cap."""
+    from roadbuddy.families import registry
+    from roadbuddy.families.adapters import check_for_base
+    from roadbuddy.families.checkpoint import checkpoint_config
+
+    out = Plan(members=members, weights=weights)
+    placed: dict[tuple[str, Path], str] = {}
+    for index, cfg in enumerate(members):
+        registry.check_model(cfg)
+        sources = frozen.packed_sources(cfg)
+        places = {}
+        for name, value in sources.items():
+            if name == "model":
+                source, kind = model_folder(value), "models/m"
+            elif name == "adapter":
+                source = check_for_base(value, checkpoint_config(registry.checkpoint_name(cfg.model))).resolve()
+                kind = "adapters/a"
+            elif name == "system_prompt":
+                source, kind = Path(value).resolve(), "prompts/system"
+            else:
+                source, kind = Path(value).resolve(), "priors/prior"
+            key = (kind, source)
+            if key not in placed:
+                number = sum(k[0] == kind for k in placed)
+                placed[key] = f"{kind}{number}" + (".txt" if kind == "prompts/system" else
+                                                   ".json" if kind == "priors/prior" else "")
+                out.copies[placed[key]] = source
+                if kind == "models/m":
+                    out.parameters[placed[key]] = safetensors_parameters(
+                        [p for p in checkpoint_files(source) if p.suffix == ".safetensors"])
+                elif kind == "adapters/a":
+                    out.parameters[placed[key]] = safetensors_parameters(sorted(source.glob("*.safetensors")))
+            places[name] = placed[key]
+        out.places.append(places)
+    if out.total_parameters > max_params:
+        shown = ", ".join(f"{place} {count / 1e9:.2f}B" for place, count in out.parameters.items())
+        raise PackageError(f"the package would hold {out.total_parameters / 1e9:.2f}B parameters ({shown}), above "
+                           f"--max-params {max_params / 1e9:.2f}B (the challenge allows 8B in all at inference)")
+    return out
+
+
+def _copy(source: Path, target: Path, progress) -> str:
+    """Copy one file, hashing it on the way; its sha256."""
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        for block in iter(lambda: src.read(1 << 22), b""):
+            digest.update(block)
+            dst.write(block)
+            progress.update(len(block))
+    return digest.hexdigest()
+
+
+def code_files() -> tuple[Path, list[Path]]:
+    """This roadbuddy's package folder and its files (no bytecode)."""
+    import roadbuddy
+
+    root = Path(roadbuddy.__file__).resolve().parent
+    return root, sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                        and p.suffix != ".pyc")
+
+
+def requirements(members: list[RunConfig]) -> list[str]:
+    """The libraries roadbuddy needs to answer, at the versions installed here (torch without its local build
+    tag: a CUDA wheel from PyPI), plus bitsandbytes for a quantized member and torchvision where it is installed
+    (the Qwen processors need it)."""
+    from packaging.requirements import Requirement
+
+    names = [Requirement(r).name for r in metadata.requires("roadbuddy") or [] if "extra ==" not in r]
+    if any(cfg.quantization for cfg in members):
+        names.append("bitsandbytes")
+    names += ["torchvision", "huggingface_hub", "accelerate"]
+    pins = []
+    for name in dict.fromkeys(names):
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if name == "bitsandbytes":
+                raise PackageError("a member loads in 8 or 4 bits but bitsandbytes is not installed here, so its "
+                                   "version cannot be pinned: pip install bitsandbytes") from None
+            continue
+        pins.append(f"{name}=={version.split('+')[0]}")
+    return pins
+
+
+PREDICT_SH = """#!/bin/sh
+# RoadBuddy sealed package: answers $ROADBUDDY_DATA/private_test.json (default /data) about the clips in its
+# videos/ folder and writes $ROADBUDDY_RESULT/submission.csv and time_submission.csv (default /result), with the
+# frozen settings of settings.json, the Hugging Face hub switched off, after checking every file against SHA256SUMS.
+set -eu
+HERE="$(cd "$(dirname "$0")" && pwd)"
+DATA="${ROADBUDDY_DATA:-/data}"
+RESULT="${ROADBUDDY_RESULT:-/result}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$HERE/code${PYTHONPATH:+:$PYTHONPATH}"
+exec "${ROADBUDDY_PYTHON:-python3}" -m roadbuddy.submit.run_package --package "$HERE" \\
+    --test-json "${ROADBUDDY_TEST_JSON:-$DATA/private_test.json}" --result "$RESULT" "$@"
+"""
+
+DOCKERFILE = """# The RoadBuddy submission: docker build -t roadbuddy-submission .
+# docker run --gpus all -v /path/to/data:/data:ro -v /path/to/result:/result roadbuddy-submission
+ARG BASE={base}
+FROM ${{BASE}}
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \\
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH ROADBUDDY_PYTHON=/opt/venv/bin/python HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+COPY requirements.txt /opt/roadbuddy/requirements.txt
+RUN pip install --no-cache-dir -r /opt/roadbuddy/requirements.txt
+COPY . /opt/roadbuddy
+RUN chmod +x /opt/roadbuddy/predict.sh
+CMD ["/opt/roadbuddy/predict.sh"]
+"""
+
+
+def build(pack: Plan, output: Path, *, progress: bool = True, say=print) -> Path:
+    """Write the package of `pack` to `output` (which must not exist or be empty); its path."""
+    from tqdm import tqdm
+
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise PackageError(f"--output {output} exists and is not an empty folder; choose a new one")
+    partial = output.with_name(output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    jobs: list[tuple[Path, Path]] = []  # source file -> place
+    for place, source in pack.copies.items():
+        if source.is_dir():
+            files = checkpoint_files(source) if place.startswith("models/") else sorted(
+                p for p in source.iterdir() if p.is_file() and not p.name.endswith(UNSAFE_SUFFIXES))
+            jobs += [(f, Path(place) / f.name) for f in files]
+        elif place.startswith("priors/"):
+            from roadbuddy.levers import letter_prior
+
+            doc = letter_prior.load(source)  # a report, run.json or prior.json: the prior alone travels
+            (partial / place).parent.mkdir(parents=True, exist_ok=True)
+            (partial / place).write_text(json.dumps({"prior": doc["prior"]}, indent=1) + "\n", encoding="utf-8")
+        else:
+            jobs.append((source, Path(place)))
+    code_root, code = code_files()
+    jobs += [(f, Path("code") / "roadbuddy" / f.relative_to(code_root)) for f in code]
+    digests = {}
+    with tqdm(total=sum(f.stat().st_size for f, _ in jobs), unit="B", unit_scale=True, desc="packing",
+              disable=not progress) as bar:
+        for source, place in jobs:
+            digests[place] = _copy(source, partial / place, bar)
+    settings = {"format": SETTINGS_FORMAT, "roadbuddy": __version__,
+                "members": [frozen.freeze(cfg, places) for cfg, places in zip(pack.members, pack.places)],
+                "weights": pack.weights, "parameters": pack.parameters, "total_parameters": pack.total_parameters}
+    (partial / SETTINGS).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (partial / "requirements.txt").write_text("\n".join(requirements(pack.members)) + "\n", encoding="utf-8")
+    script = partial / "predict.sh"
+    script.write_text(PREDICT_SH, encoding="utf-8")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    (partial / "Dockerfile").write_text(DOCKERFILE.format(base=BASE_IMAGE), encoding="utf-8")
+    write_manifest(partial, digests)
+    if output.exists():
+        output.rmdir()
+    partial.rename(output)
+    return output

@@ -1,0 +1,167 @@
+"""roadbuddy-pack and the package's predict.sh, on the tiny seeing model: the package answers the private-test layout
+from another folder with the hub unusable and an empty cache exactly as roadbuddy-predict does with the same
+settings; a package with a file corrupted, missing or edited refuses at start in one sentence; the rules it checks
+(parameter cap, settings that cannot be packed) refuse before anything is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import read_rows, run_main
+
+from roadbuddy.config import RunConfig
+from roadbuddy.submit import frozen, pack_cli, sealed
+from roadbuddy.testing import tiny_task
+
+SETTINGS = ["--model", tiny_task.CHECKPOINT, "--min-frames", tiny_task.FRAMES_SHOWN, "--max-frames",
+            tiny_task.FRAMES_SHOWN, "--no-support-frames", "--no-progress", "--device", "cpu"]
+
+
+def pack(*argv) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = pack_cli.main([str(a) for a in argv])
+    return code, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def private_data(tmp_path_factory) -> Path:
+    """The tiny task's held-out clips in the private-test layout: DATA/private_test.json (no answers) + DATA/videos/."""
+    heldout = tiny_task.write_heldout(tmp_path_factory.mktemp("heldout"))
+    data = tmp_path_factory.mktemp("data")
+    shutil.copytree(heldout.parent / "videos", data / "videos")
+    items = json.loads(heldout.read_text(encoding="utf-8"))["data"]
+    private = [{"id": i["id"], "question": i["question"], "choices": i["choices"],
+                "video_path": i["video_path"].removeprefix("train/")} for i in items[:16]]
+    (data / "private_test.json").write_text(json.dumps({"data": private}, ensure_ascii=False), encoding="utf-8")
+    return data
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pkg") / "package"
+    code, err = pack("--output", out, *SETTINGS)
+    assert code == 0, err
+    return out
+
+
+def run_package(package: Path, data: Path, result: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """predict.sh as the organisers run it, from another folder, with an empty Hugging Face cache and a hub that
+    cannot be reached (any request would fail), the package's code first on the path."""
+    home = cwd / "hf-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "ROADBUDDY_"))}
+    env.update(ROADBUDDY_DATA=str(data), ROADBUDDY_RESULT=str(result), ROADBUDDY_PYTHON=sys.executable,
+               HF_HOME=str(home), HF_ENDPOINT="http://127.0.0.1:9", PYTHONUNBUFFERED="1",
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    done = subprocess.run([str(package / "predict.sh")], check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert not home.exists() or not any(home.rglob("*.safetensors")), "the package reached for the hub cache"
+    return done
+
+
+def test_package_answers_the_private_layout_as_predict_does(package, private_data, tmp_path):
+    code, err = run_main("--test-json", private_data / "private_test.json", "--output",
+                         tmp_path / "direct" / "submission.csv", *SETTINGS[:-3])
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_package(package, private_data, tmp_path / "result", elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert f"code {package.resolve() / 'code' / 'roadbuddy'}" in done.stderr  # the sealed code ran, not this repo's
+    assert "slowest question" in done.stderr
+    got = read_rows(tmp_path / "result" / "submission.csv")
+    assert got == read_rows(tmp_path / "direct" / "submission.csv") and len(got) == 17
+    assert [r[:2] for r in read_rows(tmp_path / "result" / "time_submission.csv")] == got
+
+
+@pytest.mark.parametrize("harm", ["corrupt weights", "missing tokenizer", "settings edited"])
+def test_a_harmed_package_refuses_at_start_in_one_sentence(harm, package, private_data, tmp_path):
+    copy = tmp_path / "package"
+    shutil.copytree(package, copy)
+    if harm == "corrupt weights":
+        weights = next((copy / "models").rglob("*.safetensors"))
+        blob = bytearray(weights.read_bytes())
+        blob[-1] ^= 0xFF
+        weights.write_bytes(bytes(blob))
+        named = weights.relative_to(copy).as_posix()
+    elif harm == "missing tokenizer":
+        gone = next((copy / "models").rglob("tokenizer*.json"))
+        gone.unlink()
+        named = gone.relative_to(copy).as_posix()
+    else:
+        doc = json.loads((copy / "settings.json").read_text())
+        doc["members"][0]["max_frames"] = 64
+        (copy / "settings.json").write_text(json.dumps(doc))
+        named = "settings.json"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_package(copy, private_data, tmp_path / "result", elsewhere)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and named in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "result" / "predictions.jsonl").exists()
+
+
+def test_package_holds_what_its_dockerfile_and_script_name(package):
+    listed = sealed.read_manifest(package)
+    assert set(listed) == {p.as_posix() for p in sealed.package_files(package)}
+    docker = (package / "Dockerfile").read_text()
+    copied = re.findall(r"^COPY (\S+) ", docker, flags=re.MULTILINE)
+    assert copied and all((package / c).exists() for c in copied)
+    assert re.search(r'^CMD \["/opt/roadbuddy/predict.sh"\]', docker, flags=re.MULTILINE) and os.access(
+        package / "predict.sh", os.X_OK)
+    assert re.search(r"^FROM \$\{BASE\}", docker, flags=re.MULTILINE) and "nvidia/cuda:" in docker
+    script = (package / "predict.sh").read_text()
+    assert "export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1" in script and "ROADBUDDY_DATA:-/data" in script
+    pins = dict(line.split("==") for line in (package / "requirements.txt").read_text().split())
+    assert {"torch", "transformers", "safetensors", "av", "peft"} <= set(pins)
+    assert all(re.fullmatch(r"[0-9][0-9A-Za-z.]*", v) for v in pins.values()), pins  # no local build tags
+    settings = json.loads((package / "settings.json").read_text())
+    (member,) = settings["members"]
+    assert member["model"] == "models/m0" and (package / "models/m0/config.json").is_file()
+    assert settings["total_parameters"] == settings["parameters"]["models/m0"] > 0
+    assert not list(package.rglob("*.py[co]")) and not list((package / "models").rglob("*.py"))
+
+
+def test_frozen_settings_give_the_run_back(package, tmp_path):
+    member = json.loads((package / "settings.json").read_text())["members"][0]
+    cfg = frozen.thaw(member, package, test_json=tmp_path / "q.json", output=tmp_path / "s.csv")
+    want = RunConfig(model=str(package / "models/m0"), min_frames=tiny_task.FRAMES_SHOWN,
+                     max_frames=tiny_task.FRAMES_SHOWN, support_frames=False, progress=False, device="cpu",
+                     test_json=tmp_path / "q.json", output=tmp_path / "s.csv")
+    assert cfg == want
+
+
+def test_from_run_packs_the_runs_settings_and_refuses_answer_flags(package, private_data, tmp_path):
+    code, err = run_main("--test-json", private_data / "private_test.json", "--output",
+                         tmp_path / "run" / "submission.csv", "--limit", 2, *SETTINGS[:-3])
+    assert code == 0, err
+    code, err = pack("--output", tmp_path / "again", "--from-run", tmp_path / "run", "--no-progress",
+                     "--device", "cpu")
+    assert code == 0, err
+    packed = json.loads((package / "settings.json").read_text())["members"]
+    assert json.loads((tmp_path / "again" / "settings.json").read_text())["members"] == packed
+    code, err = pack("--output", tmp_path / "other", "--from-run", tmp_path / "run", "--max-frames", 8)
+    assert code == 2 and "--max-frames 8 with --from-run" in err and not (tmp_path / "other").exists()
+
+
+def test_parameter_cap_and_bad_sources_refuse_before_writing(tmp_path):
+    code, err = pack("--output", tmp_path / "p", "--max-params", 1000, *SETTINGS)
+    assert code == 2 and "above --max-params" in err and "models/m0" in err, err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial").exists()
+    code, err = pack("--output", tmp_path / "p", "--model", tmp_path / "nothing")
+    assert code == 2 and err.count("error:") == 1 and "no such folder" in err, err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    code, err = pack("--output", tmp_path / "full", *SETTINGS)
+    assert code == 2 and "not an empty folder" in err, err
+    code, err = pack("--output", tmp_path / "r", "--from-run", tmp_path)
+    assert code == 2 and "no run.json" in err, err
