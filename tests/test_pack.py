@@ -20,6 +20,7 @@ from helpers import read_rows, run_main
 
 from roadbuddy.config import RunConfig
 from roadbuddy.submit import frozen, pack_cli, sealed
+from roadbuddy.submit import pack as pack_module
 from roadbuddy.testing import tiny_task
 
 SETTINGS = ["--model", tiny_task.CHECKPOINT, "--min-frames", tiny_task.FRAMES_SHOWN, "--max-frames",
@@ -165,3 +166,52 @@ def test_parameter_cap_and_bad_sources_refuse_before_writing(tmp_path):
     assert code == 2 and "not an empty folder" in err, err
     code, err = pack("--output", tmp_path / "r", "--from-run", tmp_path)
     assert code == 2 and "no run.json" in err, err
+
+
+def test_an_ensemble_packs_its_shared_model_once_and_its_package_answers_as_the_ensemble(private_data, tmp_path):
+    from roadbuddy.submit import ensemble_cli
+
+    questions = private_data / "private_test.json"
+    for name, extra in (("plain", []), ("orders", ["--permutations", 2])):
+        code, err = run_main("--test-json", questions, "--output", tmp_path / name / "submission.csv", *SETTINGS[:-3],
+                             *extra)
+        assert code == 0, err
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert ensemble_cli.main([str(tmp_path / "plain"), str(tmp_path / "orders"), "--weights", "2,1",
+                                  "--output", str(tmp_path / "ens" / "submission.csv")]) == 0
+    code, err = pack("--output", tmp_path / "pkg", "--from-run", tmp_path / "ens", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    settings = json.loads((tmp_path / "pkg" / "settings.json").read_text())
+    assert [m["permutations"] for m in settings["members"]] == [1, 2] and settings["weights"] == [2 / 3, 1 / 3]
+    assert sorted(p.name for p in (tmp_path / "pkg" / "models").iterdir()) == ["m0"]  # one model, packed once
+    assert list(settings["parameters"]) == ["models/m0"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_package(tmp_path / "pkg", private_data, tmp_path / "result", elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert read_rows(tmp_path / "result" / "submission.csv") == read_rows(tmp_path / "ens" / "submission.csv")
+    summed = {r[0]: r[2] for r in read_rows(tmp_path / "result" / "time_submission.csv")[1:]}
+    members = [{r[0]: int(r[2]) for r in read_rows(tmp_path / "result" / "members" / i / "time_submission.csv")[1:]}
+               for i in ("0", "1")]
+    assert all(abs(int(summed[q]) - members[0][q] - members[1][q]) <= 1 for q in summed)  # the 30 s rule counts both
+
+
+def test_an_ensemble_above_the_cap_together_is_refused(private_data, tmp_path):
+    from roadbuddy.submit import ensemble_cli
+    from roadbuddy.testing.checkpoints import write_tiny_checkpoint
+
+    other = write_tiny_checkpoint(tmp_path / "other")
+    questions = private_data / "private_test.json"
+    for name, model in (("a", tiny_task.CHECKPOINT), ("b", other)):
+        code, err = run_main("--test-json", questions, "--output", tmp_path / name / "submission.csv", "--limit", 2,
+                             "--model", model, *SETTINGS[2:-3])
+        assert code == 0, err
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert ensemble_cli.main([str(tmp_path / "a"), str(tmp_path / "b"), "--output",
+                                  str(tmp_path / "ens" / "submission.csv")]) == 0
+    sizes = [pack_module.safetensors_parameters(sorted(Path(m).glob("*.safetensors")))
+             for m in (tiny_task.CHECKPOINT, other)]
+    cap = max(sizes) + 10  # each model alone fits, both together do not
+    code, err = pack("--output", tmp_path / "pkg", "--from-run", tmp_path / "ens", "--max-params", cap)
+    assert code == 2 and "above --max-params" in err and "models/m0" in err and "models/m1" in err, err
+    assert not (tmp_path / "pkg").exists()

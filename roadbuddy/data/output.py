@@ -191,9 +191,10 @@ def _merge_records(records: dict[str, dict], more: dict[str, dict]) -> None:
             records[qid] = record
 
 
-def load_all_predictions(paths: OutputPaths) -> dict[str, dict]:
-    """Every record in the folder (this run's file and any other rank's shard), own torn tail cut."""
-    records = load_predictions(paths.predictions)
+def load_all_predictions(paths: OutputPaths, truncate: bool = True) -> dict[str, dict]:
+    """Every record in the folder (this run's file and any other rank's shard), own torn tail cut when
+    `truncate` (a reader of another run's folder passes False: nothing is cut)."""
+    records = load_predictions(paths.predictions, truncate=truncate)
     for other in paths.prediction_files():
         if other != paths.predictions:
             _merge_records(records, load_predictions(other, truncate=False))

@@ -78,7 +78,7 @@ def members_from_run(run_dir: Path, given: dict) -> tuple[list[RunConfig], list[
     if ensemble_file.is_file():
         try:
             doc = json.loads(ensemble_file.read_text(encoding="utf-8"))
-            members = [(Path(m["run"]), m["settings"]) for m in doc["members"]]
+            members = [(Path(m["folder"]), m["settings"]) for m in doc["members"]]
             weights = doc.get("weights")
         except (ValueError, KeyError, TypeError):
             raise PackageError(f"{ensemble_file} is not an ensemble made by roadbuddy-ensemble") from None

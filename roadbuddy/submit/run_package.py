@@ -119,10 +119,15 @@ def _answer(configs, settings: dict, result: Path, say, verbose: bool) -> int:
         if code not in (0, 1):
             return code
     if len(configs) > 1:
-        from roadbuddy.submit import ensemble
+        from roadbuddy.submit import ensemble, ensemble_cli
 
-        code = max(code, ensemble.run_members([c.output.parent for c in configs], result / "submission.csv",
-                                              settings.get("weights"), say))
+        weights = settings.get("weights")
+        try:
+            ensemble_cli.combine_runs([c.output.parent for c in configs], result / "submission.csv", say=say,
+                         weights=None if weights is None else ",".join(repr(float(w)) for w in weights))
+        except ensemble.EnsembleError as exc:
+            say(f"error: {exc}")
+            return 2
     worst = slowest(result / "time_submission.csv")
     if worst is not None:
         qid, seconds = worst
