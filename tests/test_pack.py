@@ -215,3 +215,25 @@ def test_an_ensemble_above_the_cap_together_is_refused(private_data, tmp_path):
     code, err = pack("--output", tmp_path / "pkg", "--from-run", tmp_path / "ens", "--max-params", cap)
     assert code == 2 and "above --max-params" in err and "models/m0" in err and "models/m1" in err, err
     assert not (tmp_path / "pkg").exists()
+
+
+def test_a_hub_id_is_packed_from_the_hugging_face_cache_without_the_network(tmp_path):
+    """--model org/name: the snapshot in the cache (the layout the hub client writes), never a download."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--roadbuddy--tiny-seeing" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_task.CHECKPOINT, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+    argv = ["--output", str(tmp_path / "pkg"), "--model", "roadbuddy/tiny-seeing", "--no-progress"]
+    done = subprocess.run([sys.executable, "-m", "roadbuddy.submit.pack_cli", *argv], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    packed = tmp_path / "pkg" / "models" / "m0"
+    assert sorted(p.name for p in packed.iterdir()) == sorted(p.name for p in tiny_task.CHECKPOINT.iterdir()
+                                                               if p.is_file())
+    done = subprocess.run([sys.executable, "-m", "roadbuddy.submit.pack_cli", *argv[:1], str(tmp_path / "p2"),
+                           "--model", "roadbuddy/not-cached"], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 2 and done.stderr.count("error:") == 1, done.stderr
