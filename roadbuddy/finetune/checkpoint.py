@@ -111,3 +111,16 @@ def load(path: Path) -> tuple[dict, dict, dict, dict]:
     return (load_file(str(path / "trainable.safetensors")), load_file(str(path / "optimizer.safetensors")),
             json.loads((path / "optimizer.json").read_text(encoding="utf-8")),
             json.loads((path / "state.json").read_text(encoding="utf-8")))
+
+
+def setting_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every setting that differs (nested keys joined with dots): why a checkpoint of other
+    settings cannot be resumed."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += setting_differences(a, b, f"{prefix}{key}.")
+        elif json.dumps(a, default=str) != json.dumps(b, default=str):
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out

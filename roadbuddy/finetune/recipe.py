@@ -155,7 +155,7 @@ class FineTune:
                 (self.out / train_log.LOG_NAME).unlink(missing_ok=True)
             return
         trainable, opt_tensors, opt_rest, state = train_checkpoint.load(found)
-        diff = _differences(state.get("settings", {}), self.settings)
+        diff = train_checkpoint.setting_differences(state.get("settings", {}), self.settings)
         if diff:
             raise train_data.TrainDataError(
                 f"{self.out} holds a checkpoint of a run with other settings ({'; '.join(diff[:6])}); resume with "
@@ -369,16 +369,5 @@ class FineTune:
     def _log(self, entry: dict) -> None:
         if self.shard.rank == 0:
             train_log.append(self.out / train_log.LOG_NAME, entry)
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif json.dumps(a, default=str) != json.dumps(b, default=str):
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
 
 

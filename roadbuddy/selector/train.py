@@ -150,7 +150,7 @@ class SelectorTraining:
             (self.out / train_log.LOG_NAME).unlink(missing_ok=True)
             return
         weights, opt_tensors, opt_rest, state = train_checkpoint.load(found)
-        diff = differences(state.get("settings", {}), self.settings)
+        diff = train_checkpoint.setting_differences(state.get("settings", {}), self.settings)
         if diff:
             raise SelectorError(f"{self.out} holds a checkpoint of a run with other settings ({'; '.join(diff[:6])}); "
                                 "resume with the same command or choose another --output")
@@ -283,18 +283,6 @@ class SelectorTraining:
         plot(self.out / train_log.LOG_NAME, self.out / CHART, self.cfg.hit_frames)
         last = self.state.validations[-1] if self.state.validations else None
         return {"steps": self.state.step, "validation": last, "output": self.out}
-
-
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every setting that differs (nested keys joined with dots)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        elif json.dumps(a, default=str) != json.dumps(b, default=str):
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
 
 
 def plot(log_path: Path, png: Path, k: int) -> None:
