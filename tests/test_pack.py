@@ -237,3 +237,29 @@ def test_a_hub_id_is_packed_from_the_hugging_face_cache_without_the_network(tmp_
                            "--model", "roadbuddy/not-cached"], env=env, capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 2 and done.stderr.count("error:") == 1, done.stderr
+
+
+def test_an_adapter_travels_with_its_model_and_a_changed_one_is_refused(private_data, tmp_path):
+    from roadbuddy.testing.checkpoints import write_tiny_adapter
+
+    adapter = write_tiny_adapter(tiny_task.CHECKPOINT, tmp_path / "adapter")
+    questions = private_data / "private_test.json"
+    code, err = run_main("--test-json", questions, "--output", tmp_path / "run" / "submission.csv", "--limit", 6,
+                         "--adapter", adapter, *SETTINGS[:-3])
+    assert code == 0, err
+    code, err = pack("--output", tmp_path / "pkg", "--from-run", tmp_path / "run", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    settings = json.loads((tmp_path / "pkg" / "settings.json").read_text())
+    assert settings["members"][0]["adapter"] == "adapters/a0" and settings["parameters"]["adapters/a0"] > 0
+    assert {"adapter_config.json", "adapter_model.safetensors", "roadbuddy_adapter.json"} <= {
+        p.name for p in (tmp_path / "pkg" / "adapters" / "a0").iterdir()}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_package(tmp_path / "pkg", private_data, tmp_path / "result", elsewhere)
+    assert done.returncode == 0, done.stderr
+    direct = {r[0]: r[1] for r in read_rows(tmp_path / "run" / "submission.csv")}
+    packaged = {r[0]: r[1] for r in read_rows(tmp_path / "result" / "submission.csv")}
+    assert all(packaged[q] == a for q, a in direct.items())  # the run answered 6; the package all 16
+    write_tiny_adapter(tiny_task.CHECKPOINT, adapter, seed=1)  # other weights in the run's adapter folder
+    code, err = pack("--output", tmp_path / "again", "--from-run", tmp_path / "run")
+    assert code == 2 and "holds other weights than the run used" in err and not (tmp_path / "again").exists(), err
