@@ -38,7 +38,7 @@ class Qwen35Family(QwenVLFamily):
     chat_template_kwargs = {"enable_thinking": False}
 
     def __init__(self):
-        super().__init__("qwen3_5", "Qwen3.5", clip_wide_budget=True,
+        super().__init__("qwen3_5", "Qwen3.5", clip_wide_budget=True, frames_wrapped=True,
                          default_system="none (Qwen3.5's chat template sends no system turn)")
 
     def check_config(self, cfg) -> None:

@@ -15,10 +15,14 @@ class QwenVLFamily:
     skip_quantization = ["model.visual", "lm_head"]
     chat_template_kwargs: dict = {}  # what the chat template is rendered with (Qwen3.5: no thinking)
 
-    def __init__(self, name: str, title: str, clip_wide_budget: bool, default_system: str):
+    def __init__(self, name: str, title: str, clip_wide_budget: bool, default_system: str,
+                 frames_wrapped: bool = False):
         self.name, self.title = name, title
         self.clip_wide_budget = clip_wide_budget
         self.default_system = default_system
+        # each frame pair comes with its own <|vision_start|>...<|vision_end|> (and timestamp), so the chat
+        # template's wrapper around the whole video is collapsed to a bare video token (qwen_vl.inputs.chat_texts)
+        self.frames_wrapped = frames_wrapped
 
     def load(self, cfg):
         return model.load_model(cfg, self)
@@ -92,7 +96,7 @@ class QwenVLFamily:
         return training.answer_logits(lm, examples, letters, features)
 
 
-QWEN3_VL = QwenVLFamily("qwen3_vl", "Qwen3-VL", clip_wide_budget=True,
+QWEN3_VL = QwenVLFamily("qwen3_vl", "Qwen3-VL", clip_wide_budget=True, frames_wrapped=True,
                         default_system="none (Qwen3-VL's chat template sends no system turn)")
 QWEN2_5_VL = QwenVLFamily("qwen2_5_vl", "Qwen2.5-VL", clip_wide_budget=False,
                           default_system="none (Qwen2.5-VL's chat template sends \"You are a helpful assistant.\")")
