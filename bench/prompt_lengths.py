@@ -68,13 +68,13 @@ def measure_qwen(tokenizer, questions, family: str, *, frames: int = 32, simple:
     cfg = RunConfig(simple_prompts=simple)
     before, _ = inputs.chat_texts(spec, cfg)
     pairs = math.ceil(frames / 2)
-    if ops.clip_wide_budget:  # Qwen3-VL: the wrapper becomes one "<t seconds><|vision_start|>...<|vision_end|>" a pair
+    if ops.frames_wrapped:  # Qwen3-VL: the bare video token becomes one "<t seconds><|vision_start|>...<|vision_end|>" a pair
         seconds = [30 * (2 * i + 1) / (2 * pairs) for i in range(pairs)]
         video = "".join(f"<{t:.1f} seconds><|vision_start|><|vision_end|>" for t in seconds)
     else:
         video = "<|vision_start|><|vision_end|>"
-    prefix_text = len(tokenizer(before.replace("<|vision_start|><|video_pad|><|vision_end|>", video),
-                                add_special_tokens=False).input_ids)
+    marker = "<|video_pad|>" if ops.frames_wrapped else "<|vision_start|><|video_pad|><|vision_end|>"
+    prefix_text = len(tokenizer(before.replace(marker, video), add_special_tokens=False).input_ids)
     suffixes = [inputs.question_ids(spec, q, cfg).shape[1] for q in questions]
     return {
         "family": family, "simple_prompts": simple, "frames": frames, "tiles_per_frame": 1, "questions": len(suffixes),

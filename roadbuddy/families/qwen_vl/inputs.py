@@ -146,9 +146,10 @@ def chat_texts(spec: VideoSpec, cfg, images: int = 0) -> tuple[str, str]:
         text = spec.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
                                                   **spec.family.chat_template_kwargs)
         if spec.family.frames_wrapped:  # what transformers >= 5.2x's processor does itself; 5.17's kept both pairs
-            processor = spec.processor
-            text = text.replace(processor.vision_start_token + processor.video_token + processor.vision_end_token,
-                                processor.video_token)
+            marks = [getattr(spec.processor, name, default) for name, default in (
+                ("vision_start_token", "<|vision_start|>"), ("video_token", "<|video_pad|>"),
+                ("vision_end_token", "<|vision_end|>"))]  # the processor's own defaults
+            text = text.replace("".join(marks), marks[1])
         prefix, suffix = text.split(_MARK)
         spec._texts[key] = (prefix, suffix)
     return spec._texts[key]
