@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from bench.machine import cpu_name
+
 
 def build(root: Path, questions: int):
     from roadbuddy.config import RunConfig
@@ -110,16 +112,6 @@ def plain(lm, clip, prefix=None) -> list[torch.Tensor]:
     (group,) = clip.groups
     return [lm.ops.prefill(lm, clip, group, None, new_cache(lm), suffix=group.suffix_ids[q.id])[0]
             for q in group.questions]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

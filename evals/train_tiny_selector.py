@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.machine import cpu_name
 from roadbuddy.testing import brief_task, tiny_task
 
 TRAIN_CLIPS = 160
@@ -49,16 +50,6 @@ def heldout_rates(selector_dir: Path, workdir: Path, clips: int = brief_task.HEL
     scanned, bad = scan_clips(questions, workdir / "heldout-scan", SCAN_FPS, lambda w, h: frame_size(selector, w, h))
     assert not bad, bad
     return hit_rates(selector, scanned, k=K)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train(out: Path, seed: int, workdir: Path, say=print) -> dict:

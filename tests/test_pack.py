@@ -263,3 +263,9 @@ def test_an_adapter_travels_with_its_model_and_a_changed_one_is_refused(private_
     write_tiny_adapter(tiny_task.CHECKPOINT, adapter, seed=1)  # other weights in the run's adapter folder
     code, err = pack("--output", tmp_path / "again", "--from-run", tmp_path / "run")
     assert code == 2 and "holds other weights than the run used" in err and not (tmp_path / "again").exists(), err
+
+
+def test_a_file_the_run_would_not_read_is_not_frozen_as_a_path():
+    """--debias-prior without --debias: nothing to pack, so settings.json names no file outside the package."""
+    member = frozen.freeze(RunConfig(debias_prior=Path("/elsewhere/prior.json")), {"model": "models/m0"})
+    assert member["debias_prior"] is None and member["model"] == "models/m0" and member["packed_files"] == ["model"]

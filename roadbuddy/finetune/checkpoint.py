@@ -124,3 +124,19 @@ def setting_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif json.dumps(a, default=str) != json.dumps(b, default=str):
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def restore(path: Path, settings: dict, trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+            names: dict[int, str], scheduler) -> tuple[dict, list[str]]:
+    """Load the checkpoint at `path` into the trainable tensors, the optimizer and the scheduler, unless it was
+    written with other settings: (its state, []) restored, or (its state, the differences) with nothing touched."""
+    weights, opt_tensors, opt_rest, state = load(path)
+    diff = setting_differences(state.get("settings", {}), settings)
+    if diff:
+        return state, diff
+    with torch.no_grad():
+        for name, value in weights.items():
+            trainable[name].copy_(value)
+    load_optimizer(optimizer, names, opt_tensors, opt_rest)
+    scheduler.load_state_dict(state["scheduler"])
+    return state, []

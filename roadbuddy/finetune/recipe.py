@@ -154,17 +154,12 @@ class FineTune:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / train_log.LOG_NAME).unlink(missing_ok=True)
             return
-        trainable, opt_tensors, opt_rest, state = train_checkpoint.load(found)
-        diff = train_checkpoint.setting_differences(state.get("settings", {}), self.settings)
+        state, diff = train_checkpoint.restore(found, self.settings, self.trainable, self.optimizer,
+                                               self.param_names, self.scheduler)
         if diff:
             raise train_data.TrainDataError(
                 f"{self.out} holds a checkpoint of a run with other settings ({'; '.join(diff[:6])}); resume with "
                 "the same command or choose another --output")
-        with torch.no_grad():
-            for name, value in trainable.items():
-                self.trainable[name].copy_(value)
-        train_checkpoint.load_optimizer(self.optimizer, self.param_names, opt_tensors, opt_rest)
-        self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(**state["progress"])
         self.checkpoint_step = self.state.step
         if self.shard.rank == 0:

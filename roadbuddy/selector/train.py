@@ -149,16 +149,11 @@ class SelectorTraining:
         if found is None:
             (self.out / train_log.LOG_NAME).unlink(missing_ok=True)
             return
-        weights, opt_tensors, opt_rest, state = train_checkpoint.load(found)
-        diff = train_checkpoint.setting_differences(state.get("settings", {}), self.settings)
+        state, diff = train_checkpoint.restore(found, self.settings, self.trainable, self.optimizer,
+                                               self.param_names, self.scheduler)
         if diff:
             raise SelectorError(f"{self.out} holds a checkpoint of a run with other settings ({'; '.join(diff[:6])}); "
                                 "resume with the same command or choose another --output")
-        with torch.no_grad():
-            for name, value in weights.items():
-                self.trainable[name].copy_(value)
-        train_checkpoint.load_optimizer(self.optimizer, self.param_names, opt_tensors, opt_rest)
-        self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(**state["progress"])
         self.checkpoint_step = self.state.step
         train_log.truncate(self.out / train_log.LOG_NAME, self.state.step)

@@ -124,8 +124,9 @@ def question_file(members: list[Member], test_json: Path | str | None = None, ro
         path = Path(test_json)
         if not path.is_file():
             raise EnsembleError(f"--test-json {path}: no such file")
-        if named and file_sha256(path) != _sha(named[0]):
-            raise EnsembleError(f"--test-json {path} (sha256 {file_sha256(path)[:12]}) is not the question file the "
+        digest = file_sha256(path) if named else None
+        if named and digest != _sha(named[0]):
+            raise EnsembleError(f"--test-json {path} (sha256 {digest[:12]}) is not the question file the "
                                 f"runs answered ({named[0].questions['file']}, sha256 {_sha(named[0])[:12]})")
         return path
     if not named:
@@ -136,9 +137,10 @@ def question_file(members: list[Member], test_json: Path | str | None = None, ro
         raise EnsembleError(f"{named[0].questions['file']}, the question file {named[0].folder} answered, is not there "
                             f"any more: {fix}")
     member, path = there[0], Path(there[0].questions["file"])
-    if file_sha256(path) != _sha(member):
+    digest = file_sha256(path)
+    if digest != _sha(member):
         raise EnsembleError(f"{path} has changed since {member.folder} answered it (sha256 {_sha(member)[:12]} then, "
-                            f"{file_sha256(path)[:12]} now): {fix}")
+                            f"{digest[:12]} now): {fix}")
     return path
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 from roadbuddy.config import SYSTEM_PROMPT_NAMES, ConfigError, RunConfig
 from roadbuddy.submit.sealed import PackageError
 
+SETTINGS = "settings.json"  # a package's frozen members, the ensemble's weights, the parameter counts
 # where a run reads and writes, set by whoever runs the package (and torchrun's rank, set from its environment)
 NOT_FROZEN = ("test_json", "output", "data_dir", "limit", "rank", "world_size", "local_rank", "thumbnail_dir")
 # fields that name a file or folder the package must hold
@@ -41,9 +43,22 @@ def freeze(cfg: RunConfig, places: dict[str, str]) -> dict:
     member = {}
     for name in FROZEN_FIELDS:
         value = places.get(name, getattr(cfg, name))
+        if name in PACKED_FILES and name not in places and isinstance(value, Path):
+            value = None  # a file the run would not read (a --debias-prior without --debias) does not travel
         member[name] = str(value) if isinstance(value, Path) else value
     member["packed_files"] = sorted(places)
     return member
+
+
+def read_settings(root: Path) -> dict:
+    """A package's settings.json, with at least one member; PackageError in one sentence otherwise."""
+    try:
+        settings = json.loads((root / SETTINGS).read_text(encoding="utf-8"))
+        members = settings["members"]
+        assert isinstance(members, list) and members and all(isinstance(m, dict) for m in members)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise PackageError(f"{root / SETTINGS} does not hold a package's settings; pack it again") from None
+    return settings
 
 
 def thaw(member: dict, root: Path, **where) -> RunConfig:

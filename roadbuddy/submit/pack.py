@@ -28,7 +28,6 @@ from roadbuddy.config import RunConfig
 from roadbuddy.submit import frozen
 from roadbuddy.submit.sealed import PackageError, write_manifest
 
-SETTINGS = "settings.json"
 SETTINGS_FORMAT = 1
 # what from_pretrained may read from a checkpoint folder; pickle weights and remote code never travel
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".onnx", ".py", ".pyc")
@@ -209,7 +208,7 @@ CMD ["/opt/roadbuddy/predict.sh"]
 """
 
 
-def build(pack: Plan, output: Path, *, progress: bool = True, say=print) -> Path:
+def build(pack: Plan, output: Path, *, progress: bool = True) -> Path:
     """Write the package of `pack` to `output` (which must not exist or be empty); its path."""
     from tqdm import tqdm
 
@@ -242,7 +241,7 @@ def build(pack: Plan, output: Path, *, progress: bool = True, say=print) -> Path
     settings = {"format": SETTINGS_FORMAT, "roadbuddy": __version__,
                 "members": [frozen.freeze(cfg, places) for cfg, places in zip(pack.members, pack.places)],
                 "weights": pack.weights, "parameters": pack.parameters, "total_parameters": pack.total_parameters}
-    (partial / SETTINGS).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (partial / frozen.SETTINGS).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (partial / "requirements.txt").write_text("\n".join(requirements(pack.members)) + "\n", encoding="utf-8")
     script = partial / "predict.sh"
     script.write_text(PREDICT_SH, encoding="utf-8")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from roadbuddy import flags
 from roadbuddy.config import ConfigError, RunConfig
+from roadbuddy.families.names import PARAMETER_CAP
 from roadbuddy.submit import frozen
 from roadbuddy.submit.sealed import PackageError
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="take the answer settings from this run's run.json (a roadbuddy-predict output folder "
                               "or an eval report folder), or every member's from a roadbuddy-ensemble folder; the "
                               "flags below may then only change speed settings")
-    package.add_argument("--max-params", type=float, default=8e9, metavar="N",
+    package.add_argument("--max-params", type=float, default=PARAMETER_CAP, metavar="N",
                          help="refuse a package holding more parameters than this, every model and adapter counted "
                               "once (default: 8e9, the challenge's rule)")
     groups = {"package": package}
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"packing {len(members)} member{'s' if len(members) > 1 else ''}: "
             + "; ".join(f"{place} {count / 1e9:.3f}B parameters" for place, count in plan.parameters.items())
             + f"; {plan.total_parameters / 1e9:.3f}B in all (cap {args.max_params / 1e9:.2f}B)")
-        out = pack.build(plan, args.output, progress=members[0].progress, say=say)
+        out = pack.build(plan, args.output, progress=members[0].progress)
     except (PackageError, ConfigError, ModelLoadError, AdapterError, PriorError) as exc:
         if args.verbose:
             raise

@@ -10,25 +10,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
 from roadbuddy.submit import frozen
+from roadbuddy.submit.ensemble import TIME_LIMIT_S
 from roadbuddy.submit.sealed import PackageError, verify
-
-SETTINGS = "settings.json"
-TIME_LIMIT_S = 30.0  # the challenge's limit per sample
-
-
-def read_settings(root: Path) -> dict:
-    try:
-        settings = json.loads((root / SETTINGS).read_text(encoding="utf-8"))
-        members = settings["members"]
-        assert isinstance(members, list) and members and all(isinstance(m, dict) for m in members)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise PackageError(f"{root / SETTINGS} does not hold a package's settings; pack it again") from None
-    return settings
 
 
 def member_outputs(result: Path, count: int) -> list[Path]:
@@ -67,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"package {root} (code {Path(roadbuddy.__file__).parent})")
     try:
         verify(root, say)
-        settings = read_settings(root)
+        settings = frozen.read_settings(root)
         outputs = member_outputs(args.result, len(settings["members"]))
         if not args.test_json.is_file():
             raise PackageError(f"no question file at {args.test_json}: point ROADBUDDY_DATA at the folder that holds "
