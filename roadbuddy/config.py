@@ -86,9 +86,28 @@ class RunConfig:
                                   "budget in bf16)",
                                   FRAMES, type=int)
     support_frames: bool = flag(True, "--no-support-frames",
-                                "ignore support_frames timestamps (train files) and sample uniformly", FRAMES,
+                                "ignore the file's support_frames timestamps (train files): frames spread evenly, or placed by "
+                                "--frame-selector", FRAMES,
                                 action="store_false")
-    support_window: float = 1.0  # seconds either side of a support timestamp
+    frame_selector: str | None = flag(None, "--frame-selector",
+                                      "a frame selector made by roadbuddy-finetune-selector (folder or hub id of a "
+                                      "SigLIP/SigLIP 2 checkpoint): each clip is scanned at --scan-fps, and each "
+                                      "question's predicted support times place half its frames around them, as "
+                                      "train.json's support_frames do (default: none, frames spread evenly)",
+                                      FRAMES, metavar="DIR_OR_ID", commands=ANSWERING)
+    scan_fps: float = flag(2.0, "--scan-fps", "frames per second of the clip the frame selector scores "
+                           "(default: {default})", FRAMES, type=float, commands=ANSWERING)
+    selector_times: int = flag(1, "--selector-times",
+                               "support times the frame selector predicts per question, more than "
+                               "--support-window apart (default: {default})", FRAMES, type=int, commands=ANSWERING)
+    selector_wins: bool = flag(False, "--selector-wins",
+                               "with --frame-selector, use its predicted times also for questions whose file gives "
+                               "support_frames (train.json), to measure it on labelled questions (default: the "
+                               "file's timestamps win where given)", FRAMES, action="store_true", commands=ANSWERING)
+    support_window: float = flag(1.0, "--support-window",
+                                 "seconds either side of a support time (the file's or the frame selector's) in "
+                                 "which half the question's frames are taken; the frame selector's times are also "
+                                 "more than this apart (default: {default})", FRAMES, type=float)
     support_share: float = 0.5  # fraction of the frames spent around support timestamps
 
     # tiles
@@ -207,6 +226,8 @@ class RunConfig:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.sample_timeout is not None and self.sample_timeout <= 0:
             raise ConfigError(f"--sample-timeout must be > 0 seconds, got {self.sample_timeout}")
+        if not self.support_window >= 0:
+            raise ConfigError(f"--support-window must be >= 0 seconds, got {self.support_window}")
         if not 0.0 <= self.support_share <= 1.0:
             raise ConfigError(f"support_share must be in [0, 1], got {self.support_share}")
         if self.prefetch < 0:
@@ -217,6 +238,9 @@ class RunConfig:
             raise ConfigError("--permutations and --debias are levers of score mode; drop --answer-mode generate")
         if self.detail_frames < 0 or self.detail_max_num < 1:
             raise ConfigError("--detail-frames must be >= 0 and --detail-max-num >= 1")
+        if not (self.scan_fps > 0 and self.selector_times >= 1):
+            raise ConfigError(f"--scan-fps must be > 0 and --selector-times >= 1, got {self.scan_fps} and "
+                              f"{self.selector_times}")
         if self.system_prompt not in SYSTEM_PROMPT_NAMES and not Path(self.system_prompt).is_file():
             raise ConfigError(f"--system-prompt takes {', '.join(SYSTEM_PROMPT_NAMES)} or a text file, got "
                               f"{self.system_prompt!r} (no such file)")
@@ -235,13 +259,16 @@ class RunConfig:
 
     # The adapter and the levers join the answer settings only when switched on, so runs without them keep
     # the settings (and the eval folders, named by their hash) they had before these existed.
-    OPTIONAL_FIELDS = ("adapter", "system_prompt", "permutations", "debias", "debias_questions", "debias_prior", "detail_frames",
-                    "detail_max_num")
+    OPTIONAL_FIELDS = ("adapter", "system_prompt", "permutations", "debias", "debias_questions", "debias_prior",
+                       "detail_frames", "detail_max_num", "frame_selector", "scan_fps", "selector_times",
+                       "selector_wins")
 
     def answer_settings(self) -> dict:
         settings = {name: getattr(self, name) for name in self.ANSWER_FIELDS}
         default = RunConfig()
-        active = {"debias_questions": self.debias, "debias_prior": self.debias, "detail_max_num": self.detail_frames}
+        selecting = self.frame_selector is not None
+        active = {"debias_questions": self.debias, "debias_prior": self.debias, "detail_max_num": self.detail_frames,
+                  "scan_fps": selecting, "selector_times": selecting, "selector_wins": selecting}
         for name in self.OPTIONAL_FIELDS:
             if getattr(self, name) != getattr(default, name) and active.get(name, True):
                 settings[name] = getattr(self, name)
@@ -251,6 +278,12 @@ class RunConfig:
             from roadbuddy.families.adapters import adapter_digest
 
             settings["adapter_sha256"] = adapter_digest(self.adapter)
+        if selecting:  # likewise a selector folder retrained in place
+            from roadbuddy.selector.model import selector_digest
+
+            digest = selector_digest(self.frame_selector)
+            if digest:
+                settings["frame_selector_sha256"] = digest
         return settings
 
     def fingerprint(self) -> str:

@@ -96,7 +96,7 @@ def test_prefetch_queue_is_bounded_while_the_model_is_slow(monkeypatch, prefetch
 
     started, lock = [], threading.Lock()
 
-    def prepare(video, qs, cfg, spec):
+    def prepare(video, qs, cfg, spec, selector=None):
         with lock:
             started.append(video)
         return inputs.PreparedClip(video=video, questions=qs)
@@ -121,7 +121,8 @@ def test_time_split_adds_up_to_each_questions_time(lm, synthetic_dataset, tmp_pa
     recs = records(cfg)
     for r in recs.values():
         split = r["time_split_ms"]
-        assert set(split) == {"decode_tiles", "vision", "prefill", "question"}
+        assert set(split) == {"select", "decode_tiles", "vision", "prefill", "question"}
+        assert split["select"] == 0  # no --frame-selector (tests/test_frame_selector_run.py times one)
         assert sum(split.values()) == pytest.approx(r["time_ms"], abs=0.01)
         assert split["decode_tiles"] > 0 and split["question"] > 0
         # the plain path encodes and prefills inside each question's own forward

@@ -245,16 +245,20 @@ def test_each_clip_is_decoded_once_through_the_reader_and_read_back_from_the_cac
 
 def test_the_committed_tiny_selector_predicts_each_questions_moment_from_the_clip(brief_split):
     """What prediction will call per clip: the open reader, the questions' text -> support times."""
-    from roadbuddy.selector.scan import predict_support_times
+    from roadbuddy.selector.scan import predict_support
 
     selector = load_selector(brief_task.SELECTOR)
     questions, _ = selector_data.questions_with_support(brief_split, None)
     for video, qs in selector_data.group_by_video(questions):
         with open_video(video) as reader:
-            times = predict_support_times(selector, reader, [q.question for q in qs], scan_fps=2.0, count=2)
-        for q, predicted in zip(qs, times):
-            assert len(predicted) == 2 and abs(predicted[1] - predicted[0]) > 1.0
-            assert hit(predicted[:1], q.support_frames, 1.0), (q.id, predicted, q.support_frames)
+            picks = predict_support(selector, reader, [q.question for q in qs], scan_fps=2.0, count=2)
+            scan = scan_clip(reader, 2.0, frame_size(selector, reader.info.width, reader.info.height))
+        scores = score(selector, [q.question for q in qs], scan.frames)
+        for row, (q, predicted) in enumerate(zip(qs, picks)):
+            (first, best), (second, runner_up) = predicted
+            assert abs(second - first) > 1.0 and best >= runner_up
+            assert best == pytest.approx(float(scores[row].max()), rel=1e-5, abs=1e-5)  # the scan's best frame
+            assert hit([first], q.support_frames, 1.0), (q.id, predicted, q.support_frames)
 
 
 def test_a_step_labels_its_questions_against_its_clips_frames(brief_split, tiny_selector, tmp_path):

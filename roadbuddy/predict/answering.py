@@ -22,8 +22,9 @@ from roadbuddy.levers import choice_orders
 from roadbuddy.predict import answers
 from roadbuddy.predict.inputs import PreparedClip
 
-# a record's time_split_ms: its shares of the clip's decode and tiling, vision tower and prefill, and its own pass
-TIME_STEPS = ("decode_tiles", "vision", "prefill", "question")
+# a record's time_split_ms: its shares of the clip's frame selector (--frame-selector: the scan's decode and
+# scores; 0 without one), decode and tiling, vision tower and prefill, and its own pass
+TIME_STEPS = ("select", "decode_tiles", "vision", "prefill", "question")
 
 
 def _sync(lm: LoadedModel) -> None:
@@ -91,11 +92,14 @@ def answer_clip(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig,
             _sync(lm)
             own_ms = (time.perf_counter() - t) * 1000 + pass_ms
             suffix_tokens = sum(int(ids.shape[1]) for _, ids in asks[q.id])
-            # this question's time, split by step (the shares add up to time_ms): its share of the clip's decode
-            # and tiling, of the vision tower and of its frame set's prefill, and its own forward (on the plain
-            # path that holds its vision tower and whole prefill)
-            split = dict(zip(TIME_STEPS, (round(clip.prepare_ms / n, 3), round(vision_ms / n, 3),
-                                          round(group_ms / len(group.questions), 3), round(own_ms, 3))))
+            # this question's time, split by step (the shares add up to time_ms): its share of the clip's frame
+            # selector, decode and tiling, of the vision tower and of its frame set's prefill, and its own forward
+            # (on the plain path that holds its vision tower and whole prefill)
+            split = dict(zip(TIME_STEPS, (round(clip.select_ms / n, 3), round(clip.prepare_ms / n, 3),
+                                          round(vision_ms / n, 3), round(group_ms / len(group.questions), 3),
+                                          round(own_ms, 3))))
+            if cfg.frame_selector is not None:
+                record.update(selector_record(q, clip))
             record.update(
                 frames=list(group.frames),
                 frame_seconds=clip.seconds(group.frames),
@@ -205,7 +209,17 @@ def ensemble_record(q: Question, asked: list[tuple[tuple[int, ...], dict[str, fl
     return record
 
 
+def selector_record(q: Question, clip: PreparedClip) -> dict:
+    """--frame-selector: which timestamps planned the question's frames (`support_from`: selector or file) and, where
+    the selector planned them, its predicted times (seconds, best first) and its logits there."""
+    picks = clip.predicted.get(q.id)
+    if picks is None:
+        return {"support_from": "file"}
+    return {"support_from": "selector", "selector_times": [round(t, 3) for t, _ in picks],
+            "selector_scores": [round(v, 4) for _, v in picks]}
+
+
 def error_records(clip: PreparedClip) -> list[dict]:
     """The prior answer for each of the clip's questions, with the reason it could not be answered."""
     return [{"id": q.id, "answer": prior_letter(q.num_choices), "mode": "error-prior", "error": clip.error,
-             "time_ms": round(clip.prepare_ms / len(clip.questions), 3)} for q in clip.questions]
+             "time_ms": round((clip.select_ms + clip.prepare_ms) / len(clip.questions), 3)} for q in clip.questions]

@@ -142,6 +142,7 @@ def run_config(cfg: RunConfig, say, verbose: bool = False, interrupted: str | No
     from roadbuddy.families.adapters import AdapterError
     from roadbuddy.families.checkpoint import ModelLoadError
     from roadbuddy.levers.letter_prior import PriorError
+    from roadbuddy.selector.model import SelectorError
 
     try:
         from roadbuddy.predict.pipeline import run
@@ -151,7 +152,8 @@ def run_config(cfg: RunConfig, say, verbose: bool = False, interrupted: str | No
         say(interrupted or "interrupted: every answer so far is saved in predictions.jsonl; run the same command "
             "again to resume")
         return 130
-    except (QuestionFileError, OutputError, ModelLoadError, ConfigError, AdapterError, PriorError) as exc:
+    except (QuestionFileError, OutputError, ModelLoadError, ConfigError, AdapterError, PriorError,
+            SelectorError) as exc:
         if verbose:
             raise
         say(f"error: {exc}")

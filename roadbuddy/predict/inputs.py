@@ -1,6 +1,7 @@
 """The CPU side of answering: a clip and its questions -> the frames, pixels and token ids the model is sent.
 
     clip = prepare_clip(video, questions, cfg, spec)     # decode once, the family's pixels, tokenise (a worker thread)
+    clip = prepare_clip(..., selector)                   # --frame-selector: scan the clip, predict support times first
     for group in clip.groups:                            # questions that share a frame set share a prefix
         group.prefix_ids, group.suffix_ids[q.id], group.vision (or the clip's tiles at group.tile_rows)
 
@@ -74,7 +75,11 @@ class PreparedClip:
     tiles_per_frame: list[int] = field(default_factory=list)  # InternVL: per view
     decoded: dict[int, object] = field(default_factory=dict)  # other families: frame index -> RGB uint8 [H,W,3]
     groups: list[FrameGroup] = field(default_factory=list)
-    prepare_ms: float = 0.0
+    prepare_ms: float = 0.0  # decoding, pixels and tokens (the selector's step not included)
+    # --frame-selector: question id -> its predicted support times as (seconds, the selector's logit), best first,
+    # for the questions whose frames the selector planned; the time its step took (the scan's decode and scoring)
+    predicted: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    select_ms: float = 0.0
     error: str | None = None
     frame_cap: int | None = None  # set when --sample-timeout lowered this clip's frame count
 
@@ -100,20 +105,39 @@ def frame_budget(info, cfg: RunConfig, spec) -> tuple[int, int]:
     return count, detail
 
 
-def plan_frames(info, questions: list[Question], cfg: RunConfig, spec) -> dict[str, tuple[int, ...]]:
-    """Frame indices per question: the adaptive count, plus windows around support timestamps."""
+def selector_questions(questions: list[Question], cfg: RunConfig) -> list[Question]:
+    """The questions whose frames the frame selector plans: with --frame-selector, those without support
+    timestamps of their own in the file (or all, with --selector-wins or --no-support-frames)."""
+    if cfg.frame_selector is None:
+        return []
+    return [q for q in questions if cfg.selector_wins or not (cfg.support_frames and q.support_frames)]
+
+
+def support_times(questions: list[Question], cfg: RunConfig,
+                  predicted: dict[str, list[tuple[float, float]]] | None = None) -> dict[str, tuple[float, ...]]:
+    """Each question's support timestamps for the frame plan: the selector's predicted times where it planned the
+    question (`predicted`), else the file's support_frames (none with --no-support-frames)."""
+    predicted = predicted or {}
+    return {q.id: tuple(t for t, _ in predicted[q.id]) if q.id in predicted else
+            (tuple(q.support_frames) if cfg.support_frames else ()) for q in questions}
+
+
+def plan_frames(info, questions: list[Question], cfg: RunConfig, spec,
+                support: dict[str, tuple[float, ...]] | None = None) -> dict[str, tuple[int, ...]]:
+    """Frame indices per question: the adaptive count, plus windows around its support times (`support`, from
+    support_times; default: the file's)."""
     count, _ = frame_budget(info, cfg, spec)
+    support = support if support is not None else support_times(questions, cfg)
     planned = {}
     for q in questions:
-        support = q.support_frames if cfg.support_frames else ()
-        planned[q.id] = tuple(frames.select_frames(info.num_frames, info.fps, count, support,
+        planned[q.id] = tuple(frames.select_frames(info.num_frames, info.fps, count, support[q.id],
                                                    support_window=cfg.support_window,
                                                    support_share=cfg.support_share))
     return planned
 
 
 def plan_detail(info, planned: dict[str, tuple[int, ...]], questions: list[Question], cfg: RunConfig,
-                spec) -> dict[str, tuple[int, ...]]:
+                spec, support: dict[str, tuple[float, ...]] | None = None) -> dict[str, tuple[int, ...]]:
     """Each question's --detail-frames frames (empty without them): the ones nearest its support timestamps,
     else spread across its frames. A question sees its own detail frames only: another question's detail
     frame among its frames stays an ordinary frame for it, or it would see more detail than frame_budget
@@ -121,9 +145,8 @@ def plan_detail(info, planned: dict[str, tuple[int, ...]], questions: list[Quest
     _, k = frame_budget(info, cfg, spec)
     if not k:
         return {}
-    return {q.id: tuple(frames.detail_frames(planned[q.id], k, info.fps,
-                                             q.support_frames if cfg.support_frames else ()))
-            for q in questions}
+    support = support if support is not None else support_times(questions, cfg)
+    return {q.id: tuple(frames.detail_frames(planned[q.id], k, info.fps, support[q.id])) for q in questions}
 
 
 def frame_groups(clip: PreparedClip, planned: dict[str, tuple[int, ...]], cfg: RunConfig, spec,
@@ -148,10 +171,28 @@ def frame_groups(clip: PreparedClip, planned: dict[str, tuple[int, ...]], cfg: R
     return groups
 
 
-def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec) -> PreparedClip:
+def predict_support(reader, questions: list[Question], cfg: RunConfig, selector) -> dict[str, list[tuple[float, float]]]:
+    """--frame-selector: the open clip scanned at --scan-fps and scored against the text of the questions it
+    plans (selector_questions): question id -> up to --selector-times (seconds, logit), more than
+    --support-window apart, best first."""
+    asked = selector_questions(questions, cfg)
+    if not asked:
+        return {}
+    if selector is None:
+        raise ValueError(f"the run names a frame selector ({cfg.frame_selector}) but none was loaded")
+    from roadbuddy.selector.scan import predict_support as scan_and_score
+
+    picks = scan_and_score(selector, reader, [q.question for q in asked], scan_fps=cfg.scan_fps,
+                           count=cfg.selector_times, window=cfg.support_window)
+    return {q.id: pick for q, pick in zip(asked, picks)}
+
+
+def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec, selector=None,
+                 predicted: dict[str, list[tuple[float, float]]] | None = None) -> PreparedClip:
     """Decode the union of every question's frames once, make the family's pixels and tokenise the prompts (CPU
-    only; safe on a worker thread). A clip that cannot be read comes back with `error` set, never raises
-    VideoError."""
+    work, and the frame selector's scan and scores where the run has one: safe on a worker thread). `predicted`
+    (a clip prepared again, the out-of-memory ladder) reuses the selector's times instead of scanning again. A
+    clip that cannot be read comes back with `error` set, never raises VideoError."""
     clip = PreparedClip(video=video, questions=questions)
     if questions[0].video_error:
         clip.error = questions[0].video_error
@@ -159,8 +200,16 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec) -
     start = time.perf_counter()
     try:
         with open_video(video, threads=cfg.decode_threads, prefer=spec.ops.decoder(cfg)) as reader:
-            planned = plan_frames(reader.info, questions, cfg, spec)
-            detail = plan_detail(reader.info, planned, questions, cfg, spec)
+            if predicted is None:
+                began = time.perf_counter()
+                clip.predicted = predict_support(reader, questions, cfg, selector)
+                if clip.predicted:
+                    clip.select_ms = (time.perf_counter() - began) * 1000
+            else:
+                clip.predicted = {q.id: predicted[q.id] for q in questions if q.id in predicted}
+            support = support_times(questions, cfg, clip.predicted)
+            planned = plan_frames(reader.info, questions, cfg, spec, support)
+            detail = plan_detail(reader.info, planned, questions, cfg, spec, support)
             clip.fps, clip.num_frames = reader.info.fps, reader.info.num_frames
             clip.frame_order = sorted({f for idx in planned.values() for f in idx})
             clip.views = sorted({(f, f in detail.get(q.id, ())) for q in questions for f in planned[q.id]})
@@ -168,5 +217,5 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec) -
         clip.groups = frame_groups(clip, planned, cfg, spec, detail)
     except VideoError as exc:
         clip.error = str(exc)
-    clip.prepare_ms = (time.perf_counter() - start) * 1000
+    clip.prepare_ms = (time.perf_counter() - start) * 1000 - clip.select_ms
     return clip

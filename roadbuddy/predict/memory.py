@@ -19,6 +19,9 @@ peak = weights + max(vision activations, KV cache + prefill activations) + overh
   per-clip slack: PROMPT_BUFFERS hidden-size bf16 vectors; plus any vision features the family keeps
   through the prefill (Qwen3-VL's deepstack features).
 - overhead: the CUDA context and allocator slack that NVML sees beyond torch.
+- frame selector (--frame-selector): its weights in bf16 and its vision tower's activations over one batch of
+  scanned frames (selector.model.score's batch), added whole: it scores the next clip on the prefetch thread
+  while the model answers this one. Derived from its config, not measured.
 
 OVERHEAD_BYTES and PROMPT_BUFFERS were fitted on the NVML peaks of the H200
 sweep in bench/results/2026-11-27-nvidia-h200.json (20 configurations, bf16,
@@ -106,11 +109,12 @@ class MemoryEstimate:
     prefill_activations: int
     prompt_buffers: int
     overhead: int
+    selector: int = 0  # --frame-selector: its weights and activations (selector_bytes)
 
     @property
     def total(self) -> int:
         language = self.kv_cache + self.prefill_activations + self.prompt_buffers
-        return self.weights + max(self.vision_activations, language) + self.overhead
+        return self.weights + max(self.vision_activations, language) + self.overhead + self.selector
 
     def describe(self) -> str:
         def g(x):
@@ -118,7 +122,30 @@ class MemoryEstimate:
 
         return (f"VRAM estimate {g(self.total)}: weights {g(self.weights)}, KV cache {g(self.kv_cache)}, "
                 f"prefill {g(self.prefill_activations)}, prompt buffers {g(self.prompt_buffers)}, "
-                f"vision {g(self.vision_activations)}, overhead {g(self.overhead)}")
+                f"vision {g(self.vision_activations)}, overhead {g(self.overhead)}"
+                + (f", frame selector {g(self.selector)}" if self.selector else ""))
+
+
+def selector_bytes(config, batch: int | None = None) -> int:
+    """A frame selector's share of the estimate from its config (SiglipConfig or Siglip2Config): its parameters
+    in bf16 (counted on the meta device) plus its vision tower over `batch` frames at once (the default:
+    selector.model.score's): per patch token the residual, the attention projections and the MLP's
+    intermediate, and each head's attention scores, in bf16."""
+    import inspect
+
+    import torch
+    from transformers import Siglip2Model, SiglipModel
+
+    from roadbuddy.selector.model import score
+
+    batch = batch or inspect.signature(score).parameters["batch"].default
+    with torch.device("meta"):
+        model = (Siglip2Model if config.model_type == "siglip2" else SiglipModel)(config)
+    weights = sum(p.numel() for p in model.parameters()) * 2
+    vision = config.vision_config
+    tokens = getattr(vision, "num_patches", None) or (vision.image_size // vision.patch_size) ** 2
+    per_token = 4 * vision.hidden_size + vision.intermediate_size + vision.num_attention_heads * tokens
+    return int(weights + batch * tokens * per_token * 2)
 
 
 def estimate_vram(config, *, quantization: str | None, prompt_tokens: int, vision_batch: int,
@@ -202,6 +229,19 @@ def print_estimate(cfg, say, free_memory=None) -> MemoryEstimate | None:
     est = estimate_vram(config, quantization=cfg.quantization, prompt_tokens=prompt, visual_tokens=visual,
                         vision_batch=cfg.vision_batch, prefill_chunk=cfg.prefill_chunk,
                         embeddings_on_gpu=not cfg.embeddings_on_cpu)
+    if cfg.frame_selector is not None:
+        from dataclasses import replace
+
+        from roadbuddy.families.checkpoint import from_pretrained
+
+        try:
+            from transformers import AutoConfig
+
+            est = replace(est, selector=selector_bytes(from_pretrained(AutoConfig, str(cfg.frame_selector),
+                                                                      trust_remote_code=False)))
+        except Exception as exc:  # noqa: BLE001 - the selector's own load says what is wrong with it
+            say(f"VRAM estimate leaves out the frame selector: no config for {cfg.frame_selector} "
+                f"({str(exc).splitlines()[0]})")
     say(est.describe())
     if free_memory is None:
         import torch

@@ -63,7 +63,7 @@ def answer_with_ladder(lm: LoadedModel, clip: PreparedClip, cfg: RunConfig, spec
         log.warning("CUDA out of memory on %s; retrying %d questions with max_num=%d, max_frames=%d",
                     clip.video, len(remaining), next_cfg.max_num, next_cfg.max_frames)
         attempt_cfg, retries = next_cfg, retries + 1
-        clip = prepare_clip(clip.video, remaining, attempt_cfg, spec)
+        clip = prepare_clip(clip.video, remaining, attempt_cfg, spec, predicted=clip.predicted)
         if clip.error:
             yield from error_records(clip)
             return

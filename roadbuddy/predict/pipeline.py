@@ -108,12 +108,28 @@ def _load(cfg: RunConfig, model_loader, say):
     return lm
 
 
-def _answer_pending(cfg: RunConfig, clips, lm, paths: OutputPaths, summary: RunSummary, progress: JobProgress,
+def _load_selector(cfg: RunConfig, lm, say):
+    """--frame-selector: the selector on the model's device (None without one)."""
+    if cfg.frame_selector is None:
+        return None
+    from roadbuddy.selector.model import load_selector
+
+    selector = load_selector(cfg.frame_selector, device=lm.device)
+    parameters = sum(p.numel() for p in selector.model.parameters())
+    say(f"frame selector: {cfg.frame_selector} on {selector.device} ({selector.model_type}, {parameters:,} "
+        f"parameters), scanning each clip at {cfg.scan_fps:g} frames/s for the questions "
+        + ("it plans (all)" if cfg.selector_wins or not cfg.support_frames else
+           "without support_frames of their own"))
+    return selector
+
+
+def _answer_pending(cfg: RunConfig, clips, loaded, paths: OutputPaths, summary: RunSummary, progress: JobProgress,
                     prior: dict[int, list[float]] | None = None) -> None:
+    lm, selector = loaded
     budget = SampleBudget(cfg.sample_timeout) if cfg.sample_timeout else None
     with PredictionLog(paths.predictions) as out:
         spec = InputSpec.of(lm)
-        for clip in iter_prepared(clips, cfg, spec, budget):
+        for clip in iter_prepared(clips, cfg, spec, budget, selector):
             records = (error_records(clip) if clip.error else
                        _guarded(answer_with_ladder(lm, clip, cfg, spec, prior), clip, summary))
             clip_records = []
@@ -180,6 +196,10 @@ def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
     if cfg.limit:
         questions = questions[:cfg.limit]
     missing = missing_videos(questions, cfg.test_json, cfg.data_dir)  # all missing: refused before the model loads
+    if cfg.frame_selector is not None:  # a folder that cannot be a selector: said before anything loads
+        from roadbuddy.selector.model import check_selector
+
+        check_selector(cfg.frame_selector)
     paths = OutputPaths.for_submission(Path(cfg.output), shard.rank, shard.world_size)
     prepare_output(paths)
     summary = RunSummary(total=len(questions), paths=paths)
@@ -210,14 +230,16 @@ def run(cfg: RunConfig, *, model_loader=None, say=print) -> RunSummary:
                 others = [p for p in paths.prediction_files() if p != paths.predictions] if shard.distributed else []
                 progress = JobProgress(all_pending if shard.distributed else pending,
                                        enabled=cfg.progress and shard.rank == 0, other_shards=others)
-                lm = None
+                loaded = None
 
                 def load():
-                    nonlocal lm
-                    if lm is None:
+                    """(the model, the frame selector or None), loaded on first use."""
+                    nonlocal loaded
+                    if loaded is None:
                         lm = _load(cfg, model_loader, say)
+                        loaded = (lm, _load_selector(cfg, lm, say))
                         progress.start()  # after the loading lines, so none of them breaks up the bar
-                    return lm
+                    return loaded
 
                 try:
                     prior = None

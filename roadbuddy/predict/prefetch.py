@@ -17,12 +17,13 @@ from roadbuddy.predict.sample_budget import SampleBudget
 
 
 def iter_prepared(clips: Iterable[tuple[Path, list[Question]]], cfg: RunConfig, spec: InputSpec,
-                  budget: SampleBudget | None = None) -> Iterator[PreparedClip]:
-    """Each clip prepared (inputs.prepare_clip), in order; with cfg.prefetch > 0 on a worker thread."""
+                  budget: SampleBudget | None = None, selector=None) -> Iterator[PreparedClip]:
+    """Each clip prepared (inputs.prepare_clip, with the frame selector where the run has one), in order; with
+    cfg.prefetch > 0 on a worker thread."""
 
     def prepare(video, qs):
         clip_cfg, cap = budget.config_for(cfg, qs) if budget else (cfg, None)
-        clip = inputs.prepare_clip(video, qs, clip_cfg, spec)
+        clip = inputs.prepare_clip(video, qs, clip_cfg, spec, selector)
         clip.frame_cap = cap
         return clip
 

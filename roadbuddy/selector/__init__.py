@@ -6,7 +6,7 @@ selector fine-tuned on those timestamps (roadbuddy-finetune-selector) predicts t
     model.py   load a SigLIP / SigLIP 2 checkpoint; score(selector, questions, frames) -> [Q, F] logits
     times.py   the scan's frames and times; predicted support times (peaks apart); hits
     scan.py    a clip's scan, decoded once through roadbuddy.video's reader at the selector's input size;
-               predict_support_times(selector, reader, questions, scan_fps=...): what prediction asks of a clip
+               predict_support(selector, reader, questions, scan_fps=...): what prediction asks of a clip
     data.py    training data: questions with support times, cached scans, labels by window, steps
     hits.py    hit@k of the selector's picks against evenly spread frames
     config.py  SelectorConfig: the trainer's flags;  train.py  the recipe;  cli.py  the command

@@ -102,6 +102,14 @@ def _model_type(name: str) -> str:
     return model_type
 
 
+def check_selector(name: str | Path) -> str:
+    """The selector's model_type, read from its config alone (nothing heavy loads): SelectorError, one sentence,
+    for a file, a missing folder, pickle-only weights, or another model's checkpoint."""
+    name = str(name)
+    _check_source(name)
+    return _model_type(name)
+
+
 def load_selector(name: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Selector:
     """The selector in `name` (a folder or a hub id) on `device`, in eval mode.
 
@@ -112,8 +120,7 @@ def load_selector(name: str | Path, device: str | torch.device = "cpu", dtype: t
     from roadbuddy.families.checkpoint import ModelLoadError, from_pretrained
 
     name = str(name)
-    _check_source(name)
-    model_type = _model_type(name)
+    model_type = check_selector(name)
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -130,6 +137,24 @@ def load_selector(name: str | Path, device: str | torch.device = "cpu", dtype: t
     except (OSError, ValueError) as exc:
         raise SelectorError(f"frame selector {name}: cannot load it ({str(exc).splitlines()[0]})") from None
     return Selector(model.to(device).eval(), tokenizer, image_processor, name)
+
+
+def selector_digest(name: str | Path) -> str | None:
+    """The first 16 hex digits of the sha256 of a selector folder's weights (its *.safetensors in name order,
+    hashed one after another): what identifies its predictions; None for a hub id (its name does) and for a
+    folder without weights (load_selector says what is wrong with it)."""
+    import hashlib
+
+    path = Path(name)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def save_selector(selector: Selector, folder: Path | str, dtype: torch.dtype | None = None) -> Path:

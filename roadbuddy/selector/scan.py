@@ -2,8 +2,8 @@
 
 Training (roadbuddy.selector.data) and prediction read a clip's scan the same way: the frames at
 times.scan_indices, decoder-scaled to the selector's input size (model.frame_size), so the image processor's
-resize has nothing left to do and no full-size frame is made. `predict_support_times` is what prediction
-asks of a clip: each question's support times, for the frame planner's support windows
+resize has nothing left to do and no full-size frame is made. `predict_support` is what prediction asks
+of a clip: each question's support times and their scores, for the frame planner's support windows
 (roadbuddy.video.frames.select_frames).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from roadbuddy.selector.model import Selector, frame_size, score
-from roadbuddy.selector.times import frame_times, scan_indices, support_times
+from roadbuddy.selector.times import frame_times, peak_centre, scan_indices, support_times
 from roadbuddy.video.reader import VideoReader
 
 
@@ -41,10 +41,14 @@ def scan_clip(reader: VideoReader, scan_fps: float, size: tuple[int, int]) -> Sc
     return ScannedClip(frame_times(indices, info.fps), frames, float(info.fps), int(info.num_frames))
 
 
-def predict_support_times(selector: Selector, reader: VideoReader, questions: Sequence[str], *, scan_fps: float,
-                          count: int = 1, window: float = 1.0) -> list[list[float]]:
-    """Each question's predicted support times (seconds, best first, at most `count`, more than `window` apart)
-    in the open clip: its scan at `scan_fps` scored against the questions' text."""
+def predict_support(selector: Selector, reader: VideoReader, questions: Sequence[str], *, scan_fps: float,
+                    count: int = 1, window: float = 1.0) -> list[list[tuple[float, float]]]:
+    """Each question's predicted support times in the open clip, as (seconds, the selector's logit there), best
+    first, at most `count`, more than `window` apart: its scan at `scan_fps` scored against the questions' text."""
     info = reader.info
     scan = scan_clip(reader, scan_fps, frame_size(selector, info.width, info.height))
-    return support_times(score(selector, questions, scan.frames), scan.times, count=count, window=window)
+    scores = score(selector, questions, scan.frames).numpy()
+    picked = support_times(scores, scan.times, count=count, window=window)
+    column = {float(t): i for i, t in enumerate(scan.times)}
+    return [[(peak_centre(scores[row], scan.times, t, window), float(scores[row, column[t]])) for t in times]
+            for row, times in enumerate(picked)]

@@ -71,3 +71,15 @@ def support_times(scores, times: Sequence[float], *, count: int, window: float,
 def hit(chosen: Sequence[float], support: Sequence[float], tolerance: float = 1.0) -> bool:
     """Whether any chosen time is within +/- `tolerance` seconds of any support timestamp."""
     return any(abs(c - s) <= tolerance + 1e-9 for c in chosen for s in support)
+
+
+def peak_centre(row, times: Sequence[float], peak: float, window: float) -> float:
+    """Where a picked peak's evidence is centred: the mean of the scanned times within `window` seconds of
+    `peak`, weighted by the softmax of their scores. Evidence stays on screen for a while and a selector's best
+    frame is as often its first as its middle; frames around it that score as well pull the time to the middle
+    of their run, while one frame far above its neighbours keeps it where it is."""
+    row = np.asarray(row, dtype=np.float64)
+    times = np.asarray(times, dtype=np.float64)
+    near = np.abs(times - peak) <= window + 1e-9
+    weights = np.exp(row[near] - row[near].max())
+    return float((weights * times[near]).sum() / weights.sum())
