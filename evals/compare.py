@@ -5,7 +5,8 @@
 Each argument is a report folder or its report.json. A row gives the accuracy with its 95% interval,
 McNemar's exact p against the first report on the questions both answered (wins and losses), the
 answer-position bias (the largest share of answers at one letter above the share of questions whose
-answer is there), the mean and p95 time per question, and what its settings change from the first's.
+answer is there), the mean and p95 time per question, and what its settings change from the first's; where
+a report has a frame selector's hit rate (report.json's "selector"), a column gives each report's.
 A report that shares no question with the first is refused (exit 2): it was made from another question
 file; one that shares only some is compared on those, with a warning.
 """
@@ -53,6 +54,7 @@ def rows(reports: list[tuple[str, dict]]) -> list[dict]:
         losses = sum(first_right[i] and not right[i] for i in common)
         times = [q["time_ms"] for q in r["per_question"] if q.get("time_ms") is not None]
         bias, where = _bias(r)
+        sel = r.get("selector") or {}
         out.append({
             "report": name, "questions": r["questions"], "accuracy": acc["accuracy"], "ci95": acc["ci95"],
             "wins": wins, "losses": losses, "common": len(common),
@@ -60,6 +62,7 @@ def rows(reports: list[tuple[str, dict]]) -> list[dict]:
             "bias": bias, "bias_at": where,
             "mean_ms": float(np.mean(times)) if times else None,
             "p95_ms": float(np.percentile(times, 95)) if times else None,
+            "selector_hit_rate": sel.get("hit_rate"), "selector_hit_questions": sel.get("hit_questions") or 0,
             "changes": "-" if index == 0 else _changes(first.get("settings", {}), r.get("settings", {})),
         })
     return out
@@ -93,15 +96,20 @@ def markdown(table: list[dict]) -> str:
     def ms(x):
         return "-" if x is None else f"{x:.0f}"
 
+    # the selector's hit rate only where a report has one: runs without a selector keep the table they had
+    hits = any(r.get("selector_hit_rate") is not None for r in table)
     lines = ["| report | n | accuracy | 95% CI | vs first: wins / losses | McNemar p | position bias | mean ms "
-             "| p95 ms | settings changed |", "| --- " * 10 + "|"]
+             "| p95 ms |" + (" selector hits |" if hits else "") + " settings changed |",
+             "| --- " * (11 if hits else 10) + "|"]
     for r in table:
         p = "-" if r["mcnemar_p"] is None else f"{r['mcnemar_p']:.3g}"
         vs = "-" if r["mcnemar_p"] is None else f"{r['wins']} / {r['losses']} of {r['common']}"
         bias = f"+{100 * r['bias']:.1f} pts ({r['bias_at']})" if r["bias_at"] else "0"
+        rate = r.get("selector_hit_rate")
+        sel = ("-" if rate is None else f"{100 * rate:.1f}% of {r['selector_hit_questions']}") if hits else None
         lines.append(f"| {r['report']} | {r['questions']} | {100 * r['accuracy']:.1f}% | {100 * r['ci95'][0]:.1f}-"
                      f"{100 * r['ci95'][1]:.1f}% | {vs} | {p} | {bias} | {ms(r['mean_ms'])} | {ms(r['p95_ms'])} "
-                     f"| {r['changes']} |")
+                     + ("" if sel is None else f"| {sel} ") + f"| {r['changes']} |")
     return "\n".join(lines) + "\n"
 
 

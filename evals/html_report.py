@@ -69,6 +69,9 @@ h1{font-size:17px;margin:10px 0 4px}.sum p{margin:2px 0}
 figure{margin:0;width:96px;font-size:11px;text-align:center;color:#555;white-space:nowrap}
 figure img,.ph{display:block;width:96px;height:54px;object-fit:cover;background:#ddd;font-size:10px;line-height:1.3}
 figure.sup img,figure.sup .ph{outline:3px solid #e90}.meta{color:#555;font-size:12px;margin:1px 0}
+figure.sel img,figure.sel .ph{box-sizing:border-box;border:3px dashed #c3c}
+.key{display:inline-block;width:24px;height:11px;margin:0 4px 0 2px;vertical-align:middle;box-sizing:border-box}
+.key.sup{border:3px solid #e90}.key.sel{border:3px dashed #c3c}
 .err{color:#b00}pre{margin:2px 0;white-space:pre-wrap;background:#f6f6f6;padding:2px 4px}
 [hidden]{display:none!important}
 """
@@ -184,6 +187,46 @@ def _choices(q: Question | None, row: dict, rec: dict) -> list[str]:
     return out
 
 
+def _floats(values) -> list[float]:
+    """A record's list of numbers (selector_times, selector_scores), finite ones only; [] for anything else."""
+    if not isinstance(values, list):
+        return []
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def _nearest(seconds: list, times) -> set[int]:
+    """The positions of the frames nearest each time (the first of a tie); none where frame times are unknown."""
+    if not times or not seconds or seconds[0] is None:
+        return set()
+    return {min(range(len(seconds)), key=lambda i: abs(seconds[i] - t)) for t in times}
+
+
+def _selector_note(rec: dict, support: list[float], shown: bool) -> str:
+    """The frame selector's line under a contact sheet: its predicted times and scores, whether one hits a true
+    support timestamp, and whose times planned the frames ("" for a record without a selector)."""
+    picked, source = _floats(rec.get("selector_times")), rec.get("support_from")
+    if not picked and source is None:
+        return ""
+    bits = []
+    if picked:
+        scores = _floats(rec.get("selector_scores"))
+        scores = scores if len(scores) == len(picked) else [None] * len(picked)
+        times = ", ".join(f"{t:.1f} s" + ("" if p is None else f" (score {p:.2f})") for t, p in zip(picked, scores))
+        text = (f"selector's pick (dashed): {times}" if shown
+                else f"selector's pick: {times} (frame times not recorded: not marked)")
+        bits.append('<i class="key sel"></i>' + _e(text))
+        if support:
+            tol = rep.HIT_TOLERANCE_S
+            bits.append(f"a hit (within {tol:g} s of a true support time)" if rep.hit(picked, support, tol)
+                        else f"a miss (more than {tol:g} s from every true support time)")
+    else:
+        bits.append("no selector times recorded")
+    if source is not None:
+        planned = {"selector": "the selector's times", "file": "the file's support_frames"}.get(source, source)
+        bits.append(_e(f"frames planned from {planned}"))
+    return '<p class="meta">' + "; ".join(bits) + "</p>"
+
+
 def _sheet(q: Question | None, rec: dict, thumbnails: Path | None, page_dir: Path, present: dict) -> list[str]:
     frames = [int(f) for f in rec.get("frames") or []]
     if not frames:
@@ -193,10 +236,9 @@ def _sheet(q: Question | None, rec: dict, thumbnails: Path | None, page_dir: Pat
     per_frame = rec.get("tiles_per_frame") or []
     per_frame = per_frame if len(per_frame) == len(frames) else None
     support = list(q.support_frames) if q is not None else []
-    marked = set()
-    if support and seconds[0] is not None:
-        for t in support:  # the frame nearest each support timestamp (the first of a tie)
-            marked.add(min(range(len(frames)), key=lambda i: abs(seconds[i] - t)))
+    marked = _nearest(seconds, support)  # the frame nearest each true support timestamp: a solid outline
+    picked = _nearest(seconds, _floats(rec.get("selector_times")))  # each selector's pick: a dashed one
+    selecting = "selector_times" in rec or "support_from" in rec
     folder = None
     if thumbnails is not None and q is not None:
         clip_dir = thumbnail_path(thumbnails, q.video_rel, 0).parent
@@ -215,13 +257,21 @@ def _sheet(q: Question | None, rec: dict, thumbnails: Path | None, page_dir: Pat
                    'loading="lazy">')
         else:
             pic = f'<div class="ph">frame {f}<br>{when}</div>'
-        sup = ' class="sup"' if i in marked else ""
+        cls = " ".join(c for c, on in (("sup", i in marked), ("sel", i in picked)) if on)
+        sup = f' class="{cls}"' if cls else ""
         out.append(f'<figure{sup} data-frame="{f}">{pic}'
                    f"<figcaption>{caption}</figcaption></figure>")
     out.append("</div>")
-    if support:
-        out.append('<p class="meta">support frames at ' + ", ".join(f"{t:.1f} s" for t in support)
+    at = ", ".join(f"{t:.1f} s" for t in support)
+    if support and selecting:  # beside the selector's line: a key tells the two outlines apart
+        out.append('<p class="meta"><i class="key sup"></i>'
+                   + (f"true support (solid): {at}" if marked else
+                      f"true support: {at} (frame times not recorded: not marked)") + "</p>")
+    elif support:
+        out.append(f'<p class="meta">support frames at {at}'
                    + (" (outlined)" if marked else " (frame times not recorded: not marked)") + "</p>")
+    if selecting:
+        out.append(_selector_note(rec, support, bool(picked)))
     return out
 
 

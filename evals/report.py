@@ -25,8 +25,15 @@ from scipy.stats import binomtest
 from evals import categories
 from roadbuddy.data.questions import Question, prior_letter
 from roadbuddy.predict.answering import TIME_STEPS
+from roadbuddy.selector.times import hit
 
 SCHEMA = 1
+
+# steps a record that splits its time may not name: it was written before the step existed (records before the
+# frame selector have no "select"), and spent nothing there, so old runs stay comparable and their sums finite
+ABSENT_IS_ZERO = ("select",)
+# a selector's predicted time hits when it lies within this many seconds of a true support timestamp
+HIT_TOLERANCE_S = 1.0
 
 
 # --- statistics --------------------------------------------------------------
@@ -73,6 +80,23 @@ class UnlabeledSplitError(ValueError):
     """The split has questions without an answer; an eval needs labels."""
 
 
+def _step_ms(rec: dict | None, step: str) -> float:
+    """A record's ms in one step of its time split: NaN without a split (an error record), 0 for a step the
+    record predates (ABSENT_IS_ZERO)."""
+    split = rec.get("time_split_ms") if rec else None
+    if not isinstance(split, dict):
+        return np.nan
+    return split.get(step, 0.0 if step in ABSENT_IS_ZERO else np.nan)
+
+
+def _seconds(values) -> list[float] | None:
+    """A record's list of seconds (selector_times), or None where it has none or something else."""
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in values):
+        return None
+    return [float(v) for v in values]
+
+
 def question_table(questions: list[Question], records: dict[str, dict]) -> pd.DataFrame:
     """One row per question: truth, answer, correctness, the prior, and what the run recorded.
 
@@ -110,10 +134,13 @@ def question_table(questions: list[Question], records: dict[str, dict]) -> pd.Da
             "visual_tokens": rec.get("visual_tokens", np.nan) if rec else np.nan,
             "prompt_tokens": rec.get("prompt_tokens", np.nan) if rec else np.nan,
             "time_ms": rec.get("time_ms", np.nan) if rec else np.nan,
-            **{f"time_{step}_ms": (rec.get("time_split_ms") or {}).get(step, np.nan) if rec else np.nan
-               for step in TIME_STEPS},
+            **{f"time_{step}_ms": _step_ms(rec, step) for step in TIME_STEPS},
             # the model's probability of the right letter (score mode records every valid letter's)
             "p_truth": float(rec["probs"][q.answer]) if rec and q.answer in (rec.get("probs") or {}) else np.nan,
+            # the frame selector's predicted support times (best first) and which times planned the frames
+            "support_frames": tuple(q.support_frames),
+            "selector_times": _seconds(rec.get("selector_times")) if rec else None,
+            "support_from": str(rec.get("support_from") or "") if rec else "",
         })
     table = pd.DataFrame(rows)
     for col in ("frames", "tiles", "visual_tokens", "prompt_tokens", "time_ms", "p_truth",
@@ -206,6 +233,30 @@ def _time_split(table: pd.DataFrame) -> dict | None:
     return {"questions": len(split), **{step: float(split[col].mean()) for step, col in zip(TIME_STEPS, cols)}}
 
 
+def _selector(table: pd.DataFrame) -> dict | None:
+    """The frame selector's figures, where records carry them (None otherwise): how many questions it scored,
+    whose times planned the frames, and its hit rate (a predicted time within HIT_TOLERANCE_S of a true
+    support timestamp; best_hit_rate: its best time alone) over the questions with both."""
+    scored = table.selector_times.map(lambda t: t is not None)
+    planned = table.support_from.value_counts()
+    if not scored.any() and planned.drop("", errors="ignore").empty:
+        return None
+    both = table[scored & table.support_frames.map(bool)]
+    hits = sum(hit(r.selector_times, r.support_frames, HIT_TOLERANCE_S) for r in both.itertuples())
+    best = sum(hit(r.selector_times[:1], r.support_frames, HIT_TOLERANCE_S) for r in both.itertuples())
+    n = len(both)
+    return {
+        "scored": int(scored.sum()),
+        "planned_from": {"selector": int(planned.get("selector", 0)), "file": int(planned.get("file", 0))},
+        "tolerance_s": HIT_TOLERANCE_S,
+        "hit_questions": n,
+        "hits": int(hits),
+        "hit_rate": hits / n if n else None,
+        "hit_ci95": list(wilson_interval(int(hits), n)) if n else None,
+        "best_hit_rate": best / n if n else None,
+    }
+
+
 def build_report(table: pd.DataFrame, *, settings: dict | None = None, wall_seconds: float | None = None,
                  baseline: dict | None = None, baseline_path: str | None = None) -> dict:
     """Every number of the report, JSON-ready."""
@@ -245,6 +296,7 @@ def build_report(table: pd.DataFrame, *, settings: dict | None = None, wall_seco
                      "p95": float(np.percentile(times, 95)), "max": float(times.max()),
                      "sum_s": float(times.sum() / 1000)} if not times.empty else None),
         "time_split_ms": _time_split(table),
+        "selector": _selector(table),
         "wall_seconds": wall_seconds,
         "comparison": compare(table, baseline, baseline_path) if baseline is not None else None,
         "checks": [],
@@ -354,7 +406,8 @@ def _md_table(header: list[str], rows: list[list]) -> str:
 # the settings line of report.md and report.html: what was evaluated, on what, and the answer settings a reader
 # compares first (the adapter and the levers only when a run has them)
 SETTINGS_LINE = ("model", "adapter", "split", "questions_selected", "min_frames", "max_frames", "max_num",
-                 "max_visual_tokens", "support_frames", "simple_prompts", "answer_mode", "quantization",
+                 "max_visual_tokens", "support_frames", "frame_selector", "scan_fps", "selector_times",
+                 "selector_wins", "simple_prompts", "answer_mode", "quantization",
                  "system_prompt", "permutations", "debias", "detail_frames", "device")
 
 
@@ -454,6 +507,18 @@ def render_markdown(report: dict, chart: str | None = "report.png") -> str:
         out.append(f"- {qid}: {why}")
     if err["examples"]:
         out.append("")
+    sel = report.get("selector")
+    if sel:
+        line = (f"Frame selector: predicted times for {sel['scored']} questions; frames planned from its times for "
+                f"{sel['planned_from']['selector']}, from the file's support_frames for {sel['planned_from']['file']}.")
+        if sel["hit_questions"]:
+            lo, hi = sel["hit_ci95"]
+            line += (f" Hit rate (a predicted time within {sel['tolerance_s']:g} s of a true support timestamp): "
+                     f"{_pct(sel['hit_rate'])} ({sel['hits']}/{sel['hit_questions']}; 95% CI {_pct(lo)} to "
+                     f"{_pct(hi)}); its best time alone {_pct(sel['best_hit_rate'])}.")
+        else:
+            line += " No question with predicted times has support_frames: no hit rate."
+        out += [line, ""]
     rows = [[name, f"{d['mean']:.1f}", f"{d['min']:.0f}", f"{d['max']:.0f}"]
             for name, d in report["inputs"].items() if d]
     if rows:
@@ -464,9 +529,9 @@ def render_markdown(report: dict, chart: str | None = "report.png") -> str:
                    f"max {t['max']:.0f} ms (sum {t['sum_s']:.1f} s).")
     split = report.get("time_split_ms")
     if split:
-        total = sum(split[step] for step in TIME_STEPS) or 1.0
-        parts = ", ".join(f"{step.replace('_', ' + ')} {split[step]:.0f} ms ({split[step] / total:.0%})"
-                          for step in TIME_STEPS)
+        ms = {step: split.get(step, 0.0) for step in TIME_STEPS}  # a report.json from before the selector: no "select"
+        total = sum(ms.values()) or 1.0
+        parts = ", ".join(f"{step.replace('_', ' + ')} {v:.0f} ms ({v / total:.0%})" for step, v in ms.items())
         out.append(f"Where a question's time goes (mean over {split['questions']}): {parts}; decoding runs "
                    "on a worker thread beside the model, so it only adds to the wall time where it is not hidden.")
     if report.get("wall_seconds") is not None:

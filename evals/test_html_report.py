@@ -83,7 +83,8 @@ def cards(root: Node) -> list[Node]:
 
 # --- the case: 4 questions on 2 clips (a 5th, hostile one on its own clip), records in the pipeline's schema ------
 
-def make_case(tmp_path: Path, *, hostile: bool = False, baseline: bool = False, thumbs: bool = True) -> dict:
+def make_case(tmp_path: Path, *, hostile: bool = False, baseline: bool = False, thumbs: bool = True,
+              selector: bool = False) -> dict:
     a, b = "train/videos/clip_a.mp4", "train/videos/clip_b.mp4"
     items = [
         {"id": "t1", "question": "Biển báo nào xuất hiện đầu tiên?", "video_path": a, "support_frames": [1.1],
@@ -113,6 +114,13 @@ def make_case(tmp_path: Path, *, hostile: bool = False, baseline: bool = False, 
                "tiles": 6, "oom_retries": 2, "degraded": {"max_num": 1, "max_frames": 8}, "frame_cap": 2,
                "time_ms": 90.0},
     }
+    if selector:  # a run with --frame-selector --selector-wins: its predicted times and their scores
+        records["t1"].update(selector_times=[2.2, 0.0], selector_scores=[4.2, 1.3], support_from="selector")  # a miss
+        records["t2"].update(selector_times=[2.1], selector_scores=[3.0], support_from="selector")  # a hit, on 60
+        records["t4"].update(selector_times=[0.3], selector_scores=[-0.5], support_from="selector")  # no support
+        for r in records.values():
+            if "time_split_ms" in r:
+                r["time_split_ms"] = {"select": 7.5, **r["time_split_ms"]}
     if hostile:
         items.append({"id": "t5", "question": HOSTILE, "video_path": HOSTILE_CLIP, "support_frames": [0.5],
                       "choices": ["A. " + HOSTILE, "B. fine"], "answer": "B. fine"})
@@ -209,6 +217,57 @@ def test_structure_letters_thumbnails_and_support_mark(tmp_path):
     top = root.find_all("div", "sum")[0].text()
     assert "Accuracy 50.0% (2/4; 95% CI" in top and "4 questions from 2 clips" in top and "Prior baseline" in top
     assert len(root.find_all("script")) == 1
+
+
+def test_no_selector_keeps_the_page_as_it_was(tmp_path):
+    page = render(make_case(tmp_path))
+    root = parse(page)
+    assert not [f for f in root.find_all("figure") if "sel" in f.classes] and not root.find_all("i", "key")
+    assert "selector" not in " ".join(c.text() for c in cards(root)) and "planned from" not in page
+
+
+def test_selector_picks_outlined_beside_the_true_support(tmp_path):
+    case = make_case(tmp_path, selector=True)
+    root = parse(render(case))
+    t1, t2, t3, t4 = cards(root)
+
+    def marks(card):
+        return {f.attrs["data-frame"]: sorted(f.classes) for f in card.find_all("figure") if f.classes}
+
+    # t1: true support 1.1 s on frame 30; the picks 2.2 s and 0.0 s (both 1.1 s off it) on frames 60 (2.0 s) and 0
+    assert marks(t1) == {"0": ["sel"], "30": ["sup"], "60": ["sel"]}
+    # t2: support at 0.0 s and 2.0 s, the pick at 2.1 s: frame 60 carries both marks
+    assert marks(t2) == {"0": ["sup"], "60": ["sel", "sup"]}
+    assert marks(t4) == {"9": ["sel"]} and not t3.find_all("figure")  # t4's 0.3 s pick, no support
+    lines = {c.attrs["data-id"]: [p.text() for p in c.find_all("p", "meta")] for c in (t1, t2, t4)}
+    # a key for each outline, then the times and scores, whether a pick hits, and whose times planned the frames
+    assert "true support (solid): 1.1 s" in lines["t1"]
+    assert ("selector's pick (dashed): 2.2 s (score 4.20), 0.0 s (score 1.30); a miss (more than 1 s from every "
+            "true support time); frames planned from the selector's times") in lines["t1"]
+    assert "true support (solid): 0.0 s, 2.0 s" in lines["t2"]
+    assert ("selector's pick (dashed): 2.1 s (score 3.00); a hit (within 1 s of a true support time); frames "
+            "planned from the selector's times") in lines["t2"]
+    assert "selector's pick (dashed): 0.3 s (score -0.50); frames planned from the selector's times" in lines["t4"]
+    for card in (t1, t2):
+        (sup,) = [p for p in card.find_all("p", "meta") if p.find_all("i", "sup")]
+        (sel,) = [p for p in card.find_all("p", "meta") if p.find_all("i", "sel")]
+        assert sup.text().startswith("true support") and sel.text().startswith("selector's pick")
+    assert not t4.find_all("i", "sup")  # no true support: no key for it
+    assert "time 68 ms (select 8, decode+tiles 12, vision 30" in t1.text()
+
+
+def test_selector_without_frame_times_or_scores(tmp_path):
+    case = make_case(tmp_path, selector=True)
+    case["records"]["t1"].pop("frame_seconds")  # nothing to place the marks by
+    case["records"]["t1"].pop("selector_scores")
+    case["records"]["t2"].pop("selector_times")  # the file's support_frames planned it: no selector times
+    case["records"]["t2"].update(support_from="file")
+    t1, t2, _, _ = cards(parse(render(case)))
+    assert not [f for f in t1.find_all("figure") if f.classes]
+    assert "selector's pick: 2.2 s, 0.0 s (frame times not recorded: not marked); a miss" in t1.text()
+    assert "true support: 1.1 s (frame times not recorded: not marked)" in t1.text()
+    assert [sorted(f.classes) for f in t2.find_all("figure") if f.classes] == [["sup"], ["sup"]]
+    assert "no selector times recorded; frames planned from the file's support_frames" in t2.text()
 
 
 def test_baseline_changed_questions_first(tmp_path):
@@ -311,3 +370,38 @@ def test_page_in_headless_chromium(tmp_path):
         assert tab.evaluate(visible) == ["t3"]
         assert tab.evaluate("document.querySelectorAll('script').length") == 1
     assert problems == []
+
+
+def test_selector_outlines_in_headless_chromium(tmp_path):
+    """The two marks as a browser draws them: the true support a solid orange outline, the selector's pick a
+    dashed border of another colour inside the frame, both on a frame that carries both, and the keys alike."""
+    _require_browser()
+    case = make_case(tmp_path, selector=True)
+    page_path = hr.write_html(case["report"], case["questions"], case["records"], thumbnails=case["thumbnails"],
+                              page_dir=case["page_dir"])
+    # each element's outline and border (style, and colour where drawn) and its size
+    style = """sel => Array.from(document.querySelectorAll(sel)).map(e => { const s = getComputedStyle(e);
+        const r = e.getBoundingClientRect();
+        return [s.outlineStyle, s.outlineStyle === 'none' ? null : s.outlineColor, s.borderTopStyle,
+                s.borderTopStyle === 'none' ? null : s.borderTopColor, r.width, r.height]; })"""
+    with hr.browser() as chromium:
+        tab = chromium.new_page(viewport={"width": 1280, "height": 1000})
+        tab.goto(page_path.as_uri(), wait_until="load")
+        t1, t2 = ".card[data-id=t1] ", ".card[data-id=t2] "
+        plain = tab.evaluate(style, t1 + "figure[data-frame='15'] img")
+        sup = tab.evaluate(style, t1 + "figure[data-frame='30'] img")
+        sel = tab.evaluate(style, t1 + "figure[data-frame='60'] img")
+        both = tab.evaluate(style, t2 + "figure[data-frame='60'] img")
+        keys = tab.evaluate(style, t1 + ".key.sup") + tab.evaluate(style, t1 + ".key.sel")
+        png = tmp_path / "selector.png"
+        tab.locator(".card[data-id=t2] .sheet").screenshot(path=str(png))
+    assert plain == [["none", None, "none", None, 96, 54]]
+    orange, magenta = "rgb(238, 153, 0)", "rgb(204, 51, 204)"
+    assert sup == [["solid", orange, "none", None, 96, 54]]
+    assert sel == [["none", None, "dashed", magenta, 96, 54]]  # inside the frame: the sheet keeps its size
+    assert both == [["solid", orange, "dashed", magenta, 96, 54]]
+    assert [k[:4] for k in keys] == [["none", None, "solid", orange], ["none", None, "dashed", magenta]]
+    with Image.open(png) as im:  # the marked frame shows both colours
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    for want in ((238, 153, 0), (204, 51, 204)):
+        assert any(sum(abs(a - b) for a, b in zip(c, want)) < 60 for c in colours), want

@@ -13,10 +13,11 @@ from roadbuddy.config import RunConfig
 from roadbuddy.data.questions import Question, load_questions
 
 
-def q(qid: str, answer: str, n: int = 4, clip: str = "c1.mp4", text: str = "Biển báo nào xuất hiện trong video?") -> Question:
+def q(qid: str, answer: str, n: int = 4, clip: str = "c1.mp4",
+      text: str = "Biển báo nào xuất hiện trong video?", support: tuple[float, ...] = ()) -> Question:
     choices = ("Đúng", "Sai") if n == 2 else tuple(f"x{i}" for i in range(n))
     return Question(id=qid, question=text, choices=choices, raw_choices=choices, video_path=Path("/d") / clip,
-                    video_rel=clip, answer=answer)
+                    video_rel=clip, support_frames=support, answer=answer)
 
 
 def rec(qid: str, answer: str, **extra) -> dict:
@@ -187,11 +188,72 @@ def test_time_split_is_the_mean_of_the_recorded_steps():
                "b": rec("b", "B", time_split_ms={k: 3 * v for k, v in split.items()}),
                "c": rec("c", "C")}  # an error record or an older run: no split
     r = rep.build_report(rep.question_table(questions, records))
-    assert r["time_split_ms"] == {"questions": 2, "decode_tiles": 60.0, "vision": 20.0, "prefill": 100.0,
-                                  "question": 20.0}
-    assert "decode + tiles 60 ms (30%), vision 20 ms (10%), prefill 100 ms (50%), question 20 ms (10%)" in \
-        rep.render_markdown(r, chart=None)
+    # records from before the frame selector name no "select" step: they spent nothing there
+    assert r["time_split_ms"] == {"questions": 2, "select": 0.0, "decode_tiles": 60.0, "vision": 20.0,
+                                  "prefill": 100.0, "question": 20.0}
+    assert "select 0 ms (0%), decode + tiles 60 ms (30%), vision 20 ms (10%), prefill 100 ms (50%), question 20 ms " \
+        "(10%)" in rep.render_markdown(r, chart=None)
     assert rep.build_report(rep.question_table(questions[2:], records))["time_split_ms"] is None
+
+
+def test_time_split_counts_a_missing_select_step_as_zero():
+    """A selector run's records carry "select"; an older run's (or a run without a selector) do not: 0 ms there,
+    so the two mix without NaN and the totals stay finite."""
+    questions = [q("a", "A"), q("b", "B"), q("c", "C")]
+    old = {"decode_tiles": 30.0, "vision": 10.0, "prefill": 50.0, "question": 10.0}
+    records = {"a": rec("a", "A", time_split_ms={"select": 40.0, **old}), "b": rec("b", "B", time_split_ms=old),
+               "c": rec("c", "C")}  # no split at all (an error record): no time in any step
+    table = rep.question_table(questions, records)
+    assert table.time_select_ms.tolist()[:2] == [40.0, 0.0] and table.time_select_ms.isna().tolist() == \
+        [False, False, True]
+    assert table.time_decode_tiles_ms.isna().tolist() == [False, False, True]
+    r = rep.build_report(table)
+    assert r["time_split_ms"] == {"questions": 2, "select": 20.0, "decode_tiles": 30.0, "vision": 10.0,
+                                  "prefill": 50.0, "question": 10.0}
+    assert "(mean over 2): select 20 ms (17%), decode + tiles 30 ms (25%)" in rep.render_markdown(r, chart=None)
+    # a report.json written before the selector has no "select" in its split: report.md still reads it
+    r["time_split_ms"].pop("select")
+    assert "(mean over 2): select 0 ms (0%), decode + tiles 30 ms (30%)" in rep.render_markdown(r, chart=None)
+
+
+def test_selector_summary_hit_rate_over_questions_with_support():
+    questions = [q("a", "A", support=(4.0,)), q("b", "B", support=(1.0, 8.0)), q("c", "C", support=(1.0,)),
+                 q("d", "D"), q("e", "A", support=(2.0,)), q("f", "B", support=(2.0,))]
+    records = {
+        "a": rec("a", "A", selector_times=[3.0, 9.0], selector_scores=[4.2, 1.0], support_from="selector"),  # 1.0 s off
+        "b": rec("b", "B", selector_times=[5.0, 8.9], selector_scores=[2.0, 1.5],
+                 support_from="selector"),  # its second time hits
+        "c": rec("c", "C", selector_times=[2.1], selector_scores=[0.3], support_from="selector"),  # 1.1 s off: a miss
+        "d": rec("d", "D", selector_times=[6.0], selector_scores=[3.3], support_from="selector"),  # no support
+        "e": rec("e", "A", support_from="file"),  # the file's support_frames planned it: no times
+        "f": rec("f", "B"),  # a record without a selector's fields
+    }
+    r = rep.build_report(rep.question_table(questions, records))
+    sel = r["selector"]
+    assert sel == {"scored": 4, "planned_from": {"selector": 4, "file": 1}, "tolerance_s": 1.0,
+                   "hit_questions": 3, "hits": 2, "hit_rate": pytest.approx(2 / 3),
+                   "hit_ci95": pytest.approx(list(rep.wilson_interval(2, 3))), "best_hit_rate": pytest.approx(1 / 3)}
+    json.dumps(r)
+    md = rep.render_markdown(r, chart=None)
+    assert ("Frame selector: predicted times for 4 questions; frames planned from its times for 4, from the file's "
+            "support_frames for 1. Hit rate (a predicted time within 1 s of a true support timestamp): 66.7% "
+            "(2/3; 95% CI") in md
+    assert "its best time alone 33.3%." in md
+    # scored questions without support_frames (a test file): the counts, no rate
+    r = rep.build_report(rep.question_table(questions[3:4], records))
+    assert (r["selector"]["scored"], r["selector"]["hit_questions"], r["selector"]["hit_rate"]) == (1, 0, None)
+    assert "No question with predicted times has support_frames: no hit rate." in rep.render_markdown(r, chart=None)
+    # a run without a selector: no summary, and report.md says nothing of one
+    questions, records = sample_run()
+    r = rep.build_report(rep.question_table(questions, records))
+    assert r["selector"] is None and "selector" not in rep.render_markdown(r, chart=None).lower()
+
+
+def test_settings_line_names_the_frame_selector():
+    settings = {"model": "m", "support_frames": True, "frame_selector": "/s/sel", "scan_fps": 4.0,
+                "selector_times": 2, "selector_wins": True, "frame_selector_sha256": "ab12"}
+    assert rep.settings_line(settings) == ("model=m, support_frames=True, frame_selector=/s/sel, scan_fps=4.0, "
+                                           "selector_times=2, selector_wins=True")
 
 
 def test_missing_record_counts_as_the_prior_answer():
@@ -317,6 +379,37 @@ def test_compare_takes_the_first_report_as_the_baseline_whatever_the_folders_nam
     assert (table[1]["wins"], table[1]["losses"], table[1]["common"]) == (1, 0, 6)
     assert compare.main([str(first), str(second / "report.json")]) == 0
     assert "| 1 / 0 of 6 | 1 |" in capsys.readouterr().out
+
+
+def test_compare_shows_the_frame_selector_settings_and_its_hit_rate(tmp_path, capsys):
+    questions = [q("a", "A", support=(4.0,)), q("b", "B", support=(1.0,)), q("c", "C")]
+    plain = {x.id: rec(x.id, x.answer) for x in questions}
+    picked = {"a": rec("a", "A", selector_times=[3.5], support_from="selector"),
+              "b": rec("b", "B", selector_times=[6.0], support_from="selector"), "c": rec("c", "C")}
+    folders = {}
+    for name, records, extra in [
+            ("base", plain, {}),
+            ("sel", picked, {"frame_selector": "/s/sel", "frame_selector_sha256": "ab12", "scan_fps": 4.0,
+                             "selector_wins": True})]:
+        r = rep.build_report(rep.question_table(questions, records),
+                             settings={"split": "train.json", "model": "m", **extra})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(r))
+        folders[name] = tmp_path / name
+    table = compare.rows([(n, rep.load_report(f)) for n, f in folders.items()])
+    assert table[1]["changes"] == ("frame_selector=/s/sel, frame_selector_sha256=ab12, scan_fps=4.0, "
+                                   "selector_wins=True")
+    assert (table[0]["selector_hit_rate"], table[1]["selector_hit_rate"]) == (None, 0.5)
+    assert compare.main([str(folders["base"]), str(folders["sel"])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| p95 ms | selector hits | settings changed |") and lines[1].count("---") == 11
+    assert lines[2].endswith("| - | - |") and lines[3].endswith("| 50.0% of 2 | frame_selector=/s/sel, "
+                                                              "frame_selector_sha256=ab12, scan_fps=4.0, "
+                                                              "selector_wins=True |")
+    # reports without a selector keep the table they had: no column for it
+    assert compare.main([str(folders["base"]), str(folders["base"])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "selector" not in lines[0] and lines[1].count("---") == 10 and lines[2].count("|") == 11
 
 
 def test_compare_refuses_reports_of_other_questions_and_warns_on_a_partial_overlap(tmp_path, capsys):
