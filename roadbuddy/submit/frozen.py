@@ -1,9 +1,10 @@
 """A run's settings frozen for a package, and back: RunConfig <-> the JSON in settings.json.
 
 A member of a package is every RunConfig field but where the run reads and writes (the question file, the data
-folder, the output, --limit, the torchrun rank), with the files a run reads (the model, the adapter, a system
-prompt file, a letter prior) replaced by their place in the package. `--from-run` builds the RunConfig back from
-a run's run.json, checking that the adapter and system prompt files are still the ones that run used.
+folder, the output, --limit, the torchrun rank), with the files a run reads (the model, the adapter, the frame
+selector, a system prompt file, a letter prior) replaced by their place in the package. `--from-run` builds the
+RunConfig back from a run's run.json, checking that the adapter, the frame selector and system prompt files are
+still the ones that run used.
 """
 from __future__ import annotations
 
@@ -19,17 +20,19 @@ SETTINGS = "settings.json"  # a package's frozen members, the ensemble's weights
 # where a run reads and writes, set by whoever runs the package (and torchrun's rank, set from its environment)
 NOT_FROZEN = ("test_json", "output", "data_dir", "limit", "rank", "world_size", "local_rank", "thumbnail_dir")
 # fields that name a file or folder the package must hold
-PACKED_FILES = ("model", "adapter", "system_prompt", "debias_prior")
+PACKED_FILES = ("model", "adapter", "frame_selector", "system_prompt", "debias_prior")
 PATH_FIELDS = frozenset(f.name for f in dataclasses.fields(RunConfig) if "Path" in str(f.type))
 FROZEN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in NOT_FROZEN)
 
 
 def packed_sources(cfg: RunConfig) -> dict[str, str]:
     """The fields of `cfg` whose file or folder goes into the package, with their value (a hub id for a model
-    that is not a folder here)."""
+    or frame selector that is not a folder here)."""
     sources = {"model": cfg.model}
     if cfg.adapter is not None:
         sources["adapter"] = str(cfg.adapter)
+    if cfg.frame_selector is not None:
+        sources["frame_selector"] = str(cfg.frame_selector)
     if cfg.system_prompt not in SYSTEM_PROMPT_NAMES:
         sources["system_prompt"] = cfg.system_prompt
     if cfg.debias and cfg.debias_prior is not None:
@@ -83,9 +86,11 @@ def thaw(member: dict, root: Path, **where) -> RunConfig:
 
 def from_run(settings: dict, run_dir: Path) -> dict:
     """RunConfig values from a run's run.json settings (its answer settings); PackageError when a file the run
-    read has changed since (the adapter's weights, a system prompt file) or a setting is unknown."""
+    read has changed since (the adapter's or the frame selector's weights, a system prompt file) or a setting is
+    unknown."""
     values = dict(settings)
     adapter_sha = values.pop("adapter_sha256", None)
+    selector_sha = values.pop("frame_selector_sha256", None)
     prompt_sha = values.pop("system_prompt_sha256", None)
     unknown = sorted(set(values) - set(FROZEN_FIELDS))
     if unknown:
@@ -104,6 +109,16 @@ def from_run(settings: dict, run_dir: Path) -> dict:
         if adapter_sha is not None and now != adapter_sha:
             raise PackageError(f"{run_dir}: the adapter {values['adapter']} holds other weights than the run used "
                                f"(sha256 {now} now, {adapter_sha} then); pack from a run of these weights")
+    selector = values.get("frame_selector")
+    if selector is not None:
+        from roadbuddy.selector.model import selector_digest
+
+        now = selector_digest(selector)  # None for a hub id, as at the run (its name says which weights)
+        if now != selector_sha:
+            change = (f"holds other weights than the run used (sha256 {now} now, {selector_sha or 'none'} then)"
+                      if now else "is gone or holds no safetensors weights now")
+            raise PackageError(f"{run_dir}: the frame selector {selector} {change}; pack from a run of the selector "
+                               "you want")
     prompt = values.get("system_prompt")
     if prompt is not None and prompt not in SYSTEM_PROMPT_NAMES:
         path = Path(prompt)

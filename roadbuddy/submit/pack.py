@@ -2,6 +2,7 @@
 
     OUTPUT/models/m<i>/        each distinct model's files (config, safetensors, tokenizer, processor), once
     OUTPUT/adapters/a<i>/      LoRA adapters, as roadbuddy-finetune wrote them
+    OUTPUT/selectors/s<i>/     frame selectors: the files that load one (no training log, checkpoint/, scan-cache/)
     OUTPUT/prompts/, priors/   a system prompt file, a --debias-prior, where a member has one
     OUTPUT/code/roadbuddy/     this roadbuddy's code (predict.sh puts it first on PYTHONPATH)
     OUTPUT/settings.json       the frozen members (roadbuddy.submit.frozen) and the ensemble's weights
@@ -10,8 +11,9 @@
     OUTPUT/Dockerfile          a CUDA base image, the requirements, the folder, predict.sh as the command
     OUTPUT/SHA256SUMS          every file's sha256, checked before anything runs (roadbuddy.submit.sealed)
 
-Nothing is written to OUTPUT until every member is checked and the parameters are counted: the folder is built
-under OUTPUT.partial and renamed at the end, so a failed or killed pack never leaves a package that looks whole.
+Nothing is written to OUTPUT until every member is checked and the parameters (every model, adapter and frame
+selector, each once) are counted: the folder is built under OUTPUT.partial and renamed at the end, so a failed or
+killed pack never leaves a package that looks whole.
 """
 from __future__ import annotations
 
@@ -32,6 +34,14 @@ SETTINGS_FORMAT = 1
 # what from_pretrained may read from a checkpoint folder; pickle weights and remote code never travel
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".onnx", ".py", ".pyc")
 BASE_IMAGE = "nvidia/cuda:12.8.1-runtime-ubuntu24.04"
+# what load_selector reads from a frame selector's folder (roadbuddy-finetune-selector writes the first, the
+# tokenizer and processor files, and selector_card.json); its log, chart, checkpoint/ and scan-cache/ stay home
+SELECTOR_FILES = ("config.json", "model.safetensors.index.json", "selector_card.json")
+SELECTOR_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+SELECTOR_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                        "vocab.txt")  # one of these is the tokenizer itself
+SELECTOR_TOKENIZER_FILES = (*SELECTOR_VOCAB_FILES, "tokenizer_config.json", "special_tokens_map.json",
+                            "added_tokens.json", "merges.txt")
 
 
 @dataclass
@@ -41,11 +51,22 @@ class Plan:
     weights: list[float] | None
     copies: dict[str, Path] = field(default_factory=dict)  # place -> source folder or file
     places: list[dict[str, str]] = field(default_factory=list)  # per member: field -> place
-    parameters: dict[str, int] = field(default_factory=dict)  # place of a model or adapter -> its parameters
+    parameters: dict[str, int] = field(default_factory=dict)  # place of a model, adapter, selector -> parameters
 
     @property
     def total_parameters(self) -> int:
         return sum(self.parameters.values())
+
+
+def _cached(name: str, given: str, flag: str) -> Path:
+    """The snapshot of hub id `name` in the Hugging Face cache, never downloaded; PackageError when it is not there."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True)).resolve()
+    except Exception:  # noqa: BLE001 - not cached, in whatever way the hub client says it
+        raise PackageError(f"{flag} {given}: no such folder, and {name} is not in the Hugging Face cache; download "
+                           f"it first (hf download {name}) or pass the checkpoint's folder") from None
 
 
 def model_folder(model: str) -> Path:
@@ -55,14 +76,67 @@ def model_folder(model: str) -> Path:
 
     if Path(model).is_dir():
         return Path(model).resolve()
-    from huggingface_hub import snapshot_download
+    return _cached(registry.checkpoint_name(model), model, "--model")
 
-    name = registry.checkpoint_name(model)
+
+def selector_folder(selector: str) -> Path:
+    """The folder of the frame selector --frame-selector names: itself, or its snapshot in the Hugging Face cache
+    (never downloaded, as models are not)."""
+    path = Path(selector)
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise PackageError(f"--frame-selector {selector} is a file; give the selector's folder or a hub id")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     try:
-        return Path(snapshot_download(name, local_files_only=True)).resolve()
-    except Exception:  # noqa: BLE001 - not cached, in whatever way the hub client says it
-        raise PackageError(f"--model {model}: no such folder, and {name} is not in the Hugging Face cache; download "
-                           f"it first (hf download {name}) or pass the checkpoint's folder") from None
+        validate_repo_id(selector)
+    except HFValidationError:
+        raise PackageError(f"--frame-selector {selector}: no such folder") from None
+    return _cached(selector, selector, "--frame-selector")
+
+
+def selector_files(folder: Path) -> list[Path]:
+    """The files of a frame selector that travel: its config, safetensors weights, tokenizer and processor files
+    and selector_card.json, top level only (a checkpoint/ or scan-cache/ of its training stays behind, as do its
+    log and chart; pickles and code never travel)."""
+    wanted = (*SELECTOR_FILES, *SELECTOR_PROCESSOR_FILES, *SELECTOR_TOKENIZER_FILES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and (p.name in wanted or p.suffix == ".safetensors"))
+
+
+def check_selector(folder: Path, shown: str | None = None) -> int:
+    """Check a frame selector's folder as load_selector will read it, without loading its weights: a SigLIP or
+    SigLIP 2 config.json, readable safetensors weights, a tokenizer and an image processor; its parameters.
+    PackageError (one sentence naming `shown`, the folder by default) otherwise."""
+    from roadbuddy.selector.model import MODEL_TYPES
+
+    shown = shown or str(folder)
+    if not folder.is_dir():
+        raise PackageError(f"frame selector {shown} is not a folder")
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        raise PackageError(f"frame selector {shown} has no readable config.json; it is not a checkpoint made by "
+                           "roadbuddy-finetune-selector") from None
+    if model_type not in MODEL_TYPES:
+        raise PackageError(f"frame selector {shown} is a checkpoint of model_type {model_type or 'none'}; the frame "
+                           "selector takes SigLIP or SigLIP 2 checkpoints (model_type siglip or siglip2)")
+    files = selector_files(folder)
+    names = {p.name for p in files}
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    missing = [what for what, ok in (("safetensors weights", weights),
+                                     ("tokenizer (" + " or ".join(SELECTOR_VOCAB_FILES[:3]) + ")",
+                                      names & set(SELECTOR_VOCAB_FILES)),
+                                     ("image processor (preprocessor_config.json)",
+                                      names & set(SELECTOR_PROCESSOR_FILES))) if not ok]
+    if missing:
+        raise PackageError(f"frame selector {shown} has no {' and no '.join(missing)}, so it cannot be loaded")
+    try:
+        return safetensors_parameters(weights)
+    except Exception as exc:  # noqa: BLE001 - a header safetensors cannot read, in whatever words it says so
+        raise PackageError(f"frame selector {shown}: its weights cannot be read "
+                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -92,8 +166,9 @@ def safetensors_parameters(paths: list[Path]) -> int:
 
 
 def plan(members: list[RunConfig], weights: list[float] | None, max_params: float) -> Plan:
-    """Check every member (its model's family and settings, its adapter), place each distinct file once, count the
-    parameters; PackageError (one sentence) for what cannot be packed or breaks the parameter cap."""
+    """Check every member (its model's family and settings, its adapter, its frame selector), place each distinct
+    file once, count the parameters (models, adapters and frame selectors); PackageError (one sentence) for what
+    cannot be packed or breaks the parameter cap."""
     from roadbuddy.families import registry
     from roadbuddy.families.adapters import check_for_base
     from roadbuddy.families.checkpoint import checkpoint_config
@@ -110,6 +185,8 @@ def plan(members: list[RunConfig], weights: list[float] | None, max_params: floa
             elif name == "adapter":
                 source = check_for_base(value, checkpoint_config(registry.checkpoint_name(cfg.model))).resolve()
                 kind = "adapters/a"
+            elif name == "frame_selector":
+                source, kind = selector_folder(value), "selectors/s"
             elif name == "system_prompt":
                 source, kind = Path(value).resolve(), "prompts/system"
             else:
@@ -125,12 +202,15 @@ def plan(members: list[RunConfig], weights: list[float] | None, max_params: floa
                         [p for p in checkpoint_files(source) if p.suffix == ".safetensors"])
                 elif kind == "adapters/a":
                     out.parameters[placed[key]] = safetensors_parameters(sorted(source.glob("*.safetensors")))
+                elif kind == "selectors/s":
+                    out.parameters[placed[key]] = check_selector(source, value)
             places[name] = placed[key]
         out.places.append(places)
     if out.total_parameters > max_params:
         shown = ", ".join(f"{place} {count / 1e9:.2f}B" for place, count in out.parameters.items())
         raise PackageError(f"the package would hold {out.total_parameters / 1e9:.2f}B parameters ({shown}), above "
-                           f"--max-params {max_params / 1e9:.2f}B (the challenge allows 8B in all at inference)")
+                           f"--max-params {max_params / 1e9:.2f}B (the challenge allows 8B in all at inference, "
+                           "every model, adapter and frame selector counted)")
     return out
 
 
@@ -220,8 +300,12 @@ def build(pack: Plan, output: Path, *, progress: bool = True) -> Path:
     jobs: list[tuple[Path, Path]] = []  # source file -> place
     for place, source in pack.copies.items():
         if source.is_dir():
-            files = checkpoint_files(source) if place.startswith("models/") else sorted(
-                p for p in source.iterdir() if p.is_file() and not p.name.endswith(UNSAFE_SUFFIXES))
+            if place.startswith("models/"):
+                files = checkpoint_files(source)
+            elif place.startswith("selectors/"):
+                files = selector_files(source)
+            else:
+                files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.endswith(UNSAFE_SUFFIXES))
             jobs += [(f, Path(place) / f.name) for f in files]
         elif place.startswith("priors/"):
             from roadbuddy.levers import letter_prior

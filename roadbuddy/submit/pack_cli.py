@@ -30,9 +30,10 @@ examples:
   ROADBUDDY_DATA=/data ROADBUDDY_RESULT=/tmp/result submission-pkg/predict.sh
   docker build -t roadbuddy-submission submission-pkg
 
-The package holds the weights (safetensors), tokenizer and processor files, adapters, the code, the frozen
-settings (settings.json), predict.sh, a pinned requirements.txt, a Dockerfile and SHA256SUMS, which predict.sh
-checks before anything loads. The Hugging Face hub is switched off when it runs.
+The package holds the weights (safetensors), tokenizer and processor files, adapters, a --frame-selector's
+checkpoint (not its training log or checkpoint/), the code, the frozen settings (settings.json), predict.sh, a
+pinned requirements.txt, a Dockerfile and SHA256SUMS, which predict.sh checks before anything loads. The Hugging
+Face hub is switched off when it runs.
 exit codes: 0 packed, 1 unexpected failure, 2 bad input or a package that breaks the rules.
 """
 
@@ -51,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "or an eval report folder), or every member's from a roadbuddy-ensemble folder; the "
                               "flags below may then only change speed settings")
     package.add_argument("--max-params", type=float, default=PARAMETER_CAP, metavar="N",
-                         help="refuse a package holding more parameters than this, every model and adapter counted "
-                              "once (default: 8e9, the challenge's rule)")
+                         help="refuse a package holding more parameters than this, every model, adapter and frame "
+                              "selector counted once (default: 8e9, the challenge's rule)")
     groups = {"package": package}
     flags.add_to_parser(p, RunConfig, flags.PREDICT, groups, skip=NOT_PACKED_FLAGS)
     groups[flags.SPEED].add_argument("--verbose", action="store_true", help="full tracebacks")

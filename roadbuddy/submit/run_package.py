@@ -1,10 +1,10 @@
 """What a package's predict.sh runs: check the package, then answer its question file with the frozen settings.
 
 Everything that can refuse a package refuses before the first answer, in one sentence, exit 2: a file missing or
-changed against SHA256SUMS, settings this roadbuddy cannot run, a model or adapter that does not load as packed,
-no question file. Then each member answers (an ensemble's members into RESULT/members/<i>/, combined into
-RESULT/submission.csv), resumable as roadbuddy-predict is, and the run says its slowest question against the
-challenge's 30 s.
+changed against SHA256SUMS, settings this roadbuddy cannot run, a model, adapter or frame selector that does not
+load as packed (every member's, before the first member answers), no question file. Then each member answers (an
+ensemble's members into RESULT/members/<i>/, combined into RESULT/submission.csv), resumable as roadbuddy-predict
+is, and the run says its slowest question against the challenge's 30 s.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                                "private_test.json and videos/ (or ROADBUDDY_TEST_JSON at the file)")
         configs = [frozen.thaw(member, root, test_json=args.test_json, output=output)
                    for member, output in zip(settings["members"], outputs)]
-        _check_members(configs)
+        _check_members(configs, root)
     except Exception as exc:  # every refusal before the first answer is one sentence
         if args.verbose:
             raise
@@ -82,16 +82,22 @@ def _is_refusal(exc: Exception) -> bool:
     return isinstance(exc, (PackageError, ConfigError, ModelLoadError, AdapterError))
 
 
-def _check_members(configs) -> None:
-    """Each member's model (its family, read from the packed config.json) and adapter, before any answer."""
+def _check_members(configs, root: Path) -> None:
+    """Each member's model (its family, read from the packed config.json), adapter and frame selector (a SigLIP
+    config.json, readable weights, its tokenizer and processor: roadbuddy.submit.pack.check_selector), before any
+    answer."""
     from roadbuddy.families import registry
     from roadbuddy.families.adapters import check_for_base
     from roadbuddy.families.checkpoint import checkpoint_config
+    from roadbuddy.submit.pack import check_selector
 
     for cfg in configs:
         registry.check_model(cfg)
         if cfg.adapter is not None:
             check_for_base(cfg.adapter, checkpoint_config(cfg.model))
+        if cfg.frame_selector is not None:
+            folder = Path(cfg.frame_selector)
+            check_selector(folder, folder.relative_to(root).as_posix() if folder.is_relative_to(root) else None)
 
 
 def _answer(configs, settings: dict, result: Path, say, verbose: bool) -> int:
