@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU sweep as one prepared command, for a machine with no registry:
-#   bench/run_gpu.sh [smoke|sweep|issue7|issue14|finetune|families] [extra args]
+#   bench/run_gpu.sh [smoke|sweep|issue7|issue14|finetune|families|selector] [extra args]
+# selector: the frame selector's step per clip (scan decode + scores) and its peak memory, default's shape.
 # families: Qwen3-VL-4B/8B and Qwen2.5-VL-7B random weights, bf16 and 4-bit, 16 and 32 frames (bench/gpu_families.py;
 # needs a torchvision matching torch; pass --models qwen3-vl-4b to fit a short device lease).
 # finetune: roadbuddy-finetune steps, LoRA bf16 and QLoRA 4-bit at 16 and 32 frames (bench/gpu_finetune.py).
@@ -52,6 +53,10 @@ if [ "$mode" = issue14 ]; then
   python3 -m pytest -m gpu bench/test_gpu.py -p no:cacheprovider -q -s -rA --bench-out "$out" \
     --bench-data .gpu/bench-data --bench-quant bf16 "$@" 2>&1 | tee "$out/bench.log"; rc=$((rc | PIPESTATUS[0]))
   exit "$rc"
+fi
+if [ "$mode" = selector ]; then  # the frame selector's step per clip and its memory (bench/selector_step.py)
+  python3 -m bench.selector_step --device cuda --rounds 3 --out "$out" 2>&1 | tee "$out/selector.log"
+  exit "${PIPESTATUS[0]}"
 fi
 if [ "$mode" = finetune ]; then
   python3 -m pytest -m gpu bench/test_gpu_finetune.py -p no:cacheprovider -q -s -rA --bench-out "$out" \
