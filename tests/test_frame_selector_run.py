@@ -279,3 +279,38 @@ def test_a_peaks_time_moves_to_the_middle_of_the_frames_that_score_as_well():
     assert peak_centre(lone, times, 2.0, 1.0) == pytest.approx(2.0, abs=1e-6)
     far = np.array([9, 0, 0, 9, 0, 0, 0, 0, 0, 9], dtype=float)  # equal scores beyond the window do not count
     assert peak_centre(far, times, 1.5, 0.5) == pytest.approx(1.5, abs=1e-3)
+
+
+def test_the_selector_out_of_memory_tries_fewer_frames_then_spreads_them_evenly(unlabelled, selector, monkeypatch):
+    """CUDA out of memory in the selector (on the prefetch thread, beside the model): again 8 frames at a time;
+    when that fails too, the clip's questions get evenly spread frames and their records say why."""
+    from roadbuddy.selector import scan
+
+    real, batches = scan.predict_support, []
+
+    def tight(*args, batch, **kwargs):
+        batches.append(batch)
+        if batch > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, batch=batch, **kwargs)
+
+    monkeypatch.setattr(scan, "predict_support", tight)
+    spec = _spec()
+    qs = load_questions(unlabelled, None)[:2]
+    cfg = _config(tiny_task.CHECKPOINT, unlabelled, "x.csv")
+    limit = 8
+    fewer = inputs.prepare_clip(qs[0].video_path, qs, cfg, spec, selector)
+    monkeypatch.setattr(scan, "predict_support", real)
+    roomy = inputs.prepare_clip(qs[0].video_path, qs, cfg, spec, selector)
+    assert batches == [64, 8] and fewer.predicted == roomy.predicted and fewer.selector_error is None
+    monkeypatch.setattr(scan, "predict_support", tight)
+    limit, batches[:] = 0, []
+    starved = inputs.prepare_clip(qs[0].video_path, qs, cfg, spec, selector)
+    even = inputs.prepare_clip(qs[0].video_path, qs, cfg.replace(frame_selector=None), spec)
+    assert batches == [64, 8] and starved.predicted == {q.id: [] for q in qs}
+    assert [g.frames for g in starved.groups] == [g.frames for g in even.groups]
+    assert "out of memory" in starved.selector_error
+    from roadbuddy.predict.answering import selector_record
+
+    assert selector_record(qs[0], starved) == {"support_from": "selector", "selector_times": [],
+                                               "selector_scores": [], "selector_error": starved.selector_error}

@@ -215,8 +215,11 @@ def selector_record(q: Question, clip: PreparedClip) -> dict:
     picks = clip.predicted.get(q.id)
     if picks is None:
         return {"support_from": "file"}
-    return {"support_from": "selector", "selector_times": [round(t, 3) for t, _ in picks],
-            "selector_scores": [round(v, 4) for _, v in picks]}
+    record = {"support_from": "selector", "selector_times": [round(t, 3) for t, _ in picks],
+              "selector_scores": [round(v, 4) for _, v in picks]}
+    if clip.selector_error:
+        record["selector_error"] = clip.selector_error
+    return record
 
 
 def error_records(clip: PreparedClip) -> list[dict]:

@@ -80,6 +80,7 @@ class PreparedClip:
     # for the questions whose frames the selector planned; the time its step took (the scan's decode and scoring)
     predicted: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     select_ms: float = 0.0
+    selector_error: str | None = None  # why the selector could not score this clip (its questions: even frames)
     error: str | None = None
     frame_cap: int | None = None  # set when --sample-timeout lowered this clip's frame count
 
@@ -171,20 +172,34 @@ def frame_groups(clip: PreparedClip, planned: dict[str, tuple[int, ...]], cfg: R
     return groups
 
 
-def predict_support(reader, questions: list[Question], cfg: RunConfig, selector) -> dict[str, list[tuple[float, float]]]:
+SELECTOR_BATCHES = (64, 8)  # scanned frames through the selector's vision tower at a time; the second after an OOM
+
+
+def predict_support(reader, questions: list[Question], cfg: RunConfig,
+                    selector) -> tuple[dict[str, list[tuple[float, float]]], str | None]:
     """--frame-selector: the open clip scanned at --scan-fps and scored against the text of the questions it
-    plans (selector_questions): question id -> up to --selector-times (seconds, logit), more than
-    --support-window apart, best first."""
+    plans (selector_questions): (question id -> up to --selector-times (seconds, logit), more than
+    --support-window apart, best first; None, or why the selector could not score the clip). CUDA out of
+    memory is tried again with fewer frames at a time; when even that fails the questions get no support
+    times (evenly spread frames, as without a selector) and the reason is returned."""
     asked = selector_questions(questions, cfg)
     if not asked:
-        return {}
+        return {}, None
     if selector is None:
         raise ValueError(f"the run names a frame selector ({cfg.frame_selector}) but none was loaded")
     from roadbuddy.selector.scan import predict_support as scan_and_score
 
-    picks = scan_and_score(selector, reader, [q.question for q in asked], scan_fps=cfg.scan_fps,
-                           count=cfg.selector_times, window=cfg.support_window)
-    return {q.id: pick for q, pick in zip(asked, picks)}
+    for batch in SELECTOR_BATCHES:
+        try:
+            picks = scan_and_score(selector, reader, [q.question for q in asked], scan_fps=cfg.scan_fps,
+                                   count=cfg.selector_times, window=cfg.support_window, batch=batch)
+            return {q.id: pick for q, pick in zip(asked, picks)}, None
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    why = (f"CUDA out of memory in the frame selector even {SELECTOR_BATCHES[-1]} frames at a time: "
+           "frames spread evenly")
+    return {q.id: [] for q in asked}, why
 
 
 def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec, selector=None,
@@ -202,7 +217,7 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec, s
         with open_video(video, threads=cfg.decode_threads, prefer=spec.ops.decoder(cfg)) as reader:
             if predicted is None:
                 began = time.perf_counter()
-                clip.predicted = predict_support(reader, questions, cfg, selector)
+                clip.predicted, clip.selector_error = predict_support(reader, questions, cfg, selector)
                 if clip.predicted:
                     clip.select_ms = (time.perf_counter() - began) * 1000
             else:

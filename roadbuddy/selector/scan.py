@@ -42,12 +42,13 @@ def scan_clip(reader: VideoReader, scan_fps: float, size: tuple[int, int]) -> Sc
 
 
 def predict_support(selector: Selector, reader: VideoReader, questions: Sequence[str], *, scan_fps: float,
-                    count: int = 1, window: float = 1.0) -> list[list[tuple[float, float]]]:
+                    count: int = 1, window: float = 1.0, batch: int = 64) -> list[list[tuple[float, float]]]:
     """Each question's predicted support times in the open clip, as (seconds, the selector's logit there), best
-    first, at most `count`, more than `window` apart: its scan at `scan_fps` scored against the questions' text."""
+    first, at most `count`, more than `window` apart: its scan at `scan_fps` scored against the questions' text
+    (`batch` frames through the vision tower at a time)."""
     info = reader.info
     scan = scan_clip(reader, scan_fps, frame_size(selector, info.width, info.height))
-    scores = score(selector, questions, scan.frames).numpy()
+    scores = score(selector, questions, scan.frames, batch=batch).numpy()
     picked = support_times(scores, scan.times, count=count, window=window)
     column = {float(t): i for i, t in enumerate(scan.times)}
     return [[(peak_centre(scores[row], scan.times, t, window), float(scores[row, column[t]])) for t in times]

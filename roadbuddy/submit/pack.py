@@ -105,7 +105,7 @@ def selector_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and (p.name in wanted or p.suffix == ".safetensors"))
 
 
-def check_selector(folder: Path, shown: str | None = None) -> int:
+def check_selector_folder(folder: Path, shown: str | None = None) -> int:
     """Check a frame selector's folder as load_selector will read it, without loading its weights: a SigLIP or
     SigLIP 2 config.json, readable safetensors weights, a tokenizer and an image processor; its parameters.
     PackageError (one sentence naming `shown`, the folder by default) otherwise."""
@@ -203,7 +203,7 @@ def plan(members: list[RunConfig], weights: list[float] | None, max_params: floa
                 elif kind == "adapters/a":
                     out.parameters[placed[key]] = safetensors_parameters(sorted(source.glob("*.safetensors")))
                 elif kind == "selectors/s":
-                    out.parameters[placed[key]] = check_selector(source, value)
+                    out.parameters[placed[key]] = check_selector_folder(source, value)
             places[name] = placed[key]
         out.places.append(places)
     if out.total_parameters > max_params:

@@ -84,12 +84,11 @@ def _is_refusal(exc: Exception) -> bool:
 
 def _check_members(configs, root: Path) -> None:
     """Each member's model (its family, read from the packed config.json), adapter and frame selector (a SigLIP
-    config.json, readable weights, its tokenizer and processor: roadbuddy.submit.pack.check_selector), before any
-    answer."""
+    config.json, readable weights, its tokenizer and processor: pack.check_selector_folder), before any answer."""
     from roadbuddy.families import registry
     from roadbuddy.families.adapters import check_for_base
     from roadbuddy.families.checkpoint import checkpoint_config
-    from roadbuddy.submit.pack import check_selector
+    from roadbuddy.submit.pack import check_selector_folder
 
     for cfg in configs:
         registry.check_model(cfg)
@@ -97,7 +96,7 @@ def _check_members(configs, root: Path) -> None:
             check_for_base(cfg.adapter, checkpoint_config(cfg.model))
         if cfg.frame_selector is not None:
             folder = Path(cfg.frame_selector)
-            check_selector(folder, folder.relative_to(root).as_posix() if folder.is_relative_to(root) else None)
+            check_selector_folder(folder, folder.relative_to(root).as_posix() if folder.is_relative_to(root) else None)
 
 
 def _answer(configs, settings: dict, result: Path, say, verbose: bool) -> int:
