@@ -26,8 +26,8 @@ from safetensors.torch import load_file
 
 from evals.train_tiny_selector import SCAN_FPS, K
 from roadbuddy.config import RunConfig
-from roadbuddy.selector.data import questions_with_support, scan_clips
-from roadbuddy.selector.hits import hit_rates
+from roadbuddy.finetune.selector.data import questions_with_support, scan_clips
+from roadbuddy.finetune.selector.hits import hit_rates
 from roadbuddy.selector.model import frame_size, load_selector
 from roadbuddy.selector.times import even_times
 from roadbuddy.selector.tiny import write_tiny_selector

@@ -38,8 +38,8 @@ KEPT = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.
 
 def heldout_rates(selector_dir: Path, workdir: Path, clips: int = brief_task.HELDOUT_CLIPS) -> dict:
     """hit@K of the selector in `selector_dir` and of K evenly spread frames on the held-out brief clips."""
-    from roadbuddy.selector.data import questions_with_support, scan_clips
-    from roadbuddy.selector.hits import hit_rates
+    from roadbuddy.finetune.selector.data import questions_with_support, scan_clips
+    from roadbuddy.finetune.selector.hits import hit_rates
     from roadbuddy.selector.model import frame_size, load_selector
 
     split = workdir / "heldout" / "train" / "train.json"
@@ -62,7 +62,7 @@ def train(out: Path, seed: int, workdir: Path, say=print) -> dict:
     say(f"wrote a random tiny SigLIP (seed {seed}) and {TRAIN_CLIPS} brief clips in "
         f"{time.perf_counter() - started:.0f} s")
     trained = workdir / "selector"
-    command = [sys.executable, "-m", "roadbuddy.selector.cli", "--model", str(base), "--train-json", str(split),
+    command = [sys.executable, "-m", "roadbuddy.finetune.selector.cli", "--model", str(base), "--train-json", str(split),
                "--output", str(trained), *RECIPE, "--seed", str(seed)]
     t0 = time.perf_counter()
     res = subprocess.run(command, check=False, capture_output=True, text=True,

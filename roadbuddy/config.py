@@ -279,9 +279,9 @@ class RunConfig:
 
             settings["adapter_sha256"] = adapter_digest(self.adapter)
         if selecting:  # likewise a selector folder retrained in place
-            from roadbuddy.selector.model import selector_digest
+            from roadbuddy.data.digest import weights_digest
 
-            digest = selector_digest(self.frame_selector)
+            digest = weights_digest(self.frame_selector)
             if digest:
                 settings["frame_selector_sha256"] = digest
         return settings

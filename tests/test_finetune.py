@@ -532,10 +532,10 @@ from roadbuddy.finetune import cli as finetune_cli
 from roadbuddy.predict import inputs
 broken, real = sys.argv.pop(1), inputs.prepare_clip
 
-def prepare_clip(video, questions, cfg, spec):
+def prepare_clip(video, questions, cfg, spec, *more, **named):
     if video.name == broken:
         return inputs.PreparedClip(video=video, questions=questions, error=f"cannot decode {video}: planted")
-    return real(video, questions, cfg, spec)
+    return real(video, questions, cfg, spec, *more, **named)
 
 inputs.prepare_clip = prepare_clip
 sys.exit(finetune_cli.main(sys.argv[1:]))

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from roadbuddy.finetune.data import split_by_clip
-from roadbuddy.selector import cli as selector_cli
-from roadbuddy.selector import data as selector_data
-from roadbuddy.selector import hits as selector_hits
-from roadbuddy.selector.config import SELECTOR, SelectorConfig
+from roadbuddy.finetune.selector import cli as selector_cli
+from roadbuddy.finetune.selector import data as selector_data
+from roadbuddy.finetune.selector import hits as selector_hits
+from roadbuddy.finetune.selector.config import SELECTOR, SelectorConfig
 from roadbuddy.selector.model import (
     SelectorError,
     frame_size,
@@ -286,7 +286,7 @@ def test_the_split_holds_out_the_clips_fine_tuning_holds_out(brief_split):
 
 
 def test_the_loss_is_siglips_sigmoid_loss_over_the_labeled_pairs():
-    from roadbuddy.selector.train import sigmoid_loss
+    from roadbuddy.finetune.selector.train import sigmoid_loss
 
     logits = torch.tensor([[5.0, -5.0, 9.0], [-2.0, 3.0, 0.0]])
     labels = torch.tensor([[1.0, -1.0, 0.0], [1.0, -1.0, -1.0]])  # 0: the pair teaches nothing
@@ -306,7 +306,7 @@ def _args(split: Path, model: Path, out: Path, *extra) -> list[str]:
 
 
 def _command(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "roadbuddy.selector.cli", *args], stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "roadbuddy.finetune.selector.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
@@ -456,7 +456,7 @@ def test_help_lists_every_declared_flag_and_the_command_takes_no_other():
     assert options - {"--help", "--verbose"} == declared
     assert not {n for _, spec in flags.declared(SelectorConfig) for n in spec.names} - declared
     assert all(a.help and len(a.help) > 8 for a in parser._actions)
-    res = subprocess.run([sys.executable, "-m", "roadbuddy.selector.cli", "--help"], check=False, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "roadbuddy.finetune.selector.cli", "--help"], check=False, capture_output=True,
                          text=True)
     assert res.returncode == 0 and all(o in res.stdout for o in declared)
 

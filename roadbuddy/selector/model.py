@@ -140,21 +140,12 @@ def load_selector(name: str | Path, device: str | torch.device = "cpu", dtype: t
 
 
 def selector_digest(name: str | Path) -> str | None:
-    """The first 16 hex digits of the sha256 of a selector folder's weights (its *.safetensors in name order,
-    hashed one after another): what identifies its predictions; None for a hub id (its name does) and for a
-    folder without weights (load_selector says what is wrong with it)."""
-    import hashlib
+    """The first 16 hex digits of the sha256 of a selector folder's weights (roadbuddy.data.digest.weights_digest):
+    what identifies its predictions; None for a hub id (its name does) and for a folder without weights
+    (load_selector says what is wrong with it)."""
+    from roadbuddy.data.digest import weights_digest
 
-    path = Path(name)
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return weights_digest(name)
 
 
 def save_selector(selector: Selector, folder: Path | str, dtype: torch.dtype | None = None) -> Path:

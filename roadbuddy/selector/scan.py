@@ -1,6 +1,6 @@
 """A clip's scan: the frames the selector scores, decoded once through roadbuddy.video's reader.
 
-Training (roadbuddy.selector.data) and prediction read a clip's scan the same way: the frames at
+Training (roadbuddy.finetune.selector.data) and prediction read a clip's scan the same way: the frames at
 times.scan_indices, decoder-scaled to the selector's input size (model.frame_size), so the image processor's
 resize has nothing left to do and no full-size frame is made. `predict_support` is what prediction asks
 of a clip: each question's support times and their scores, for the frame planner's support windows

@@ -11,13 +11,14 @@ import logging
 import sys
 
 from roadbuddy import flags
-from roadbuddy.selector.config import SELECTOR, SelectorConfig
+from roadbuddy.finetune.selector.config import SELECTOR, SelectorConfig
 
 EPILOG = """\
 examples:
   # SigLIP 2 on the train split's support frames, 2 frames a second scanned, 10% of the clips held out
   roadbuddy-finetune-selector --train-json DATA/train/train.json --data-dir DATA --output selectors/s2 --epochs 10
-  (roadbuddy-predict does not take the selector yet: --frame-selector is the next step of this work)
+  # then answer with it: each question's frames placed around its predicted support times
+  roadbuddy-predict --test-json DATA/public_test/public_test.json --frame-selector selectors/s2
 
 Validation reports hit@k: a picked frame within --hit-window seconds of a support timestamp, for the selector's
 k best peaks and for k evenly spread frames. A checkpoint is written every --checkpoint-every steps; rerunning
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from roadbuddy.families.checkpoint import ModelLoadError
     from roadbuddy.predict.cli import say_failure
     from roadbuddy.selector.model import SelectorError
-    from roadbuddy.selector.train import SelectorTraining
+    from roadbuddy.finetune.selector.train import SelectorTraining
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

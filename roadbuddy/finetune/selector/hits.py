@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from roadbuddy.selector.data import Clip
+from roadbuddy.finetune.selector.data import Clip
 from roadbuddy.selector.model import Selector, score
 from roadbuddy.selector.times import even_times, hit, support_times
 

@@ -14,7 +14,7 @@ Features:
   from them and for every other clip's frame; pairs in between are left out. Summed, divided by the questions.
 - AdamW on every weight of both towers (and the logit scale and bias), warm-up then cosine, linear or constant.
 - Validation: hit@k of the selector's picks against k evenly spread frames on the held-out clips
-  (roadbuddy.selector.hits), every N steps or each epoch and at the end; the log and the card keep the curve.
+  (roadbuddy.finetune.selector.hits), every N steps or each epoch and at the end; the log and the card keep the curve.
   The output folder holds the last step's selector.
 - A checkpoint every N steps (roadbuddy.finetune.checkpoint: written aside, swapped in by rename), so a SIGKILL
   costs at most N steps; the same command resumes there and ends with the weights an uninterrupted run makes
@@ -41,9 +41,9 @@ from roadbuddy.data.digest import file_sha256
 from roadbuddy.finetune import checkpoint as train_checkpoint
 from roadbuddy.finetune import log as train_log
 from roadbuddy.finetune.data import Split, given_split, split_by_clip
-from roadbuddy.selector import data as selector_data
-from roadbuddy.selector.config import SelectorConfig
-from roadbuddy.selector.hits import hit_rates
+from roadbuddy.finetune.selector import data as selector_data
+from roadbuddy.finetune.selector.config import SelectorConfig
+from roadbuddy.finetune.selector.hits import hit_rates
 from roadbuddy.selector.model import (
     SelectorError,
     frame_embeddings,
