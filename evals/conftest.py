@@ -156,3 +156,12 @@ def tiny_lm(tiny_eval_config):
     from roadbuddy.families.internvl.model import load_model
 
     return load_model(tiny_eval_config)
+
+
+@pytest.fixture(scope="session")
+def brief_heldout(tmp_path_factory) -> Path:
+    """The brief-evidence task's held-out split (roadbuddy.testing.brief_task.write_heldout), written once for the
+    selector's evals (about 4 s of encoding). Read only: each eval writes its own scans and reports elsewhere."""
+    from roadbuddy.testing import brief_task
+
+    return brief_task.write_heldout(tmp_path_factory.mktemp("brief-heldout"))

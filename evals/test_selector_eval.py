@@ -41,8 +41,8 @@ MAX_P = 0.01
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    return brief_task.write_heldout(tmp_path_factory.mktemp("brief-heldout"))
+def split(brief_heldout):
+    return brief_heldout
 
 
 @pytest.fixture(scope="module")

@@ -51,14 +51,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def heldout(tmp_path_factory):
+def heldout(brief_heldout, tmp_path_factory):
     """The held-out brief clips scanned at the committed selector's frame size, and each question's evidence
     (the first and last second its object is on screen)."""
-    root = tmp_path_factory.mktemp("brief-heldout")
-    split = brief_task.write_heldout(root)
+    split = brief_heldout
     questions, _ = questions_with_support(split, None)
     selector = load_selector(brief_task.SELECTOR)
-    clips, bad = scan_clips(questions, root / "scan", SCAN_FPS, lambda w, h: frame_size(selector, w, h))
+    clips, bad = scan_clips(questions, tmp_path_factory.mktemp("brief-scan"), SCAN_FPS,
+                            lambda w, h: frame_size(selector, w, h))
     assert not bad, bad
     evidence = {item["id"]: item["_evidence"] for item in json.loads(split.read_text(encoding="utf-8"))["data"]}
     return clips, evidence

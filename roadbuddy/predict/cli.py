@@ -24,6 +24,7 @@ EPILOG = """\
 examples:
   roadbuddy-predict --test-json /data/public_test/public_test.json --output out/submission.csv
   roadbuddy-predict --test-json /data/private_test.json --output /result/submission.csv --load-in-4bit
+  roadbuddy-predict --test-json /data/public_test/public_test.json --frame-selector selectors/s2   # frames per question
   roadbuddy-predict --demo          # a small trained model + generated clips, no downloads
 
 Answers are appended to predictions.jsonl next to the CSV as they are made;
