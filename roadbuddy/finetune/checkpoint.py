@@ -140,3 +140,20 @@ def restore(path: Path, settings: dict, trainable: dict[str, torch.Tensor], opti
     load_optimizer(optimizer, names, opt_tensors, opt_rest)
     scheduler.load_state_dict(state["scheduler"])
     return state, []
+
+
+def interrupted_message(trainer) -> str:
+    """What a trainer's command says on Ctrl-C (`trainer` None when it stopped before one existed): the step it
+    stopped at and what the same command does next."""
+    step = trainer.state.step if trainer else 0
+    if trainer and trainer.checkpoint_step is not None:
+        return (f"interrupted at step {step}: rerun the same command to resume from the checkpoint of step "
+                f"{trainer.checkpoint_step}")
+    return f"interrupted at step {step}: no checkpoint yet; the same command starts over"
+
+
+def what_stands(trainer) -> str:
+    """What a failed training run leaves (for its one-sentence error): the last checkpoint, or nothing yet."""
+    if trainer and trainer.checkpoint_step is not None:
+        return f"the checkpoint of step {trainer.checkpoint_step} stands"
+    return "no checkpoint was written yet"

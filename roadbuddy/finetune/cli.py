@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from roadbuddy.data.questions import QuestionFileError
     from roadbuddy.families.adapters import AdapterError
     from roadbuddy.families.checkpoint import ModelLoadError
+    from roadbuddy.finetune.checkpoint import interrupted_message, what_stands
     from roadbuddy.finetune.oom import TrainingOOM
     from roadbuddy.finetune.recipe import FineTune
 
@@ -76,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe.train()
         summary = recipe.finish()
     except KeyboardInterrupt:
-        step = recipe.state.step if recipe else 0
-        say(f"interrupted at step {step}: " + (
-            f"rerun the same command to resume from the checkpoint of step {recipe.checkpoint_step}"
-            if recipe and recipe.checkpoint_step is not None else "no checkpoint yet; the same command starts over"))
+        say(interrupted_message(recipe))
         return 130
     except (QuestionFileError, ModelLoadError, ConfigError, AdapterError) as exc:
         if args.verbose:
@@ -92,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one sentence, not a traceback, unless --verbose
         if args.verbose:
             raise
-        return say_failure(exc, say, f"the checkpoint of step {recipe.checkpoint_step} stands"
-                           if recipe and recipe.checkpoint_step is not None else "no checkpoint was written yet")
+        return say_failure(exc, say, what_stands(recipe))
     best = summary["best"]
     kept = (f"the adapter of step {best['step']} (validation {best['correct']}/{best['n']} = {best['accuracy']:.1%})"
             if best else f"the adapter of the last step ({summary['steps']})")

@@ -30,18 +30,38 @@ def line_step(line: str) -> int | None:
         return None
 
 
-def plot(log_path: Path, png: Path) -> None:
-    """training.png: the loss per step and the validation accuracy."""
+def entries(log_path: Path) -> tuple[list[dict], list[dict]]:
+    """The log's step lines (with a loss) and validation lines, in order; none when there is no log yet."""
+    lines = [json.loads(x) for x in log_path.read_text(encoding="utf-8").splitlines() if x.strip()] \
+        if log_path.is_file() else []
+    return [e for e in lines if "loss" in e], [e for e in lines if "validation" in e]
+
+
+def figure():
+    """A new chart's figure and axes, drawn off screen (matplotlib's Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [json.loads(x) for x in log_path.read_text(encoding="utf-8").splitlines() if x.strip()] \
-        if log_path.is_file() else []
-    steps = [e for e in entries if "loss" in e]
-    vals = [e for e in entries if "validation" in e]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    return plt.subplots(figsize=(7, 3.5))
+
+
+def save(fig, png: Path) -> None:
+    """Write the chart whole (a temporary file renamed) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = png.with_name(png.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
+
+
+def plot(log_path: Path, png: Path) -> None:
+    """training.png: the loss per step and the validation accuracy."""
+    steps, vals = entries(log_path)
+    fig, ax = figure()
     if steps:
         ax.plot([e["step"] for e in steps], [e["loss"] for e in steps], color="tab:blue", lw=1, label="loss")
         if all("letter_loss" in e for e in steps):
@@ -58,8 +78,4 @@ def plot(log_path: Path, png: Path) -> None:
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
     ax.set_title("roadbuddy-finetune")
-    fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    save(fig, png)

@@ -54,6 +54,7 @@ from roadbuddy.finetune.config import TrainConfig
 from roadbuddy.finetune.lora import with_lora
 from roadbuddy.finetune.loss import answer_loss, step_seed
 from roadbuddy.finetune.oom import oom_named
+from roadbuddy.finetune.optimizer import adamw
 from roadbuddy.predict import distributed
 from roadbuddy.predict.distributed import Shard
 from roadbuddy.predict.inputs import InputSpec
@@ -137,15 +138,7 @@ class FineTune:
                  f"{count:,} trained parameters of {total:,} ({100 * count / total:.2f}%)")
 
     def _optimizer(self) -> None:
-        from transformers import get_scheduler
-
-        cfg = self.cfg
-        params = list(self.trainable.values())
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.param_names = {i: n for i, n in enumerate(self.trainable)}
-        name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
-        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=cfg.warmup_steps,
-                                       num_training_steps=self.total_steps)
+        self.optimizer, self.scheduler, self.param_names = adamw(self.trainable, self.cfg, self.total_steps)
 
     def _resume(self) -> None:
         found = train_checkpoint.find(self.out)

@@ -175,8 +175,8 @@ def frame_groups(clip: PreparedClip, planned: dict[str, tuple[int, ...]], cfg: R
 SELECTOR_BATCHES = (64, 8)  # scanned frames through the selector's vision tower at a time; the second after an OOM
 
 
-def predict_support(reader, questions: list[Question], cfg: RunConfig,
-                    selector) -> tuple[dict[str, list[tuple[float, float]]], str | None]:
+def selector_support(reader, questions: list[Question], cfg: RunConfig,
+                     selector) -> tuple[dict[str, list[tuple[float, float]]], str | None]:
     """--frame-selector: the open clip scanned at --scan-fps and scored against the text of the questions it
     plans (selector_questions): (question id -> up to --selector-times (seconds, logit), more than
     --support-window apart, best first; None, or why the selector could not score the clip). CUDA out of
@@ -217,7 +217,7 @@ def prepare_clip(video: Path, questions: list[Question], cfg: RunConfig, spec, s
         with open_video(video, threads=cfg.decode_threads, prefer=spec.ops.decoder(cfg)) as reader:
             if predicted is None:
                 began = time.perf_counter()
-                clip.predicted, clip.selector_error = predict_support(reader, questions, cfg, selector)
+                clip.predicted, clip.selector_error = selector_support(reader, questions, cfg, selector)
                 if clip.predicted:
                     clip.select_ms = (time.perf_counter() - began) * 1000
             else:

@@ -54,23 +54,18 @@ class Selector:
 
 
 def _check_source(name: str) -> None:
-    """SelectorError for a path that cannot be a checkpoint: a file, a missing folder, pickle-only weights."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    """SelectorError for a path that cannot be a checkpoint: a file, a missing folder (the checkpoint loader's
+    check, in the selector's words), pickle-only weights."""
+    from roadbuddy.families.checkpoint import ModelLoadError, check_model_source
 
     path = Path(name)
-    if path.is_dir():
-        if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
-            raise SelectorError(f"frame selector {name} holds only pickle (.bin) weights, which execute code when "
-                                "loaded; convert them to safetensors")
-        return
-    if path.exists():
-        raise SelectorError(f"frame selector {name} is a file; give the checkpoint's folder (config.json, "
-                            "*.safetensors, tokenizer, preprocessor_config.json) or a hub id")
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise SelectorError(f"frame selector {name} holds only pickle (.bin) weights, which execute code when "
+                            "loaded; convert them to safetensors")
     try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise SelectorError(f"frame selector {name}: no such folder") from None
+        check_model_source(name)
+    except ModelLoadError as exc:
+        raise SelectorError(_selector_words(exc)) from None
 
 
 def _selector_words(exc: Exception) -> str:

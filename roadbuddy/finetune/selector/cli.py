@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     from roadbuddy.config import ConfigError
     from roadbuddy.data.questions import QuestionFileError
     from roadbuddy.families.checkpoint import ModelLoadError
+    from roadbuddy.finetune.checkpoint import interrupted_message, what_stands
+    from roadbuddy.finetune.selector.train import SelectorTraining
     from roadbuddy.predict.cli import say_failure
     from roadbuddy.selector.model import SelectorError
-    from roadbuddy.finetune.selector.train import SelectorTraining
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -62,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         training.train()
         summary = training.finish()
     except KeyboardInterrupt:
-        step = training.state.step if training else 0
-        say(f"interrupted at step {step}: " + (
-            f"rerun the same command to resume from the checkpoint of step {training.checkpoint_step}"
-            if training and training.checkpoint_step is not None else "no checkpoint yet; the same command starts over"))
+        say(interrupted_message(training))
         return 130
     except (QuestionFileError, SelectorError, ConfigError, ModelLoadError) as exc:
         if args.verbose:
@@ -75,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one sentence, not a traceback, unless --verbose
         if args.verbose:
             raise
-        return say_failure(exc, say, f"the checkpoint of step {training.checkpoint_step} stands"
-                           if training and training.checkpoint_step is not None else "no checkpoint was written yet")
+        return say_failure(exc, say, what_stands(training))
     last = summary["validation"]
     measured = (f"; validation hit@{last['k']} {last['selector']:.1%} against {last['even']:.1%} for evenly spread "
                 f"frames ({last['n']} questions)" if last else "")

@@ -41,6 +41,7 @@ from roadbuddy.data.digest import file_sha256
 from roadbuddy.finetune import checkpoint as train_checkpoint
 from roadbuddy.finetune import log as train_log
 from roadbuddy.finetune.data import Split, given_split, split_by_clip
+from roadbuddy.finetune.optimizer import adamw
 from roadbuddy.finetune.selector import data as selector_data
 from roadbuddy.finetune.selector.config import SelectorConfig
 from roadbuddy.finetune.selector.hits import hit_rates
@@ -134,15 +135,8 @@ class SelectorTraining:
                                         progress)
 
     def _optimizer(self) -> None:
-        from transformers import get_scheduler
-
-        cfg = self.cfg
         self.trainable = {n: p for n, p in self.selector.model.named_parameters() if p.requires_grad}
-        self.param_names = dict(enumerate(self.trainable))
-        self.optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
-        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=cfg.warmup_steps,
-                                       num_training_steps=self.total_steps)
+        self.optimizer, self.scheduler, self.param_names = adamw(self.trainable, self.cfg, self.total_steps)
 
     def _resume(self) -> None:
         found = train_checkpoint.find(self.out)
@@ -282,16 +276,8 @@ class SelectorTraining:
 
 def plot(log_path: Path, png: Path, k: int) -> None:
     """training.png: the loss per step and validation's hit@k, the selector's against even frames'."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    entries = [json.loads(x) for x in log_path.read_text(encoding="utf-8").splitlines() if x.strip()] \
-        if log_path.is_file() else []
-    steps = [e for e in entries if "loss" in e]
-    vals = [e for e in entries if "validation" in e]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    steps, vals = train_log.entries(log_path)
+    fig, ax = train_log.figure()
     ax.plot([e["step"] for e in steps], [e["loss"] for e in steps], color="tab:blue", lw=1, label="loss")
     ax.set_xlabel("step")
     ax.set_ylabel("sigmoid loss (per question)")
@@ -307,8 +293,4 @@ def plot(log_path: Path, png: Path, k: int) -> None:
         ax2.set_ylabel("validation hit rate")
         ax2.legend(loc="upper right")
     ax.set_title("roadbuddy-finetune-selector")
-    fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
+    train_log.save(fig, png)
